@@ -15,8 +15,14 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from pipeline.phantom.anatomy import Anatomy
-from pipeline.phantom.dicom import StudyInfo, write_classic, write_enhanced
+from pipeline.phantom.anatomy import TERRITORIES, Anatomy
+from pipeline.phantom.dicom import (
+    StudyInfo,
+    stored_offset,
+    stored_pixels,
+    write_classic,
+    write_enhanced,
+)
 from pipeline.phantom.render import Acquisition, add_noise, render, sample_case
 from pipeline.quantify import Metrics, quantify
 from pipeline.volume import Geometry
@@ -34,6 +40,7 @@ class PhantomSpec:
     slices: int | None = None
     scar: bool | None = None
     mvo: bool | None = None
+    territory: str | None = None  # LAD, LCx or RCA; None: drawn by the seed
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -42,12 +49,22 @@ class PhantomSpec:
             raise ValueError(f"slices must be within 8..14, got {self.slices}")
         if self.scar is False and self.mvo:
             raise ValueError("MVO lies inside scar: --mvo needs a scar")
+        if self.territory is not None and self.territory not in TERRITORIES:
+            raise ValueError(f"territory must be one of {TERRITORIES}, got {self.territory!r}")
+
+    def findings(self) -> tuple[bool, bool]:
+        """(scar, mvo) for this spec: forced by the options or drawn from the seed."""
+        choice = np.random.default_rng([self.seed, 1])
+        scar = self.scar if self.scar is not None else bool(self.mvo or choice.random() < 0.8)
+        mvo = self.mvo if self.mvo is not None else bool(scar and choice.random() < 0.45)
+        return scar, mvo
 
 
 @dataclass
 class PhantomCase:
     out_dir: Path
     files: list[Path]
+    image: np.ndarray  # scanner units (after rescale), as stored in the files
     labels: np.ndarray
     geometry: Geometry
     truth: Metrics
@@ -75,10 +92,10 @@ def make_phantom(out_dir: Path | str, spec: PhantomSpec, progress: bool = False)
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     # Separate streams so that the anatomy of a seed does not change with --kind.
-    choice = np.random.default_rng([spec.seed, 1])
-    scar = spec.scar if spec.scar is not None else bool(spec.mvo or choice.random() < 0.8)
-    mvo = spec.mvo if spec.mvo is not None else bool(scar and choice.random() < 0.45)
-    anatomy, acq = sample_case(np.random.default_rng([spec.seed, 2]), spec.slices, scar, mvo)
+    scar, mvo = spec.findings()
+    anatomy, acq = sample_case(
+        np.random.default_rng([spec.seed, 2]), spec.slices, scar, mvo, spec.territory
+    )
     contrast_rng = np.random.default_rng([spec.seed, 3, 0 if spec.kind == "magnitude" else 1])
     signal, labels = render(anatomy, acq, spec.kind, contrast_rng, progress=progress)
     image = add_noise(contrast_rng, signal, acq, spec.kind)
@@ -110,6 +127,7 @@ def make_phantom(out_dir: Path | str, spec: PhantomSpec, progress: bool = False)
     return PhantomCase(
         out_dir=out_dir,
         files=files,
+        image=stored_pixels(image, spec.kind).astype(np.float32) + stored_offset(spec.kind),
         labels=labels,
         geometry=geometry,
         truth=truth,

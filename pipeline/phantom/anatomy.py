@@ -232,6 +232,7 @@ def sample_anatomy(
     scar: bool,
     mvo: bool,
     length: float,
+    territory: str | None = None,
 ) -> Anatomy:
     """Draw a heart; ``slice_normal`` is the short-axis plane normal (base -> apex)."""
     tilt_axis = unit(np.cross(slice_normal, rng.normal(size=3)))
@@ -247,7 +248,8 @@ def sample_anatomy(
     wall = rng.uniform(7.0, 10.0)
     infarct = None
     if scar:
-        territory = str(rng.choice(TERRITORIES))
+        drawn = str(rng.choice(TERRITORIES))  # drawn always, so seeds stay comparable
+        territory = territory or drawn
         center, start, end = {
             "LAD": (rng.uniform(60, 100), rng.uniform(0.2, 0.5), 1.05),
             "LCx": (rng.uniform(150, 200), rng.uniform(0.0, 0.2), rng.uniform(0.6, 0.85)),

@@ -58,10 +58,14 @@ class StudyInfo:
         )
 
 
+def stored_offset(kind: str) -> float:
+    """RescaleIntercept: stored value + this = scanner value."""
+    return PSIR_INTERCEPT if kind == "psir" else 0.0
+
+
 def stored_pixels(image: np.ndarray, kind: str) -> np.ndarray:
     """Scanner units to stored uint16 (12 bits used)."""
-    offset = -PSIR_INTERCEPT if kind == "psir" else 0.0
-    return np.clip(np.rint(image + offset), 0, 2**BITS_STORED - 1).astype(np.uint16)
+    return np.clip(np.rint(image - stored_offset(kind)), 0, 2**BITS_STORED - 1).astype(np.uint16)
 
 
 def _series_fields(kind: str) -> dict[str, object]:
@@ -138,7 +142,7 @@ def _file_meta(sop_class: str, sop_instance: str) -> FileMetaDataset:
 
 
 def _window(stored: np.ndarray, kind: str) -> tuple[float, float]:
-    real = stored.astype(float) + (PSIR_INTERCEPT if kind == "psir" else 0.0)
+    real = stored.astype(float) + stored_offset(kind)
     lo, hi = np.percentile(real, [1, 99.5])
     return float(round((lo + hi) / 2)), float(round(max(hi - lo, 1)))
 
@@ -323,7 +327,7 @@ def write_enhanced(
     shared.PixelValueTransformationSequence = Sequence(
         [
             _item(
-                RescaleIntercept=f"{PSIR_INTERCEPT if kind == 'psir' else 0.0:.0f}",
+                RescaleIntercept=f"{stored_offset(kind):.0f}",
                 RescaleSlope="1",
                 RescaleType="US",
             )

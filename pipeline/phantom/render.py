@@ -52,7 +52,11 @@ class Acquisition:
 
 
 def sample_case(
-    rng: np.random.Generator, n_slices: int | None, scar: bool, mvo: bool
+    rng: np.random.Generator,
+    n_slices: int | None,
+    scar: bool,
+    mvo: bool,
+    territory: str | None = None,
 ) -> tuple[Anatomy, Acquisition]:
     # The LV long axis points left, anterior and inferior; the short-axis plane is
     # perpendicular to it, so its orientation is oblique to every patient axis.
@@ -83,7 +87,7 @@ def sample_case(
     columns = int(np.clip(matrix - 16 * rng.integers(0, 3), 160, 256))
 
     base_center = np.array([10.0, -20.0, 40.0]) + rng.normal(0, 10, 3)
-    anatomy = sample_anatomy(rng, normal, base_center, scar, mvo, length)
+    anatomy = sample_anatomy(rng, normal, base_center, scar, mvo, length, territory)
 
     # Slice normal vs heart axis: depths of the slice planes measured along the normal.
     first = -rng.uniform(0.3, 0.9) * spacing

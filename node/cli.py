@@ -1,0 +1,129 @@
+"""``lge-node``: the one command-line entry point (verbs per DESIGN.md)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from node import __version__
+
+app = typer.Typer(
+    name="lge-node",
+    help="DICOM node for LGE cardiac MR: scar and MVO quantification. "
+    "Research software, not a medical device.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    console.print(f"lge-node {__version__}")
+
+
+@app.command()
+def phantom(
+    out: Annotated[Path, typer.Argument(help="Output folder (DICOM under OUT/dicom/).")],
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same study.")] = 0,
+    kind: Annotated[str, typer.Option(help="magnitude or psir")] = "psir",
+    enhanced: Annotated[
+        bool, typer.Option("--enhanced", help="One Enhanced MR multi-frame file.")
+    ] = False,
+    slices: Annotated[int | None, typer.Option(help="8..14; default drawn by seed.")] = None,
+    scar: Annotated[
+        bool | None, typer.Option("--scar/--no-scar", help="Force an infarct or none.")
+    ] = None,
+    mvo: Annotated[bool | None, typer.Option("--mvo/--no-mvo", help="Force MVO or none.")] = None,
+    territory: Annotated[str | None, typer.Option(help="LAD, LCx or RCA.")] = None,
+) -> None:
+    """Write a synthetic LGE study with ground truth (truth.json, truth_labels.nii.gz)."""
+    from pipeline.phantom import PhantomSpec, make_phantom
+
+    try:
+        spec = PhantomSpec(
+            seed=seed, kind=kind, enhanced=enhanced, slices=slices, scar=scar, mvo=mvo,
+            territory=territory,
+        )  # fmt: skip
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    case = make_phantom(out, spec, progress=sys.stderr.isatty())
+    t = case.truth
+    table = Table(title=f"phantom seed {seed} ({kind}{', enhanced' if enhanced else ''})")
+    table.add_column("quantity")
+    table.add_column("truth", justify="right")
+    for name, value, unit in (
+        ("LV myocardium", t.myocardium_ml, "ml"),
+        ("LV myocardial mass", t.myocardium_mass_g, "g"),
+        ("scar", t.scar_ml, "ml"),
+        ("scar", t.scar_percent, "% LV"),
+        ("MVO", t.mvo_ml, "ml"),
+        ("MVO", t.mvo_percent, "% LV"),
+    ):
+        table.add_row(name, f"{value:.2f} {unit}")
+    console.print(table)
+    console.print(
+        f"{len(case.files)} file(s) in {out / 'dicom'}; truth in {out / 'truth.json'} "
+        f"({case.seconds:.1f} s)"
+    )
+
+
+@app.command()
+def inspect(
+    folder: Annotated[Path, typer.Argument(help="Folder or file(s) of one DICOM series.")],
+    series: Annotated[str | None, typer.Option(help="SeriesInstanceUID to pick.")] = None,
+) -> None:
+    """Load a series as the pipeline would and print its geometry, or why it is unusable."""
+    from pipeline.errors import SeriesLoadError
+    from pipeline.series import load_series
+
+    try:
+        vol = load_series(folder, series_instance_uid=series)
+    except SeriesLoadError as exc:
+        err.print(f"[red]{type(exc).__name__}:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    g = vol.geometry
+    ds = vol.datasets[0]
+    console.print_json(
+        json.dumps(
+            {
+                "series_instance_uid": vol.series_instance_uid,
+                "series_description": str(ds.get("SeriesDescription", "")),
+                "sop_class": ds.SOPClassUID.name,
+                "shape_zyx": list(g.shape),
+                "spacing_zyx_mm": [round(v, 4) for v in g.spacing_zyx],
+                "slice_thickness_mm": g.slice_thickness,
+                "origin": [round(v, 4) for v in g.origin],
+                "slice_direction": [round(v, 5) for v in g.slice_direction],
+                "value_range": [float(vol.array.min()), float(vol.array.max())],
+            }
+        )
+    )
+
+
+@app.command("check-config")
+def check_config(
+    config: Annotated[Path | None, typer.Argument(help="TOML file; none: defaults.")] = None,
+) -> None:
+    """Validate a config file (plus LGE_NODE_* environment) and print the result."""
+    from node.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        err.print(f"[red]config error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    console.print_json(cfg.model_dump_json())
+
+
+if __name__ == "__main__":
+    app()
