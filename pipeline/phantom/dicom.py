@@ -272,7 +272,6 @@ def write_enhanced(
     ds.MultiPlanarExcitation = "NO"
     ds.PhaseContrast = "NO"
     ds.TimeOfFlightContrast = "NO"
-    ds.SteadyStateFreePrecession = "NONE"
     ds.SaturationRecovery = "NO"
     ds.SpectrallySelectedSuppression = "NONE"
     ds.OversamplingPhase = "NONE"

@@ -1,0 +1,39 @@
+"""Shared fixtures: phantom studies are generated once per session (a few seconds each)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.phantom import PhantomCase, PhantomSpec, make_phantom
+
+
+@pytest.fixture(scope="session")
+def phantom_factory(tmp_path_factory: pytest.TempPathFactory):
+    cache: dict[PhantomSpec, PhantomCase] = {}
+
+    def make(**kwargs) -> PhantomCase:
+        spec = PhantomSpec(**kwargs)
+        if spec not in cache:
+            out = tmp_path_factory.mktemp(f"phantom_{spec.seed}_{spec.kind}")
+            cache[spec] = make_phantom(out, spec)
+        return cache[spec]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def psir_classic(phantom_factory) -> PhantomCase:
+    """Seed 7 has an infarct with MVO (checked in test_phantom)."""
+    return phantom_factory(seed=7, kind="psir")
+
+
+@pytest.fixture(scope="session")
+def magnitude_enhanced(phantom_factory) -> PhantomCase:
+    return phantom_factory(seed=11, kind="magnitude", enhanced=True, mvo=True)
+
+
+@pytest.fixture()
+def series_dir(psir_classic: PhantomCase) -> Path:
+    return psir_classic.out_dir / "dicom"
