@@ -358,7 +358,8 @@ def _pixels(name: str, ds: Dataset) -> np.ndarray:
     try:
         return ds.pixel_array
     except Exception as exc:  # truncated data, unsupported codec, bad lengths
-        ts = ds.file_meta.get("TransferSyntaxUID", "unknown") if "file_meta" in ds else "unknown"
+        meta = getattr(ds, "file_meta", None)
+        ts = meta.get("TransferSyntaxUID", "unknown") if meta is not None else "unknown"
         raise NotDicomError(
             f"{name}: pixel data cannot be decoded (transfer syntax {ts}): {exc}"
         ) from exc

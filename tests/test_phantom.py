@@ -120,6 +120,7 @@ def test_no_scar_option_and_seeds_without_scar(phantom_factory) -> None:
 def test_acquisition_parameters_cover_the_specified_ranges() -> None:
     seen = [sample_case(np.random.default_rng([s, 2]), None, True, False) for s in range(40)]
     for anatomy, acq in seen:
+        assert 6.0 <= anatomy.wall <= 12.0
         assert 8 <= acq.n_slices <= 14
         assert 6 <= acq.thickness <= 10 and 0 <= acq.gap <= 2
         assert 1.2 <= acq.pixel_spacing <= 2.0
