@@ -1,0 +1,73 @@
+"""The installed ``lge-node`` console script, run as a user would."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from pipeline.series import load_series
+from tests.dicom_tools import dciodvfy
+
+
+def lge_node(*args: str) -> subprocess.CompletedProcess:
+    exe = shutil.which("lge-node", path=str(Path(sys.executable).parent))
+    assert exe, "lge-node console script is not installed in this environment"
+    return subprocess.run([exe, *args], capture_output=True, text=True, check=False)
+
+
+def test_phantom_seed_7_writes_a_valid_study_with_matching_truth(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = lge_node("phantom", str(out), "--seed", "7")
+    assert proc.returncode == 0, proc.stderr
+    assert "LV myocardium" in proc.stdout
+    files = sorted((out / "dicom").glob("*.dcm"))
+    assert 8 <= len(files) <= 14
+    for f in files:
+        assert dciodvfy(f).errors == []
+    truth = json.loads((out / "truth.json").read_text())
+    vol = load_series(out / "dicom")
+    labels_img = sitk.ReadImage(str(out / "truth_labels.nii.gz"))
+    labels = sitk.GetArrayFromImage(labels_img)
+    # The truth overlays the series exactly: same grid, same place.
+    assert labels.shape == vol.array.shape
+    np.testing.assert_allclose(labels_img.GetOrigin(), vol.geometry.origin, atol=1e-4)
+    np.testing.assert_allclose(
+        np.array(labels_img.GetDirection()).reshape(3, 3), vol.geometry.direction, atol=1e-6
+    )
+    np.testing.assert_allclose(labels_img.GetSpacing()[::-1], vol.geometry.spacing_zyx, atol=1e-4)
+    myo_ml = np.isin(labels, [2, 3, 4]).sum() * vol.geometry.voxel_volume_ml
+    assert abs(truth["myocardium_ml"] - myo_ml) < 1e-6 * myo_ml
+
+
+def test_phantom_rejects_contradictory_options(tmp_path: Path) -> None:
+    proc = lge_node("phantom", str(tmp_path / "x"), "--no-scar", "--mvo")
+    assert proc.returncode == 2
+    assert "MVO lies inside scar" in proc.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_inspect_reports_geometry_or_a_named_error(psir_classic, tmp_path: Path) -> None:
+    ok = lge_node("inspect", str(psir_classic.out_dir / "dicom"))
+    assert ok.returncode == 0, ok.stderr
+    info = json.loads(ok.stdout)
+    assert info["shape_zyx"] == list(psir_classic.geometry.shape)
+    (tmp_path / "junk.dcm").write_bytes(b"\x00" * 50)
+    bad = lge_node("inspect", str(tmp_path))
+    assert bad.returncode == 1
+    assert "NotDicomError" in bad.stderr and "junk.dcm" in bad.stderr
+
+
+def test_check_config_exit_codes(tmp_path: Path) -> None:
+    good = tmp_path / "ok.toml"
+    good.write_text('[dicom]\nae_title = "MY_NODE"\n')
+    assert lge_node("check-config", str(good)).returncode == 0
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[dicom]\nport = 0\n")
+    proc = lge_node("check-config", str(bad))
+    assert proc.returncode == 2 and "dicom.port" in proc.stderr
