@@ -173,7 +173,7 @@ def aha_segments(labels: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Ah
     if np.mean(area[:half]) < np.mean(area[-half:]):
         with_myo = with_myo[::-1]
     cavity = [k for k in with_myo if pool[k].any()]
-    cap = [k for k in with_myo if not pool[k].any() and k not in cavity]
+    cap = [k for k in with_myo if not pool[k].any()]
     thirds = np.array_split(np.array(cavity, dtype=int), 3) if cavity else [[], [], []]
     levels = {
         "basal": [int(k) for k in thirds[0]],

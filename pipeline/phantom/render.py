@@ -103,9 +103,9 @@ def sample_case(
     other = np.cross(normal, si)
     amount = rng.uniform(0, 3.0, k)
     mix = rng.normal(0, 0.3, k)
-    breathing = amount[:, None] * (si[None] + mix[:, None] * other[None])
-    norms = np.linalg.norm(breathing, axis=1, keepdims=True)
-    breathing = breathing / np.maximum(norms, 1e-9) * amount[:, None]
+    direction = si[None] + mix[:, None] * other[None]
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    breathing = amount[:, None] * direction
 
     acq = Acquisition(
         rows=rows,
@@ -192,7 +192,7 @@ def render(
     K = acq.n_slices
     out = np.empty((K, acq.rows, acq.columns), dtype=np.float32)
     labels = np.empty((K, acq.rows, acq.columns), dtype=np.uint8)
-    texture = _texture(rng, (K, acq.rows, acq.columns), len(Tissue))
+    texture = _texture(rng, (K, acq.rows, acq.columns))
     steps = range(K)
     if progress:
         from tqdm import tqdm
@@ -212,14 +212,13 @@ def render(
                 labels[k] = TISSUE_TO_LABEL[tissue[n // 2 :: n, n // 2 :: n]]
             sig = signal_of[tissue]
             acc += sig.reshape(acq.rows, n, acq.columns, n).mean(axis=(1, 3))
-        # Per-tissue texture would need tissue at output resolution; a smooth multiplicative
-        # field on the whole slice keeps regions from being perfectly flat.
+        # A smooth multiplicative field keeps tissue regions from being perfectly flat.
         out[k] = (acc / n) * texture[k]
     out *= _bias_field(rng, acq)
     return out, labels
 
 
-def _texture(rng: np.random.Generator, shape: tuple[int, int, int], _: int) -> np.ndarray:
+def _texture(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
     field = ndimage.gaussian_filter(rng.normal(0, 1, shape), sigma=(0, 4, 4))
     field /= max(float(field.std()), 1e-9)
     return (1 + 0.04 * field).astype(np.float32)
