@@ -110,6 +110,59 @@ def inspect(
     )
 
 
+@app.command()
+def report(
+    series_dir: Annotated[Path, typer.Argument(help="Folder of the source LGE series.")],
+    labels: Annotated[
+        Path, typer.Option(help="Label map (NIfTI, DESIGN.md labels) on the series' geometry.")
+    ],
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    predecessor: Annotated[
+        Path | None, typer.Option(help="Earlier sr.dcm this report supersedes.")
+    ] = None,
+    blood_pools: Annotated[
+        bool, typer.Option("--blood-pools", help="Add LV/RV blood pool SEG segments.")
+    ] = False,
+    algorithm_name: Annotated[
+        str, typer.Option(help="Who made the labels (SEG/SR algorithm name).")
+    ] = "supplied labels",
+) -> None:
+    """Quantify a label map and write metrics.json, seg.dcm, sr.dcm and overlay/*.dcm."""
+    import SimpleITK as sitk
+
+    from dicom_templates.identity import Algorithm
+    from dicom_templates.outputs import write_outputs
+    from pipeline.errors import SeriesLoadError
+    from pipeline.quantify import quantify
+    from pipeline.series import load_series
+    from pipeline.volume import Geometry
+
+    try:
+        volume = load_series(series_dir)
+    except SeriesLoadError as exc:
+        err.print(f"[red]{type(exc).__name__}:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    try:
+        image = sitk.ReadImage(str(labels))
+    except RuntimeError as exc:
+        err.print(f"[red]error:[/red] cannot read {labels}: {exc}")
+        raise typer.Exit(1) from exc
+    why = volume.geometry.mismatch(Geometry.from_sitk(image))
+    if why:
+        err.print(f"[red]error:[/red] {labels} is not on the series' geometry: {why}")
+        raise typer.Exit(1)
+    label_array = sitk.GetArrayFromImage(image).astype("uint8")
+    metrics = quantify(label_array, volume.geometry)
+    algorithm = Algorithm(name=algorithm_name, kind="MANUAL", synthetic_trained=False)
+    files = write_outputs(
+        out, volume, label_array, metrics, algorithm, predecessor, include_blood_pools=blood_pools
+    )
+    console.print(
+        f"metrics: {files.metrics}\nSEG: {files.seg}\nSR: {files.sr}\n"
+        f"overlays: {len(files.overlays)} in {files.overlays[0].parent}"
+    )
+
+
 @app.command("check-config")
 def check_config(
     config: Annotated[Path | None, typer.Argument(help="TOML file; none: defaults.")] = None,

@@ -31,6 +31,10 @@ MYOCARDIUM_DENSITY = 1.05  # g/ml
 RIGHT_ANTERIOR_LPS = np.array([-1.0, -1.0, 0.0]) / np.sqrt(2.0)
 ANTERIOR_LPS = np.array([0.0, -1.0, 0.0])
 RAY_STEP_DEG = 2.0
+# QC flag identifiers and what they mean; outputs (SR, overlays) explain them with these.
+QC_FLAGS = {
+    "septum_fallback": "no RV insertion points: septum from patient axes (AHA orientation)",
+}
 RAY_STEP_PX = 0.25
 
 SEGMENT_NAMES = {
@@ -71,6 +75,7 @@ class Metrics:
     mvo_percent: float
     segments: list[SegmentMetrics]
     aha: AhaInfo
+    qc_flags: list[str] = field(default_factory=list)  # see QC_FLAGS
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,6 +119,7 @@ def quantify(labels: np.ndarray, geometry: Geometry) -> Metrics:
         mvo_percent=_pct(mvo_ml, myo_ml),
         segments=segments,
         aha=aha,
+        qc_flags=["septum_fallback"] if aha.septum_source == "fallback" and myo_ml > 0 else [],
     )
 
 

@@ -65,6 +65,18 @@ class Geometry:
         image.SetDirection(tuple(float(v) for v in self.direction.ravel()))
         return image
 
+    def mismatch(self, other: Geometry, tol_mm: float = 1e-3) -> str | None:
+        """Why ``other`` does not describe the same voxel grid, or None when it does."""
+        if self.shape != other.shape:
+            return f"shape {other.shape} != {self.shape}"
+        if not np.allclose(self.spacing_zyx, other.spacing_zyx, atol=tol_mm):
+            return f"spacing {other.spacing_zyx} != {self.spacing_zyx}"
+        if not np.allclose(self.origin, other.origin, atol=tol_mm):
+            return f"origin {other.origin.round(3)} != {self.origin.round(3)}"
+        if not np.allclose(self.direction, other.direction, atol=1e-4):
+            return "orientation differs"
+        return None
+
     @classmethod
     def from_sitk(cls, image: sitk.Image) -> Geometry:
         direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)

@@ -1,0 +1,79 @@
+"""Write the full result of one analysed series: ``metrics.json``, ``seg.dcm``, ``sr.dcm``
+and ``overlay/*.dcm``. Files are written to a temporary name and renamed, so a reader
+(the node's dispatcher, a user) never sees half a file."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from dicom_templates.identity import Algorithm
+from dicom_templates.overlay import build_overlays
+from dicom_templates.seg import build_seg
+from dicom_templates.sr import build_sr
+from pipeline.quantify import Metrics
+from pipeline.volume import Volume
+
+
+@dataclass(frozen=True)
+class OutputFiles:
+    metrics: Path
+    seg: Path
+    sr: Path
+    overlays: list[Path]
+
+    @property
+    def dicom(self) -> list[Path]:
+        return [self.seg, self.sr, *self.overlays]
+
+
+def _atomic_save(ds: Dataset, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    ds.save_as(tmp, enforce_file_format=True)
+    os.replace(tmp, path)
+
+
+def write_outputs(
+    out_dir: Path,
+    volume: Volume,
+    labels: np.ndarray,
+    metrics: Metrics,
+    algorithm: Algorithm,
+    predecessor_sr: Path | None = None,
+    include_blood_pools: bool = False,
+) -> OutputFiles:
+    """Build and write every output object for ``volume`` into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    predecessor = pydicom.dcmread(predecessor_sr) if predecessor_sr else None
+    seg = build_seg(volume, labels, algorithm, include_blood_pools)
+    sr = build_sr(volume, seg, metrics, algorithm, predecessor=predecessor)
+    overlays = build_overlays(volume, labels, metrics, algorithm)
+
+    metrics_path = out_dir / "metrics.json"
+    tmp = metrics_path.with_name(".metrics.json.tmp")
+    document = metrics.to_dict()
+    document["algorithm"] = {
+        "name": algorithm.label,
+        "version": algorithm.version,
+        "synthetic_trained": algorithm.synthetic_trained,
+    }
+    document["source_series_instance_uid"] = volume.series_instance_uid
+    tmp.write_text(json.dumps(document, indent=2) + "\n")
+    os.replace(tmp, metrics_path)
+    seg_path, sr_path = out_dir / "seg.dcm", out_dir / "sr.dcm"
+    _atomic_save(seg, seg_path)
+    _atomic_save(sr, sr_path)
+    overlay_dir = out_dir / "overlay"
+    overlay_dir.mkdir(exist_ok=True)
+    overlay_paths = []
+    for sc in overlays:
+        path = overlay_dir / f"SC_{int(sc.InstanceNumber):04d}.dcm"
+        _atomic_save(sc, path)
+        overlay_paths.append(path)
+    return OutputFiles(metrics=metrics_path, seg=seg_path, sr=sr_path, overlays=overlay_paths)

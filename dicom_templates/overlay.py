@@ -1,0 +1,264 @@
+"""Secondary-capture overlays for viewers without SEG support.
+
+One RGB image per slice: the LGE image, windowed, with LV myocardium (green), infarct
+(yellow) and MVO (cyan) outlined, a legend and the disclaimer burned in; plus a summary
+page with an AHA bullseye of transmurality and the key numbers. Rendered with matplotlib's
+bundled DejaVu font (nothing is fetched). BurnedInAnnotation is YES; every object gets
+fresh UIDs (source UIDs are never reused).
+"""
+
+from __future__ import annotations
+
+import io
+
+import highdicom as hd
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import Wedge
+from pydicom.dataset import Dataset
+
+from dicom_templates.identity import (
+    DISCLAIMER,
+    MANUFACTURER,
+    OVERLAY_SERIES,
+    SYNTHETIC_NOTE,
+    Algorithm,
+)
+from dicom_templates.seg import INFARCT_SEGMENT, MVO_SEGMENT, MYOCARDIUM_SEGMENT
+from dicom_templates.uids import new_uid
+from pipeline.labels import mvo_mask, myocardium_mask, scar_mask
+from pipeline.quantify import QC_FLAGS, Metrics
+from pipeline.volume import Volume
+
+MIN_SIDE = 512  # upsample small matrices so outlines and text stay legible
+SUMMARY_SIDE = 768
+
+
+def _rgb(color: tuple[int, int, int]) -> tuple[float, float, float]:
+    return tuple(c / 255 for c in color)  # type: ignore[return-value]
+
+
+def _render(fig: plt.Figure) -> np.ndarray:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="raw", dpi=fig.dpi)
+    plt.close(fig)
+    w, h = fig.canvas.get_width_height()
+    return np.frombuffer(buf.getvalue(), dtype=np.uint8).reshape(h, w, 4)[..., :3].copy()
+
+
+def _window(image: np.ndarray, myo: np.ndarray) -> tuple[float, float]:
+    """Display window from the heart region, so bright fat elsewhere does not wash it out."""
+    region = image[myo] if myo.sum() > 20 else image
+    lo = float(np.percentile(image, 1))
+    hi = float(np.percentile(region, 99.5)) if myo.sum() > 20 else float(np.percentile(image, 99.5))
+    return lo, max(hi, lo + 1)
+
+
+def render_slice(
+    image: np.ndarray,
+    labels: np.ndarray,
+    caption: str,
+    window: tuple[float, float],
+) -> tuple[np.ndarray, int]:
+    """RGB uint8 of one slice with outlines; returns it and the upsampling factor."""
+    rows, cols = image.shape
+    factor = int(np.ceil(MIN_SIDE / max(rows, cols)))
+    h, w = rows * factor, cols * factor
+    dpi = 100
+    fig = plt.figure(figsize=(w / dpi, h / dpi), dpi=dpi)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(
+        image,
+        cmap="gray",
+        vmin=window[0],
+        vmax=window[1],
+        interpolation="bilinear",
+        extent=(-0.5, cols - 0.5, rows - 0.5, -0.5),
+    )
+    for mask, spec in (
+        (myocardium_mask(labels), MYOCARDIUM_SEGMENT),
+        (scar_mask(labels), INFARCT_SEGMENT),
+        (mvo_mask(labels), MVO_SEGMENT),
+    ):
+        if mask.any():
+            ax.contour(
+                mask.astype(float), levels=[0.5], colors=[_rgb(spec.color_rgb)], linewidths=1.2
+            )
+    ax.set_xlim(-0.5, cols - 0.5)
+    ax.set_ylim(rows - 0.5, -0.5)
+    ax.axis("off")
+    style = {"fontsize": 9, "family": "DejaVu Sans", "va": "top"}
+    ax.text(
+        0.01,
+        0.99,
+        f"{DISCLAIMER}\n{caption}",
+        transform=ax.transAxes,
+        color="white",
+        bbox={"facecolor": "black", "alpha": 0.6, "pad": 2, "lw": 0},
+        **style,
+    )
+    x = 0.01
+    for spec in (MYOCARDIUM_SEGMENT, INFARCT_SEGMENT, MVO_SEGMENT):
+        ax.text(
+            x,
+            0.075,
+            "\u25a0 " + spec.label.split(" (")[0],
+            transform=ax.transAxes,
+            color=_rgb(spec.color_rgb),
+            **style,
+        )
+        x += 0.3
+    return _render(fig), factor
+
+
+def render_summary(metrics: Metrics, algorithm: Algorithm) -> np.ndarray:
+    """The AHA bullseye of transmurality with the key numbers, as an RGB page."""
+    dpi = 100
+    fig = plt.figure(figsize=(SUMMARY_SIDE / dpi, SUMMARY_SIDE / dpi), dpi=dpi, facecolor="black")
+    ax = fig.add_axes((0.05, 0.3, 0.6, 0.6))
+    ax.set_aspect("equal")
+    ax.axis("off")
+    cmap = plt.get_cmap("inferno")
+    trans = {s.id: s.transmurality_percent for s in metrics.segments}
+    # Rings (outer to inner): basal 1-6, mid 7-12, apical 13-16, apex 17. Segment 1 at the
+    # top (anterior), septum to the left, as in the AHA bullseye.
+    rings = (
+        (1.0, 0.75, range(1, 7), 60.0),
+        (0.75, 0.5, range(7, 13), 60.0),
+        (0.5, 0.25, range(13, 17), 90.0),
+    )
+    for outer, inner, ids, width in rings:
+        for i, sid in enumerate(ids):
+            start = 90 - width / 2 + i * width if width == 90 else 60 + i * width
+            w = Wedge(
+                (0, 0),
+                outer,
+                start,
+                start + width,
+                width=outer - inner,
+                facecolor=cmap(trans[sid] / 100),
+                edgecolor="white",
+                lw=1.5,
+            )
+            ax.add_patch(w)
+            mid = np.deg2rad(start + width / 2)
+            r = (outer + inner) / 2
+            ax.text(
+                r * np.cos(mid),
+                r * np.sin(mid),
+                f"{sid}\n{trans[sid]:.0f}%",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="cyan",
+            )
+    ax.add_patch(plt.Circle((0, 0), 0.25, facecolor=cmap(trans[17] / 100), edgecolor="white"))
+    ax.text(0, 0, f"17\n{trans[17]:.0f}%", ha="center", va="center", fontsize=9, color="cyan")
+    ax.set_xlim(-1.05, 1.05)
+    ax.set_ylim(-1.05, 1.05)
+    cax = fig.add_axes((0.7, 0.35, 0.03, 0.5))
+    bar = fig.colorbar(plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 100)), cax=cax)
+    bar.set_label("mean transmurality (%)", color="white")
+    bar.ax.tick_params(colors="white")
+    m = metrics
+    flags = ", ".join(m.qc_flags) or "none"
+    lines = [
+        f"LV myocardium  {m.myocardium_ml:7.1f} ml   {m.myocardium_mass_g:7.1f} g",
+        f"Infarct        {m.scar_ml:7.1f} ml   {m.scar_mass_g:7.1f} g   {m.scar_percent:5.1f} % LV",
+        f"MVO            {m.mvo_ml:7.2f} ml              {m.mvo_percent:5.1f} % LV",
+        f"Segments > 50% transmural: "
+        f"{', '.join(str(s.id) for s in m.segments if s.transmurality_percent > 50) or 'none'}",
+        f"QC flags: {flags}",
+        *(f"  {f}: {QC_FLAGS[f]}" for f in m.qc_flags if f in QC_FLAGS),
+    ]
+    fig.text(
+        0.05,
+        0.26,
+        "\n".join(lines),
+        color="white",
+        family="DejaVu Sans Mono",
+        fontsize=10,
+        va="top",
+    )
+    fig.text(
+        0.05,
+        0.97,
+        "LGE scar quantification - AHA 17-segment transmurality",
+        color="white",
+        fontsize=14,
+        va="top",
+    )
+    note = f"{DISCLAIMER}. {algorithm.label} {algorithm.version}"
+    if algorithm.synthetic_trained:
+        note += f"; {SYNTHETIC_NOTE}"
+    fig.text(0.05, 0.03, note, color="orange", fontsize=9, va="bottom", wrap=True)
+    return _render(fig)
+
+
+def patient_orientation(volume: Volume) -> tuple[str, str]:
+    """Dominant patient direction letters of the image rows and columns (e.g. L, P)."""
+    letters = (("R", "L"), ("A", "P"), ("F", "H"))  # LPS: negative, positive
+
+    def letter(v: np.ndarray) -> str:
+        axis = int(np.argmax(np.abs(v)))
+        return letters[axis][int(v[axis] > 0)]
+
+    g = volume.geometry
+    return letter(g.row_direction), letter(g.column_direction)
+
+
+def _sc(
+    ref: Dataset,
+    pixels: np.ndarray,
+    series_uid: str,
+    number: int,
+    spacing: tuple | None,
+    orientation: tuple[str, str],
+) -> hd.sc.SCImage:
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=ref,
+        pixel_array=pixels,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        series_instance_uid=series_uid,
+        series_number=OVERLAY_SERIES.number,
+        sop_instance_uid=new_uid(),
+        instance_number=number,
+        manufacturer=MANUFACTURER,
+        pixel_spacing=spacing,
+        patient_orientation=orientation,
+        series_description=OVERLAY_SERIES.description,
+    )
+    sc.BurnedInAnnotation = "YES"
+    sc.BodyPartExamined = "HEART"  # unpaired: no Laterality needed
+    sc.ImageType = ["DERIVED", "SECONDARY"]
+    charset = ref.get("SpecificCharacterSet")
+    if charset:
+        sc.SpecificCharacterSet = charset
+    return sc
+
+
+def build_overlays(
+    volume: Volume, labels: np.ndarray, metrics: Metrics, algorithm: Algorithm
+) -> list[hd.sc.SCImage]:
+    """One SC per slice (slice order) followed by the summary page, in one new series."""
+    series_uid = new_uid()
+    ref = volume.datasets[0]
+    window = _window(volume.array, myocardium_mask(labels))
+    orientation = patient_orientation(volume)
+    out = []
+    n = volume.array.shape[0]
+    for k in range(n):
+        caption = f"slice {k + 1}/{n}  {algorithm.label}"
+        pixels, factor = render_slice(volume.array[k], labels[k], caption, window)
+        ps = volume.geometry.pixel_spacing
+        spacing = (ps[0] / factor, ps[1] / factor)
+        out.append(_sc(ref, pixels, series_uid, k + 1, spacing, orientation))
+    summary = _sc(ref, render_summary(metrics, algorithm), series_uid, n + 1, None, orientation)
+    summary.PatientOrientation = ""  # a report page has no anatomical orientation
+    out.append(summary)
+    return out

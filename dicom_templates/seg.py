@@ -1,0 +1,140 @@
+"""DICOM Segmentation (highdicom) of LV myocardium, infarct and MVO on the source series.
+
+BINARY segments, because the clinical concepts overlap (myocardium includes the infarct,
+which includes MVO: the SR's volumes refer to exactly these segments), and because binary
+SEG is what PACS viewers (OHIF, Weasis, 3D Slicer, most vendors) display reliably; label-map
+SEG is newer and less supported, and fractional adds nothing to a thresholded network
+output. Every source frame gets a SEG frame, empty or not (``omit_empty_frames=False``):
+viewers that pair frames by index rather than by position then cannot show a segment on
+the wrong slice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+from highdicom.seg import SegmentAlgorithmTypeValues, SegmentationTypeValues
+
+from dicom_templates import codes
+from dicom_templates.identity import (
+    DEVICE_SERIAL,
+    MANUFACTURER,
+    MODEL_NAME,
+    SEG_SERIES,
+    SOFTWARE_VERSIONS,
+    Algorithm,
+)
+from dicom_templates.uids import new_uid
+from pipeline.labels import Label, mvo_mask, myocardium_mask, scar_mask
+from pipeline.volume import Volume
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    number: int
+    label: str
+    category: hd.sr.CodedConcept
+    type: hd.sr.CodedConcept
+    color_rgb: tuple[int, int, int]
+
+
+MYOCARDIUM_SEGMENT = SegmentSpec(
+    1, "LV myocardium", codes.ANATOMICAL_STRUCTURE, codes.LV_MYOCARDIUM, (0, 200, 0)
+)
+INFARCT_SEGMENT = SegmentSpec(
+    2, "Infarct (scar)", codes.MORPHOLOGICALLY_ABNORMAL, codes.INFARCT, (255, 200, 0)
+)
+MVO_SEGMENT = SegmentSpec(
+    3, "Microvascular obstruction", codes.MORPHOLOGICALLY_ABNORMAL, codes.MVO, (0, 180, 255)
+)
+LV_POOL_SEGMENT = SegmentSpec(
+    4, "LV blood pool", codes.ANATOMICAL_STRUCTURE, codes.LV_BLOOD_POOL, (200, 0, 0)
+)
+RV_POOL_SEGMENT = SegmentSpec(
+    5, "RV blood pool", codes.ANATOMICAL_STRUCTURE, codes.RV_BLOOD_POOL, (150, 0, 150)
+)
+
+
+def segment_specs(include_blood_pools: bool = False) -> list[SegmentSpec]:
+    specs = [MYOCARDIUM_SEGMENT, INFARCT_SEGMENT, MVO_SEGMENT]
+    return [*specs, LV_POOL_SEGMENT, RV_POOL_SEGMENT] if include_blood_pools else specs
+
+
+def segment_masks(labels: np.ndarray, include_blood_pools: bool = False) -> np.ndarray:
+    """(z, y, x, n_segments) bool masks in the order of `segment_specs`."""
+    masks = [myocardium_mask(labels), scar_mask(labels), mvo_mask(labels)]
+    if include_blood_pools:
+        masks += [labels == Label.LV_BLOOD, labels == Label.RV_BLOOD]
+    return np.stack(masks, axis=-1)
+
+
+def build_seg(
+    volume: Volume,
+    labels: np.ndarray,
+    algorithm: Algorithm,
+    include_blood_pools: bool = False,
+    series_instance_uid: str | None = None,
+) -> hd.seg.Segmentation:
+    """A SEG referencing every frame of ``volume``'s source series, in its study."""
+    if labels.shape != volume.array.shape:
+        raise ValueError(f"labels {labels.shape} do not match the volume {volume.array.shape}")
+    masks = segment_masks(labels, include_blood_pools).astype(np.uint8)
+    if volume.is_multiframe:
+        # One enhanced source: SEG frames follow the source's frame order, not slice order.
+        order = np.argsort([f.frame_number for f in volume.frames])
+        masks = masks[order]
+        sources = [volume.datasets[0]]
+    else:
+        sources = volume.datasets  # slice order, one per SEG frame
+    family = codes.ALGORITHM_FAMILY
+    algorithm_type = SegmentAlgorithmTypeValues[algorithm.kind]
+    identification = (
+        None
+        if algorithm.kind == "MANUAL"
+        else hd.AlgorithmIdentificationSequence(
+            name=algorithm.label, family=family, version=algorithm.version
+        )
+    )
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=spec.number,
+            segment_label=spec.label,
+            segmented_property_category=spec.category,
+            segmented_property_type=spec.type,
+            algorithm_type=algorithm_type,
+            algorithm_identification=identification,
+            tracking_uid=new_uid(),
+            tracking_id=spec.label,
+            anatomic_regions=[codes.HEART],
+            display_color=hd.color.CIELabColor.from_rgb(*spec.color_rgb),
+        )
+        for spec in segment_specs(include_blood_pools)
+    ]
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=masks,
+        segmentation_type=SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=series_instance_uid or new_uid(),
+        series_number=SEG_SERIES.number,
+        sop_instance_uid=new_uid(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=MODEL_NAME,
+        software_versions=SOFTWARE_VERSIONS,
+        device_serial_number=DEVICE_SERIAL,
+        content_label="LGESCAR",
+        content_description=f"{algorithm.label}; research only"[:64],
+        series_description=SEG_SERIES.description,
+        omit_empty_frames=False,
+    )
+    _copy_character_set(volume, seg)
+    return seg
+
+
+def _copy_character_set(volume: Volume, ds: object) -> None:
+    charset = volume.datasets[0].get("SpecificCharacterSet")
+    if charset:
+        ds.SpecificCharacterSet = charset  # type: ignore[attr-defined]
