@@ -1,0 +1,276 @@
+"""DICOM outputs: valid (dciodvfy), readable back (highdicom, DCMTK dsrdump), equal to the
+metrics, placed in the source study, and accepted by a real PACS (Orthanc, C-STORE)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from dicom_templates import codes
+from dicom_templates.identity import Algorithm
+from dicom_templates.outputs import OutputFiles, write_outputs
+from dicom_templates.seg import segment_masks
+from pipeline.phantom import PhantomCase
+from pipeline.quantify import quantify
+from pipeline.series import load_series
+from tests.dicom_tools import dciodvfy, require_tool, run_tool
+from tests.orthanc import Orthanc
+
+ALGORITHM = Algorithm()  # identifies as the synthetic-trained demo model
+
+
+def _write(case: PhantomCase, out: Path, **kwargs) -> tuple[OutputFiles, object]:
+    volume = load_series(case.out_dir / "dicom")
+    metrics = quantify(case.labels, volume.geometry)
+    return write_outputs(out, volume, case.labels, metrics, ALGORITHM, **kwargs), volume
+
+
+CASES = {
+    "classic-psir-mvo": {"seed": 7, "kind": "psir"},
+    "enhanced-magnitude-mvo": {"seed": 11, "kind": "magnitude", "enhanced": True, "mvo": True},
+    "classic-magnitude-no-mvo": {"seed": 5, "kind": "magnitude", "scar": True, "mvo": False},
+    "enhanced-psir-no-scar": {"seed": 8, "kind": "psir", "enhanced": True, "scar": False},
+}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def written(request, phantom_factory, tmp_path_factory):
+    case = phantom_factory(**CASES[request.param])
+    files, volume = _write(case, tmp_path_factory.mktemp(request.param))
+    return case, files, volume
+
+
+def test_every_object_passes_dciodvfy(written) -> None:
+    _, files, _ = written
+    for path in files.dicom:
+        verdict = dciodvfy(path)
+        assert verdict.errors == [], f"{path.name}:\n{verdict.output}"
+        # The only warnings allowed are for our documented private coding scheme.
+        others = [w for w in verdict.warnings if "99LGENODE" not in w]
+        assert others == [], f"{path.name}: {others}"
+
+
+def test_seg_reads_back_frame_by_frame_against_the_right_source_slice(written) -> None:
+    case, files, volume = written
+    seg = hd.seg.segread(files.seg)
+    assert seg.SegmentationType == "BINARY"
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == [
+        "LV myocardium",
+        "Infarct (scar)",
+        "Microvascular obstruction",
+    ]
+    n = volume.array.shape[0]
+    assert int(seg.NumberOfFrames) == 3 * n, "empty frames must not be omitted"
+    expected = segment_masks(case.labels)
+    for k, frame in enumerate(volume.frames):
+        if frame.frame_number is None:
+            got = seg.get_pixels_by_source_instance(
+                source_sop_instance_uids=[frame.sop_instance_uid], segment_numbers=[1, 2, 3]
+            )[0]
+        else:
+            got = seg.get_pixels_by_source_frame(
+                source_sop_instance_uid=frame.sop_instance_uid,
+                source_frame_numbers=[frame.frame_number],
+                segment_numbers=[1, 2, 3],
+            )[0]
+        np.testing.assert_array_equal(got.astype(bool), expected[k], err_msg=f"slice {k}")
+    # Every SEG frame sits at the position of the source slice it derives from.
+    positions = {tuple(np.round(volume.geometry.slice_position(k), 3)) for k in range(n)}
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        ipp = item.PlanePositionSequence[0].ImagePositionPatient
+        assert tuple(np.round(np.array(ipp, dtype=float), 3)) in positions
+
+
+def _dsrdump(path: Path) -> str:
+    """DCMTK's rendering of an SR, converted to UTF-8 from its declared character set."""
+    return subprocess.run(
+        [require_tool("dsrdump"), "+U8", "+Pc", "+Pl", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def _dsr_numbers(path: Path) -> dict[str, dict[str, float]]:
+    """{tracking identifier: {concept code: value}} from DCMTK's dsrdump."""
+    out = _dsrdump(path)
+    groups: dict[str, dict[str, float]] = {}
+    current = None
+    for line in out.splitlines():
+        m = re.search(r'"Tracking Identifier"\)="([^"]+)"', line)
+        if m:
+            current = m.group(1)
+            groups.setdefault(current, {})
+        m = re.search(r'NUM:\(([^,]+),([^,]+),"[^"]*"\)="([^"]+)"', line)
+        if m and current:
+            groups[current][m.group(1)] = float(m.group(3))
+        m = re.search(r'"Finding Site"\)=\(([^,]+),SCT', line)
+        if m and current:
+            groups[current]["site"] = m.group(1)
+    return groups
+
+
+def test_sr_numbers_equal_metrics_json(written) -> None:
+    _, files, volume = written
+    metrics = json.loads(files.metrics.read_text())
+    # DCMTK decodes the SR in its declared character set: the name survives intact.
+    assert f"Patient             : {volume.datasets[0].PatientName} (" in _dsrdump(files.sr)
+    groups = _dsr_numbers(files.sr)
+    vol, mass, pct = "118565006", "118538004", "PCTLVMYO"
+    myo, inf, mvo = (
+        groups["LV myocardium"],
+        groups["Infarct (scar)"],
+        groups["Microvascular obstruction"],
+    )
+    assert myo[vol] == pytest.approx(metrics["myocardium_ml"], rel=1e-9)
+    assert myo[mass] == pytest.approx(metrics["myocardium_mass_g"], rel=1e-9)
+    assert inf[vol] == pytest.approx(metrics["scar_ml"], rel=1e-9, abs=1e-12)
+    assert inf[mass] == pytest.approx(metrics["scar_mass_g"], rel=1e-9, abs=1e-12)
+    assert inf[pct] == pytest.approx(metrics["scar_percent"], rel=1e-9, abs=1e-12)
+    assert mvo[vol] == pytest.approx(metrics["mvo_ml"], rel=1e-9, abs=1e-12)
+    assert mvo[pct] == pytest.approx(metrics["mvo_percent"], rel=1e-9, abs=1e-12)
+    for s in metrics["segments"]:
+        g = groups[f"AHA segment {s['id']}"]
+        assert g["site"] == codes.AHA_SEGMENTS[s["id"]].value
+        assert g["PCTSEGMYO"] == pytest.approx(s["scar_percent"], rel=1e-9, abs=1e-12)
+        assert g["TRANSMURAL"] == pytest.approx(s["transmurality_percent"], rel=1e-9, abs=1e-12)
+        assert g[vol] == pytest.approx(s["mvo_ml"], rel=1e-9, abs=1e-12)
+
+
+def test_no_scar_case_reports_zero(phantom_factory, tmp_path: Path) -> None:
+    files, _ = _write(phantom_factory(**CASES["enhanced-psir-no-scar"]), tmp_path)
+    groups = _dsr_numbers(files.sr)
+    assert groups["Infarct (scar)"]["118565006"] == 0
+    assert groups["Microvascular obstruction"]["118565006"] == 0
+    assert groups["LV myocardium"]["118565006"] > 50
+    # The SEG is still complete: every frame of every segment, the empty ones empty.
+    seg = pydicom.dcmread(files.seg)
+    n_slices = int(seg.NumberOfFrames) // 3
+    pixels = seg.pixel_array
+    for number, non_empty in ((1, True), (2, False), (3, False)):
+        frames = [
+            i
+            for i, f in enumerate(seg.PerFrameFunctionalGroupsSequence)
+            if f.SegmentIdentificationSequence[0].ReferencedSegmentNumber == number
+        ]
+        assert len(frames) == n_slices
+        assert bool(pixels[frames].any()) == non_empty
+
+
+def test_placement_identity_and_character_set(written) -> None:
+    _, files, volume = written
+    src = volume.datasets[0]
+    seg, sr = pydicom.dcmread(files.seg), pydicom.dcmread(files.sr)
+    scs = [pydicom.dcmread(p) for p in files.overlays]
+    source_uids = {str(d.SOPInstanceUID) for d in volume.datasets} | {src.SeriesInstanceUID}
+    for ds, description in [(seg, "LGE scar SEG"), (sr, "LGE scar report")] + [
+        (sc, "LGE scar overlay") for sc in scs
+    ]:
+        assert ds.StudyInstanceUID == src.StudyInstanceUID
+        assert ds.SeriesDescription == description
+        assert ds.SeriesInstanceUID not in source_uids
+        assert ds.SOPInstanceUID not in source_uids
+        assert ds.SpecificCharacterSet == src.SpecificCharacterSet
+        assert str(ds.PatientName) == str(src.PatientName)  # "Phantom^Inês 7" etc.
+        assert ds.PatientID == src.PatientID
+    assert seg.FrameOfReferenceUID == src.FrameOfReferenceUID
+    assert len({sc.SeriesInstanceUID for sc in scs}) == 1
+    assert len(scs) == volume.array.shape[0] + 1
+    assert all(sc.BurnedInAnnotation == "YES" for sc in scs)
+    # The model is identified, and says it is a synthetic-trained demo.
+    alg = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert "synthetic-trained demo" in alg.AlgorithmName and alg.AlgorithmVersion
+
+
+def test_overlays_show_the_segments_where_they_are(written) -> None:
+    case, files, _ = written
+    green = np.array([0, 200, 0])
+    yellow = np.array([255, 200, 0])
+
+    def count(pixels: np.ndarray, color: np.ndarray) -> int:
+        return int((np.abs(pixels.astype(int) - color).sum(axis=-1) < 60).sum())
+
+    for k, path in enumerate(files.overlays[:-1]):
+        px = pydicom.dcmread(path).pixel_array
+        factor = px.shape[0] // case.labels.shape[1]
+        image_band = px[: int(0.9 * px.shape[0])]  # the legend swatches sit below
+        myo = np.isin(case.labels[k], [2, 3, 4])
+        if myo.sum() <= 10:
+            assert count(image_band, green) == 0, f"slice {k}: outline without myocardium"
+            continue
+        ys, xs = np.nonzero(myo)
+        y0, y1 = (ys.min() - 2) * factor, (ys.max() + 3) * factor
+        x0, x1 = (xs.min() - 2) * factor, (xs.max() + 3) * factor
+        heart = px[max(y0, 0) : y1, max(x0, 0) : x1]
+        assert count(heart, green) > 20, f"slice {k}: myocardium outline missing"
+        outside = image_band.copy()
+        outside[max(y0, 0) : y1, max(x0, 0) : x1] = 0
+        assert count(outside, green) == 0, f"slice {k}: outline away from the heart"
+        if np.isin(case.labels[k], [3, 4]).sum() > 30:
+            assert count(heart, yellow) > 10, f"slice {k}: infarct outline missing"
+
+
+def test_reprocessing_makes_new_instances_pointing_to_the_predecessor(
+    psir_classic, tmp_path: Path
+) -> None:
+    first, _ = _write(psir_classic, tmp_path / "run1")
+    second, _ = _write(psir_classic, tmp_path / "run2", predecessor_sr=first.sr)
+    old, new = pydicom.dcmread(first.sr), pydicom.dcmread(second.sr)
+    assert new.SOPInstanceUID != old.SOPInstanceUID
+    assert pydicom.dcmread(second.seg).SOPInstanceUID != pydicom.dcmread(first.seg).SOPInstanceUID
+    ref = new.PredecessorDocumentsSequence[0]
+    assert ref.StudyInstanceUID == old.StudyInstanceUID
+    series = ref.ReferencedSeriesSequence[0]
+    assert series.SeriesInstanceUID == old.SeriesInstanceUID
+    assert series.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == old.SOPInstanceUID
+    assert dciodvfy(second.sr).errors == []
+
+
+def test_orthanc_accepts_all_outputs_over_c_store_under_the_original_study(
+    written, tmp_path: Path
+) -> None:
+    case, files, volume = written
+    with Orthanc(tmp_path / "orthanc") as pacs:
+        sources = [str(p) for p in case.files]
+        # DCMTK storescu as the scanner (source) and as the node's sender (results).
+        run_tool(
+            "storescu",
+            "-aet",
+            "SCANNER",
+            "-aec",
+            pacs.aet,
+            "127.0.0.1",
+            str(pacs.dicom_port),
+            *sources,
+        )
+        run_tool(
+            "storescu",
+            "-aet",
+            "LGE_NODE",
+            "-aec",
+            pacs.aet,
+            "127.0.0.1",
+            str(pacs.dicom_port),
+            *map(str, files.dicom),
+        )
+        studies = pacs.get("/studies?expand")
+        assert len(studies) == 1, "outputs must land in the source study"
+        study = studies[0]
+        assert study["MainDicomTags"]["StudyInstanceUID"] == volume.study_instance_uid
+        assert study["PatientMainDicomTags"]["PatientName"] == str(volume.datasets[0].PatientName)
+        series = {
+            s["MainDicomTags"].get("SeriesDescription"): s
+            for s in pacs.get(f"/studies/{study['ID']}/series?expand")
+        }
+        assert {"LGE scar SEG", "LGE scar report", "LGE scar overlay"} <= set(series)
+        assert len(series["LGE scar overlay"]["Instances"]) == len(files.overlays)
+        seg_instance = series["LGE scar SEG"]["Instances"][0]
+        tags = pacs.get(f"/instances/{seg_instance}/simplified-tags")
+        assert tags["SOPClassUID"] == pydicom.uid.SegmentationStorage
