@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from pipeline.series import load_series
@@ -71,3 +72,40 @@ def test_check_config_exit_codes(tmp_path: Path) -> None:
     bad.write_text("[dicom]\nport = 0\n")
     proc = lge_node("check-config", str(bad))
     assert proc.returncode == 2 and "dicom.port" in proc.stderr
+
+
+def test_report_writes_seg_sr_and_overlays_from_phantom_truth(psir_classic, tmp_path) -> None:
+    out = tmp_path / "results"
+    proc = lge_node(
+        "report",
+        str(psir_classic.out_dir / "dicom"),
+        "--labels",
+        str(psir_classic.out_dir / "truth_labels.nii.gz"),
+        "--out",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "seg.dcm").is_file() and (out / "sr.dcm").is_file()
+    overlays = sorted((out / "overlay").glob("*.dcm"))
+    assert len(overlays) == psir_classic.geometry.shape[0] + 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    truth = json.loads((psir_classic.out_dir / "truth.json").read_text())
+    # Same labels, geometry read back from 16-character decimal strings: equal to 1e-9.
+    for key in ("myocardium_ml", "scar_ml", "mvo_ml", "scar_percent"):
+        assert metrics[key] == pytest.approx(truth[key], rel=1e-9)
+    assert not list(out.rglob(".*.tmp")), "no temporary files left behind"
+
+
+def test_report_refuses_labels_on_another_geometry(psir_classic, phantom_factory, tmp_path):
+    other = phantom_factory(seed=11, kind="magnitude", enhanced=True, mvo=True)
+    proc = lge_node(
+        "report",
+        str(psir_classic.out_dir / "dicom"),
+        "--labels",
+        str(other.out_dir / "truth_labels.nii.gz"),
+        "--out",
+        str(tmp_path / "r"),
+    )
+    assert proc.returncode == 1
+    assert "not on the series' geometry" in proc.stderr
+    assert not (tmp_path / "r").exists()

@@ -15,6 +15,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     MRImageStorage,
 )
+from pydicom.valuerep import format_number_as_ds
 
 from dicom_templates.uids import derived_uid
 from pipeline.phantom.render import Acquisition
@@ -56,6 +57,12 @@ class StudyInfo:
             study_time=f"{8 + seed % 10:02d}{seed % 60:02d}00",
             accession=f"ACC{seed:07d}",
         )
+
+
+def _ds(value: float) -> str:
+    """A decimal string at full DS precision (16 characters), so readers recover the
+    geometry the truth was computed on."""
+    return format_number_as_ds(float(value))
 
 
 def stored_offset(kind: str) -> float:
@@ -168,14 +175,12 @@ def write_classic(
         ds.SequenceName = fields["SequenceName"]
         ds.InstanceNumber = k + 1
         ds.AcquisitionTime = info.study_time
-        ds.ImagePositionPatient = [f"{v:.6f}" for v in acq.positions[k]]
-        ds.ImageOrientationPatient = [
-            f"{v:.8f}" for v in (*acq.row_direction, *acq.column_direction)
-        ]
-        ds.SliceLocation = f"{acq.positions[k] @ acq.normal:.6f}"
-        ds.PixelSpacing = [f"{acq.pixel_spacing:.6f}"] * 2
-        ds.SliceThickness = f"{acq.thickness:.4f}"
-        ds.SpacingBetweenSlices = f"{acq.spacing:.4f}"
+        ds.ImagePositionPatient = [_ds(v) for v in acq.positions[k]]
+        ds.ImageOrientationPatient = [_ds(v) for v in (*acq.row_direction, *acq.column_direction)]
+        ds.SliceLocation = _ds(acq.positions[k] @ acq.normal)
+        ds.PixelSpacing = [_ds(acq.pixel_spacing)] * 2
+        ds.SliceThickness = _ds(acq.thickness)
+        ds.SpacingBetweenSlices = _ds(acq.spacing)
         # MR acquisition: segmented inversion-recovery gradient echo, ECG triggered.
         ds.ScanningSequence = ["GR", "IR"]
         ds.SequenceVariant = ["SK", "SP", "MP"]
@@ -298,9 +303,9 @@ def write_enhanced(
     shared.PixelMeasuresSequence = Sequence(
         [
             _item(
-                PixelSpacing=[f"{acq.pixel_spacing:.6f}"] * 2,
-                SliceThickness=f"{acq.thickness:.4f}",
-                SpacingBetweenSlices=f"{acq.spacing:.4f}",
+                PixelSpacing=[_ds(acq.pixel_spacing)] * 2,
+                SliceThickness=_ds(acq.thickness),
+                SpacingBetweenSlices=_ds(acq.spacing),
             )
         ]
     )
@@ -308,7 +313,7 @@ def write_enhanced(
         [
             _item(
                 ImageOrientationPatient=[
-                    f"{v:.8f}" for v in (*acq.row_direction, *acq.column_direction)
+                    _ds(v) for v in (*acq.row_direction, *acq.column_direction)
                 ]
             )
         ]
@@ -455,7 +460,7 @@ def write_enhanced(
             ]
         )
         frame.PlanePositionSequence = Sequence(
-            [_item(ImagePositionPatient=[f"{v:.6f}" for v in acq.positions[k]])]
+            [_item(ImagePositionPatient=[_ds(v) for v in acq.positions[k]])]
         )
         frame.CardiacSynchronizationSequence = Sequence(
             [_item(NominalCardiacTriggerDelayTime=420.0, RRIntervalTimeNominal=857.0)]
