@@ -1,0 +1,57 @@
+"""Process environment for ultralytics and nnU-Net, set before their first import.
+
+Both libraries read environment variables at import time: ultralytics would otherwise try
+to download a font and check for updates, nnU-Net would spawn worker processes and
+``torch.compile``. Nothing here downloads anything.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NNUNET_EXT = Path(__file__).resolve().parent / "nnunet_ext"  # custom trainers live here
+
+
+def yolo_config_dir() -> Path:
+    """Project-local ultralytics config dir, holding a font so none is fetched."""
+    path = Path(os.environ.get("YOLO_CONFIG_DIR", ROOT / ".yolo"))
+    path.mkdir(parents=True, exist_ok=True)
+    font = path / "Arial.ttf"
+    if not font.exists():
+        import matplotlib
+
+        dejavu = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+        shutil.copyfile(dejavu, font)
+    return path
+
+
+def prepare(training: bool = False) -> None:
+    """Set the environment; call before importing ultralytics or nnunetv2.
+
+    ``nnUNet_n_proc_DA=0`` (augmentation in-process) is only for training and inference:
+    nnU-Net's planning step crashes with it (``set_num_threads(0)``).
+    """
+    os.environ["YOLO_CONFIG_DIR"] = str(yolo_config_dir())
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "0")
+    os.environ.setdefault("YOLO_VERBOSE", "0")
+    os.environ.setdefault("nnUNet_compile", "f")
+    os.environ.setdefault("nnUNet_def_n_proc", "1")
+    os.environ.setdefault("nnUNet_extTrainer", str(NNUNET_EXT))
+    if training:
+        os.environ["nnUNet_n_proc_DA"] = "0"
+    # nnU-Net warns at import when these are unset; inference passes folders explicitly.
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.environ.setdefault(name, str(ROOT / ".nnunet" / name))
+
+
+def set_threads(n: int | None = None) -> None:
+    """ultralytics sets torch to 1 thread on small machines at import; undo that."""
+    import torch
+
+    n = n or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    os.environ["OMP_NUM_THREADS"] = str(n)
