@@ -164,7 +164,7 @@ def render_summary(metrics: Metrics, algorithm: Algorithm) -> np.ndarray:
     bar.set_label("mean transmurality (%)", color="white")
     bar.ax.tick_params(colors="white")
     m = metrics
-    flags = ", ".join(m.qc_flags) or "none"
+    flags = ", ".join(m.qc.flags) or "none"
     lines = [
         f"LV myocardium  {m.myocardium_ml:7.1f} ml   {m.myocardium_mass_g:7.1f} g",
         f"Infarct        {m.scar_ml:7.1f} ml   {m.scar_mass_g:7.1f} g   {m.scar_percent:5.1f} % LV",
@@ -172,7 +172,7 @@ def render_summary(metrics: Metrics, algorithm: Algorithm) -> np.ndarray:
         f"Segments > 50% transmural: "
         f"{', '.join(str(s.id) for s in m.segments if s.transmurality_percent > 50) or 'none'}",
         f"QC flags: {flags}",
-        *(f"  {f}: {QC_FLAGS[f]}" for f in m.qc_flags if f in QC_FLAGS),
+        *(f"  {f}: {QC_FLAGS[f]}" for f in m.qc.flags if f in QC_FLAGS),
     ]
     fig.text(
         0.05,

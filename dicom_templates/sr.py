@@ -129,7 +129,7 @@ def build_sr(
             )
         )
     flags = [
-        hd.sr.QualitativeEvaluation(codes.QC_FLAG, codes.qc_flag_code(f)) for f in m.qc_flags
+        hd.sr.QualitativeEvaluation(codes.QC_FLAG, codes.qc_flag_code(f)) for f in m.qc.flags
     ] or [hd.sr.QualitativeEvaluation(codes.QC_FLAG, codes.QC_NONE)]
     groups.append(
         hd.sr.MeasurementsAndQualitativeEvaluations(

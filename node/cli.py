@@ -111,6 +111,134 @@ def inspect(
 
 
 @app.command()
+def analyze(
+    in_dir: Annotated[Path, typer.Argument(help="Folder with one LGE series (DICOM).")],
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    series: Annotated[str | None, typer.Option(help="SeriesInstanceUID to pick.")] = None,
+    model_dir: Annotated[Path | None, typer.Option(help="Model bundle folder.")] = None,
+    nnunet_model: Annotated[
+        Path | None, typer.Option(help="An nnU-Net trainer folder (overrides the bundle's).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    mirroring: Annotated[bool, typer.Option("--mirroring", help="Test-time mirroring.")] = False,
+    nsd: Annotated[float, typer.Option(help="n for the n-SD reference threshold.")] = 5.0,
+    dicom: Annotated[
+        bool, typer.Option("--dicom/--no-dicom", help="Write SEG, SR and overlays.")
+    ] = True,
+) -> None:
+    """Run the pipeline on a folder of DICOM files; write metrics.json (+ SEG/SR/overlays)."""
+    import json as _json
+
+    from pipeline.errors import SeriesLoadError
+    from pipeline.models import ModelBundle, ModelError
+    from pipeline.run import Pipeline, PipelineSettings
+    from pipeline.series import load_series
+
+    with console.status("loading series") as status:
+        try:
+            volume = load_series(in_dir, series_instance_uid=series)
+        except SeriesLoadError as exc:
+            err.print(f"[red]not a usable LGE series ({type(exc).__name__}):[/red] {exc}")
+            raise typer.Exit(1) from exc
+        modality = str(volume.datasets[0].get("Modality", ""))
+        if modality != "MR":
+            err.print(f"[red]not a usable LGE series:[/red] modality is {modality!r}, not MR")
+            raise typer.Exit(1)
+        status.update("loading models")
+        try:
+            bundle = ModelBundle.load(model_dir, nnunet_model)
+        except ModelError as exc:
+            err.print(f"[red]model error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+        pipeline = Pipeline(bundle, PipelineSettings(device=device, mirroring=mirroring, nsd=nsd))
+        result = pipeline.run(volume, progress=lambda s: status.update(s))
+        out.mkdir(parents=True, exist_ok=True)
+        if dicom:
+            status.update("writing SEG, SR and overlays")
+            from dicom_templates.identity import Algorithm
+            from dicom_templates.outputs import write_outputs
+
+            algorithm = Algorithm(
+                name="lge-node YOLOv8+nnU-Net",
+                version=bundle.version,
+                synthetic_trained=bundle.synthetic_trained,
+            )
+            write_outputs(out, volume, result.labels, result.metrics, algorithm)
+        else:
+            (out / "metrics.json").write_text(
+                _json.dumps(result.metrics.to_dict(), indent=2) + "\n"
+            )
+    _print_metrics(result.metrics, result.timings, volume.array.shape[0])
+    console.print(f"outputs in {out}")
+
+
+def _print_metrics(m, timings: dict[str, float], n_slices: int) -> None:
+    table = Table(title="LGE quantification (research only, not for clinical use)")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for name, value in (
+        ("LV myocardium", f"{m.myocardium_ml:.1f} ml / {m.myocardium_mass_g:.1f} g"),
+        ("scar", f"{m.scar_ml:.1f} ml / {m.scar_mass_g:.1f} g / {m.scar_percent:.1f} %"),
+        ("MVO", f"{m.mvo_ml:.2f} ml / {m.mvo_percent:.1f} %"),
+        *((f"reference {r.method}", f"{r.scar_percent:.1f} %") for r in m.reference),
+        (
+            "transmural > 50 %",
+            ", ".join(str(s.id) for s in m.segments if s.transmurality_percent > 50) or "none",
+        ),
+        ("QC flags", ", ".join(m.qc.flags) or "none"),
+        ("time", f"{timings['total']:.2f} s ({timings['total'] / n_slices:.3f} s/image)"),
+    ):
+        table.add_row(name, value)
+    console.print(table)
+
+
+@app.command()
+def evaluate(
+    out: Annotated[Path, typer.Option(help="Where the table, JSON and plot go.")],
+    cases: Annotated[int, typer.Option(help="Held-out phantoms (>= 20 for the README).")] = 24,
+    model_dir: Annotated[Path | None, typer.Option(help="Model bundle folder.")] = None,
+) -> None:
+    """Accuracy on held-out phantoms: Dice, HD95, volume agreement, Bland-Altman plot."""
+    from pipeline.evaluate import evaluate as run_evaluation
+    from pipeline.evaluate import markdown_table
+    from pipeline.models import ModelBundle
+    from pipeline.run import Pipeline
+
+    pipeline = Pipeline(ModelBundle.load(model_dir))
+    summary = run_evaluation(pipeline, cases, out)
+    console.print(markdown_table(summary))
+    console.print(f"details in {out}")
+
+
+@app.command("train-demo")
+def train_demo(
+    out: Annotated[Path | None, typer.Option(help="Where the models go.")] = None,
+    cases: Annotated[int, typer.Option(help="Training phantoms.")] = 60,
+    nnunet_epochs: Annotated[int, typer.Option(help="nnU-Net epochs.")] = 60,
+    nnunet_iterations: Annotated[int, typer.Option(help="Iterations per epoch.")] = 50,
+    yolo_epochs: Annotated[int, typer.Option(help="YOLO epochs.")] = 10,
+    work: Annotated[Path | None, typer.Option(help="Scratch folder.")] = None,
+) -> None:
+    """Train the bundled demo models on phantoms (fixed seeds; CPU; see README for time)."""
+    from pipeline.train import TrainSettings
+    from pipeline.train import train_demo as run
+
+    settings = TrainSettings(
+        cases=cases,
+        nnunet_epochs=nnunet_epochs,
+        nnunet_iterations=nnunet_iterations,
+        yolo_epochs=yolo_epochs,
+    )
+    if out is not None:
+        settings.out_dir = out
+    if work is not None:
+        settings.work_dir = work
+    path = run(settings)
+    timings = ", ".join(f"{k} {v:.0f}" for k, v in settings.timings.items())
+    console.print(f"models written to {path} ({timings})")
+
+
+@app.command()
 def report(
     series_dir: Annotated[Path, typer.Argument(help="Folder of the source LGE series.")],
     labels: Annotated[

@@ -33,7 +33,12 @@ ANTERIOR_LPS = np.array([0.0, -1.0, 0.0])
 RAY_STEP_DEG = 2.0
 # QC flag identifiers and what they mean; outputs (SR, overlays) explain them with these.
 QC_FLAGS = {
+    "no_heart_found": "detector found no heart: the whole image was segmented",
+    "empty_segmentation": "no LV myocardium was segmented",
+    "coverage_incomplete_base": "myocardium reaches the first slice: the base may be cut off",
+    "coverage_incomplete_apex": "myocardium reaches the last slice without an apical cap",
     "septum_fallback": "no RV insertion points: septum from patient axes (AHA orientation)",
+    "reference_disagreement": "model scar % differs from both n-SD and FWHM by > 10 points",
 }
 RAY_STEP_PX = 0.25
 
@@ -65,6 +70,24 @@ class AhaInfo:
 
 
 @dataclass
+class QualityControl:
+    flags: list[str] = field(default_factory=list)  # keys of QC_FLAGS
+    slices_used: list[int] = field(default_factory=list)  # slices holding myocardium
+    localization_confidence: float | None = None
+    borrowed_slices: list[int] = field(default_factory=list)  # took a neighbour's box
+
+
+@dataclass
+class ReferenceScar:
+    """A conventional threshold method inside the predicted myocardium (a QC signal)."""
+
+    method: str  # "nSD" or "FWHM"
+    parameter: float | None  # n for nSD
+    scar_ml: float
+    scar_percent: float
+
+
+@dataclass
 class Metrics:
     myocardium_ml: float
     myocardium_mass_g: float
@@ -75,7 +98,8 @@ class Metrics:
     mvo_percent: float
     segments: list[SegmentMetrics]
     aha: AhaInfo
-    qc_flags: list[str] = field(default_factory=list)  # see QC_FLAGS
+    qc: QualityControl = field(default_factory=QualityControl)
+    reference: list[ReferenceScar] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,8 +143,25 @@ def quantify(labels: np.ndarray, geometry: Geometry) -> Metrics:
         mvo_percent=_pct(mvo_ml, myo_ml),
         segments=segments,
         aha=aha,
-        qc_flags=["septum_fallback"] if aha.septum_source == "fallback" and myo_ml > 0 else [],
+        qc=QualityControl(
+            flags=_coverage_flags(aha, labels.shape[0], myo_ml),
+            slices_used=sorted(aha.base_to_apex),
+        ),
     )
+
+
+def _coverage_flags(aha: AhaInfo, n_slices: int, myo_ml: float) -> list[str]:
+    if myo_ml <= 0:
+        return ["empty_segmentation"]
+    flags = []
+    edges = {0, n_slices - 1}
+    if aha.base_to_apex and aha.base_to_apex[0] in edges:
+        flags.append("coverage_incomplete_base")
+    if aha.base_to_apex and not aha.levels.get("apex") and aha.base_to_apex[-1] in edges:
+        flags.append("coverage_incomplete_apex")
+    if aha.septum_source == "fallback":
+        flags.append("septum_fallback")
+    return flags
 
 
 def _pct(part: float, whole: float) -> float:

@@ -1,0 +1,72 @@
+"""Where the models are: a bundle folder with ``yolo/heart.pt`` and an nnU-Net results tree
+``nnunet/DatasetXXX_*/<Trainer>__<Plans>__<config>/fold_*/``. A model trained elsewhere
+(EMIDEC, a site's own data) drops in by pointing ``nnunet_model`` at its trainer folder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.runtime import ROOT
+
+BUNDLED = ROOT / "models" / "demo"
+
+
+class ModelError(RuntimeError):
+    """A model folder is missing or incomplete; the message says what was looked for."""
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    yolo_weights: Path
+    nnunet_folder: Path  # the <Trainer>__<Plans>__<config> folder
+    folds: tuple[str, ...]
+    name: str
+    version: str
+    synthetic_trained: bool
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: Path | None = None,
+        nnunet_model: Path | None = None,
+        yolo_weights: Path | None = None,
+    ) -> ModelBundle:
+        root = Path(model_dir) if model_dir else BUNDLED
+        manifest = {}
+        if (root / "manifest.json").is_file():
+            manifest = json.loads((root / "manifest.json").read_text())
+        yolo = Path(yolo_weights) if yolo_weights else root / "yolo" / "heart.pt"
+        if not yolo.is_file():
+            raise ModelError(f"YOLO weights not found: {yolo} (train with lge-node train-demo)")
+        folder = Path(nnunet_model) if nnunet_model else _find_trainer_folder(root / "nnunet")
+        if not (folder / "plans.json").is_file() or not (folder / "dataset.json").is_file():
+            raise ModelError(f"{folder}: not an nnU-Net model folder (plans.json, dataset.json)")
+        folds = tuple(
+            sorted(
+                p.name.removeprefix("fold_")
+                for p in folder.glob("fold_*")
+                if (p / "checkpoint_final.pth").is_file()
+            )
+        )
+        if not folds:
+            raise ModelError(f"{folder}: no fold_*/checkpoint_final.pth")
+        return cls(
+            yolo_weights=yolo,
+            nnunet_folder=folder,
+            folds=folds,
+            name=manifest.get("name", folder.name),
+            version=str(manifest.get("version", "unknown")),
+            synthetic_trained=bool(manifest.get("synthetic_trained", False)),
+        )
+
+
+def _find_trainer_folder(nnunet_root: Path) -> Path:
+    candidates = sorted(p.parent for p in nnunet_root.glob("Dataset*/*/plans.json"))
+    if len(candidates) != 1:
+        raise ModelError(
+            f"expected one nnU-Net model under {nnunet_root}, found {len(candidates)}; "
+            "set pipeline.nnunet_model to the trainer folder"
+        )
+    return candidates[0]

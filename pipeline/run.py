@@ -1,0 +1,92 @@
+"""The pipeline: an LGE `Volume` in, labels + metrics out (`Result`).
+
+Stages: localization (YOLO) -> crop -> segmentation (nnU-Net) -> back to full geometry ->
+post-processing -> quantification (+ reference thresholds, QC). Each stage is timed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.localize import HeartLocator, Localization
+from pipeline.models import ModelBundle
+from pipeline.postprocess import postprocess
+from pipeline.quantify import Metrics, quantify
+from pipeline.reference import reference_scar
+from pipeline.segment import Segmenter
+from pipeline.volume import Volume
+
+DISAGREEMENT_POINTS = 10.0
+
+
+@dataclass
+class Result:
+    labels: np.ndarray  # (z, y, x) on the volume's geometry
+    metrics: Metrics
+    localization: Localization
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+
+@dataclass
+class PipelineSettings:
+    device: str = "cpu"
+    mirroring: bool = False
+    nsd: float = 5.0
+
+
+class Pipeline:
+    """Models are loaded once; `run` is called per series."""
+
+    def __init__(self, bundle: ModelBundle, settings: PipelineSettings | None = None) -> None:
+        self.bundle = bundle
+        self.settings = settings or PipelineSettings()
+        self.locator = HeartLocator(bundle.yolo_weights)
+        self.segmenter = Segmenter(bundle, self.settings.device, self.settings.mirroring)
+
+    def run(self, volume: Volume, progress: Callable[[str], None] | None = None) -> Result:
+        timings: dict[str, float] = {}
+
+        def stage(name: str) -> None:
+            if progress:
+                progress(name)
+
+        t = time.perf_counter()
+        stage("localizing the heart")
+        loc = self.locator.locate(volume)
+        timings["localization"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        stage("segmenting")
+        ys, xs = loc.roi.slices
+        crop = volume.array[:, ys, xs]
+        crop_labels = self.segmenter.segment(crop, volume.geometry.spacing_zyx)
+        labels = np.zeros(volume.array.shape, dtype=np.uint8)
+        labels[:, ys, xs] = crop_labels
+        timings["segmentation"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        stage("post-processing")
+        labels = postprocess(labels)
+        timings["postprocessing"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        stage("quantifying")
+        metrics = quantify(labels, volume.geometry)
+        metrics.reference = reference_scar(volume.array, labels, volume.geometry, self.settings.nsd)
+        qc = metrics.qc
+        qc.localization_confidence = loc.confidence
+        qc.borrowed_slices = loc.borrowed
+        if not loc.found:
+            qc.flags.insert(0, "no_heart_found")
+        if metrics.myocardium_ml > 0 and all(
+            abs(r.scar_percent - metrics.scar_percent) > DISAGREEMENT_POINTS
+            for r in metrics.reference
+        ):
+            qc.flags.append("reference_disagreement")
+        timings["quantification"] = time.perf_counter() - t
+        timings["total"] = sum(timings.values())
+        return Result(labels=labels, metrics=metrics, localization=loc, timings=timings)

@@ -1,0 +1,237 @@
+"""``lge-node train-demo``: the bundled demo models, reproducible from one command.
+
+Phantoms (fixed seeds) -> a YOLOv8n heart detector trained from its yaml (nothing
+pretrained, nothing downloaded) and a reduced nnU-Net v2 2D model (5 stages, 16->128
+features, patch 128, batch 8, custom short trainer), written in the standard nnU-Net
+results layout so that models trained elsewhere drop in the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline import __version__, runtime
+from pipeline.dataset import (
+    export_nnunet_case,
+    export_yolo_case,
+    write_nnunet_dataset_json,
+    write_yolo_yaml,
+)
+
+DATASET_ID = 501
+DATASET_NAME = f"Dataset{DATASET_ID}_LGEPhantom"
+PLANS = "nnUNetPlans_tiny"
+TRAINER = "nnUNetTrainer_LGEDemo"
+CONFIGURATION = "2d"
+MODEL_SUBDIR = f"{TRAINER}__{PLANS}__{CONFIGURATION}"
+TRAIN_SEED_BASE = 10_000  # evaluation uses seeds below 10_000: never seen in training
+DEFAULT_MODEL_DIR = runtime.ROOT / "models" / "demo"
+
+
+@dataclass
+class TrainSettings:
+    out_dir: Path = DEFAULT_MODEL_DIR
+    work_dir: Path = runtime.ROOT / "models-work"
+    cases: int = 60
+    nnunet_epochs: int = 60
+    nnunet_iterations: int = 50
+    yolo_epochs: int = 10
+    seed: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _phantom_specs(n: int):
+    from pipeline.phantom import PhantomSpec
+
+    specs = []
+    for i in range(n):
+        seed = TRAIN_SEED_BASE + i
+        kind = "psir" if i % 2 == 0 else "magnitude"
+        # A third of the cases carry MVO, so the rare class is seen often enough.
+        mvo = True if i % 3 == 0 else None
+        specs.append(PhantomSpec(seed=seed, kind=kind, mvo=mvo))
+    return specs
+
+
+def generate_data(settings: TrainSettings) -> tuple[Path, Path]:
+    """Phantoms -> nnU-Net raw dataset and YOLO dataset under ``work_dir``."""
+    from pipeline.phantom import make_phantom
+
+    work = settings.work_dir
+    raw = work / "nnUNet_raw" / DATASET_NAME
+    yolo = work / "yolo"
+    for path in (raw, yolo):
+        shutil.rmtree(path, ignore_errors=True)
+    rng = np.random.default_rng(settings.seed)
+    specs = _phantom_specs(settings.cases)
+    n_val = max(1, len(specs) // 7)
+    for i, spec in enumerate(tqdm(specs, desc="phantoms", unit="case")):
+        case = make_phantom(work / "phantoms" / f"{spec.seed}", spec)
+        cid = f"LGE_{spec.seed}"
+        export_nnunet_case(case.image, case.labels, case.geometry, cid, raw, rng)
+        split = "val" if i >= len(specs) - n_val else "train"
+        export_yolo_case(
+            case.image, case.labels, cid, yolo / "images" / split, yolo / "labels" / split
+        )
+    write_nnunet_dataset_json(raw, len(specs))
+    write_yolo_yaml(yolo)
+    return raw, yolo
+
+
+def tiny_plans(plans: dict) -> dict:
+    """The default nnU-Net plans, reduced so CPU inference takes ~0.02 s per crop slice."""
+    plans = json.loads(json.dumps(plans))
+    plans["plans_name"] = PLANS
+    cfg = plans["configurations"][CONFIGURATION]
+    arch = cfg["architecture"]["arch_kwargs"]
+    arch["n_stages"] = 5
+    arch["features_per_stage"] = [16, 32, 64, 128, 128]
+    arch["kernel_sizes"] = [[3, 3]] * 5
+    arch["strides"] = [[1, 1]] + [[2, 2]] * 4
+    arch["n_conv_per_stage"] = [2] * 5
+    arch["n_conv_per_stage_decoder"] = [2] * 4
+    cfg["patch_size"] = [128, 128]
+    cfg["batch_size"] = 8
+    plans["configurations"] = {CONFIGURATION: cfg}
+    return plans
+
+
+def train_nnunet(settings: TrainSettings) -> Path:
+    work = settings.work_dir
+    os.environ["nnUNet_raw"] = str(work / "nnUNet_raw")
+    os.environ["nnUNet_preprocessed"] = str(work / "nnUNet_preprocessed")
+    os.environ["nnUNet_results"] = str(work / "nnUNet_results")
+    os.environ["LGE_NODE_NNUNET_EPOCHS"] = str(settings.nnunet_epochs)
+    os.environ["LGE_NODE_NNUNET_ITERS"] = str(settings.nnunet_iterations)
+    runtime.prepare()
+    import torch
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprints,
+        plan_experiments,
+        preprocess,
+    )
+
+    shutil.rmtree(work / "nnUNet_preprocessed" / DATASET_NAME, ignore_errors=True)
+    extract_fingerprints([DATASET_ID], num_processes=1, check_dataset_integrity=True)
+    plan_experiments([DATASET_ID])
+    pre = work / "nnUNet_preprocessed" / DATASET_NAME
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    (pre / f"{PLANS}.json").write_text(json.dumps(tiny_plans(plans), indent=2))
+    preprocess([DATASET_ID], PLANS, configurations=[CONFIGURATION], num_processes=[1])
+
+    os.environ["nnUNet_n_proc_DA"] = "0"  # after planning, which crashes with 0
+    from nnunetv2.run.run_training import run_training
+
+    runtime.set_threads()
+    torch.manual_seed(settings.seed)
+    np.random.seed(settings.seed)
+    run_training(str(DATASET_ID), CONFIGURATION, "all", TRAINER, PLANS, device=torch.device("cpu"))
+    return work / "nnUNet_results" / DATASET_NAME / MODEL_SUBDIR
+
+
+def train_yolo(settings: TrainSettings, data_yaml: Path) -> Path:
+    runtime.prepare()
+    from ultralytics import YOLO
+
+    runtime.set_threads()
+    model = YOLO("yolov8n.yaml")  # architecture only: random init, nothing downloaded
+    model.train(
+        data=str(data_yaml),
+        epochs=settings.yolo_epochs,
+        imgsz=256,
+        batch=16,
+        device="cpu",
+        workers=0,
+        pretrained=False,
+        amp=False,
+        plots=False,
+        seed=settings.seed,
+        deterministic=True,
+        project=str(settings.work_dir / "yolo_runs"),
+        name="heart",
+        exist_ok=True,
+        verbose=False,
+        mosaic=0.5,
+        fliplr=0.5,
+        degrees=30.0,
+        close_mosaic=3,
+    )
+    return settings.work_dir / "yolo_runs" / "heart" / "weights" / "best.pt"
+
+
+def _strip_checkpoint(src: Path, dst: Path) -> None:
+    """Keep what inference needs; the optimizer state would double the file."""
+    import torch
+
+    ckpt = torch.load(src, map_location="cpu", weights_only=False)
+    keep = {
+        k: ckpt[k]
+        for k in (
+            "network_weights",
+            "init_args",
+            "trainer_name",
+            "inference_allowed_mirroring_axes",
+        )
+        if k in ckpt
+    }
+    keep["current_epoch"] = ckpt.get("current_epoch")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(keep, dst)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def package(settings: TrainSettings, nnunet_dir: Path, yolo_weights: Path) -> Path:
+    out = settings.out_dir
+    shutil.rmtree(out, ignore_errors=True)
+    dst = out / "nnunet" / DATASET_NAME / MODEL_SUBDIR
+    for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
+        dst.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(nnunet_dir / name, dst / name)
+    _strip_checkpoint(
+        nnunet_dir / "fold_all" / "checkpoint_final.pth",
+        dst / "fold_all" / "checkpoint_final.pth",
+    )
+    (out / "yolo").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(yolo_weights, out / "yolo" / "heart.pt")
+    manifest = {
+        "name": "lge-node demo models",
+        "version": __version__,
+        "synthetic_trained": True,
+        "intended_use": "demonstration and testing only - not for clinical use",
+        "training_data": {
+            "generator": "lge-node phantom",
+            "seeds": [TRAIN_SEED_BASE, TRAIN_SEED_BASE + settings.cases - 1],
+            "cases": settings.cases,
+        },
+        "settings": {k: v for k, v in asdict(settings).items() if k not in ("out_dir", "work_dir")},
+        "files": {
+            str(p.relative_to(out)): _sha256(p) for p in sorted(out.rglob("*")) if p.is_file()
+        },
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    return out
+
+
+def train_demo(settings: TrainSettings) -> Path:
+    t0 = time.perf_counter()
+    _, yolo = generate_data(settings)
+    settings.timings["data_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    nnunet_dir = train_nnunet(settings)
+    settings.timings["nnunet_s"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    weights = train_yolo(settings, yolo / "data.yaml")
+    settings.timings["yolo_s"] = time.perf_counter() - t2
+    return package(settings, nnunet_dir, weights)
