@@ -1,0 +1,77 @@
+"""Post-processing rules and ROI combination, on small hand-made inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.dataset import Box
+from pipeline.labels import Label
+from pipeline.localize import combine
+from pipeline.postprocess import postprocess
+from tests.test_quantify import axial_geometry, ring_stack
+
+
+def test_only_the_largest_lv_component_is_kept() -> None:
+    labels = ring_stack(6)
+    labels[:, 2:6, 2:6] = Label.MYOCARDIUM  # a stray blob in the corner
+    out = postprocess(labels)
+    assert (out[:, 2:6, 2:6] == 0).all()
+    assert (out[labels == Label.LV_BLOOD] == Label.LV_BLOOD).all()
+
+
+def test_scar_specks_become_healthy_myocardium() -> None:
+    labels = ring_stack(6)
+    ys, xs = np.nonzero(labels[2] == Label.MYOCARDIUM)
+    labels[2, ys[0], xs[0]] = Label.SCAR  # one voxel
+    out = postprocess(labels)
+    assert out[2, ys[0], xs[0]] == Label.MYOCARDIUM
+
+
+def test_mvo_without_surrounding_scar_is_not_mvo() -> None:
+    labels = ring_stack(6)
+    ys, xs = np.nonzero(labels[3] == Label.MYOCARDIUM)
+    # an isolated dark "MVO" blob inside healthy myocardium
+    for y, x in zip(ys[:6], xs[:6], strict=True):
+        labels[3, y, x] = Label.MVO
+    out = postprocess(labels)
+    assert not (out == Label.MVO).any()
+    assert (out[3, ys[:6], xs[:6]] == Label.MYOCARDIUM).all()
+
+
+def test_mvo_inside_scar_is_kept() -> None:
+    labels = ring_stack(6)
+    region = labels[3] == Label.MYOCARDIUM
+    ys, xs = np.nonzero(region)
+    sel = (ys > 70) & (xs > 70)
+    labels[3, ys[sel], xs[sel]] = Label.SCAR
+    core = (ys > 75) & (xs > 75) & (ys < 85)
+    labels[3, ys[core], xs[core]] = Label.MVO
+    out = postprocess(labels)
+    assert (out[3, ys[core], xs[core]] == Label.MVO).all()
+
+
+class _Vol:
+    """The bits of a Volume that `combine` reads."""
+
+    def __init__(self, n: int) -> None:
+        self.geometry = axial_geometry(n)
+        self.array = np.zeros(self.geometry.shape, dtype=np.float32)
+
+
+def test_missing_slices_borrow_and_outliers_are_dropped() -> None:
+    heart = Box(50, 50, 80, 80)
+    boxes = [heart, None, heart, Box(0, 0, 10, 10), heart]
+    confs = [0.9, 0.0, 0.8, 0.7, 0.9]
+    loc = combine(boxes, confs, _Vol(5))
+    assert loc.found
+    assert loc.boxes[1] == heart and 1 in loc.borrowed
+    assert loc.boxes[3] == heart, "the corner box is a false positive"
+    # ROI is the heart box with a 15 mm margin (1 mm pixels).
+    assert loc.roi == Box(35, 35, 95, 95)
+
+
+def test_nothing_found_falls_back_to_the_whole_image() -> None:
+    loc = combine([None] * 4, [0.0] * 4, _Vol(4))
+    assert not loc.found
+    assert loc.roi == Box(0, 0, 128, 128)
+    assert loc.confidence == 0.0

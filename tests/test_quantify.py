@@ -1,0 +1,142 @@
+"""Quantification on hand-built label maps with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from pipeline.labels import Label
+from pipeline.quantify import quantify
+from pipeline.volume import Geometry
+
+PIXEL = 1.0  # mm
+SPACING = 8.0  # mm between slices
+N = 128
+R_IN, R_OUT = 20.0, 30.0
+
+
+def axial_geometry(n_slices: int) -> Geometry:
+    # Rows along patient left (+x), columns along posterior (+y): anterior is image-up.
+    return Geometry(
+        shape=(n_slices, N, N),
+        origin=np.zeros(3),
+        row_direction=np.array([1.0, 0, 0]),
+        column_direction=np.array([0, 1.0, 0]),
+        slice_direction=np.array([0, 0, 1.0]),
+        pixel_spacing=(PIXEL, PIXEL),
+        slice_spacing=SPACING,
+    )
+
+
+def polar() -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.indices((N, N)) - (N - 1) / 2
+    r = np.hypot(xx, yy) * PIXEL
+    # Angle measured from image-left (patient right, where the RV is), toward image-up.
+    theta = np.degrees(np.arctan2(-yy, -xx))
+    return r, theta
+
+
+def ring_stack(n_slices: int = 10, rv: bool = True) -> np.ndarray:
+    r, theta = polar()
+    labels = np.zeros((n_slices, N, N), dtype=np.uint8)
+    sl = labels[0]
+    sl[r < R_IN] = Label.LV_BLOOD
+    sl[(r >= R_IN) & (r < R_OUT)] = Label.MYOCARDIUM
+    if rv:  # RV crescent against the septum, on image-left (patient right)
+        sl[(r >= R_OUT) & (r < R_OUT + 12) & (np.abs(theta) < 60)] = Label.RV_BLOOD
+    labels[:] = sl
+    return labels
+
+
+def test_ring_volume_mass_and_percentages() -> None:
+    labels = ring_stack()
+    m = quantify(labels, axial_geometry(10))
+    expected = np.pi * (R_OUT**2 - R_IN**2) * SPACING * 10 / 1000
+    assert m.myocardium_ml == pytest.approx(expected, rel=0.02)
+    assert m.myocardium_mass_g == pytest.approx(1.05 * m.myocardium_ml)
+    assert m.scar_ml == 0 and m.scar_percent == 0 and m.mvo_ml == 0
+    assert m.aha.septum_source == "rv_insertion"
+    assert sum(s.myocardium_ml for s in m.segments) == pytest.approx(m.myocardium_ml)
+    # Thirds of 10 cavity slices: 4 basal, 3 mid, 3 apical.
+    assert [len(m.aha.levels[k]) for k in ("basal", "mid", "apical", "apex")] == [4, 3, 3, 0]
+
+
+def test_transmural_wedge_lands_in_mid_anterior_with_mvo_inside() -> None:
+    labels = ring_stack()
+    r, theta = polar()
+    wall = (r >= R_IN) & (r < R_OUT)
+    wedge = wall & (np.abs(theta - 90) < 20)  # anterior (image-up), 40 degrees wide
+    mvo = wedge & (r < 25) & (np.abs(theta - 90) < 10)
+    for k in (4, 5, 6):  # the mid third
+        labels[k][wedge] = Label.SCAR
+        labels[k][mvo] = Label.MVO
+    m = quantify(labels, axial_geometry(10))
+    seg = {s.id: s for s in m.segments}
+    # The wedge covers 40 of segment 7's 60 degrees, through the whole wall.
+    assert seg[7].scar_percent == pytest.approx(100 * 40 / 60, abs=6)
+    assert seg[7].transmurality_percent == pytest.approx(100 * 40 / 60, abs=6)
+    assert seg[7].mvo_ml == pytest.approx(m.mvo_ml)
+    expected_mvo = np.pi * (25**2 - R_IN**2) * (20 / 360) * SPACING * 3 / 1000
+    assert m.mvo_ml == pytest.approx(expected_mvo, rel=0.1)
+    for sid, s in seg.items():
+        if sid != 7:
+            assert s.scar_percent == 0 and s.transmurality_percent == 0, sid
+    assert m.scar_percent == pytest.approx(100 * m.scar_ml / m.myocardium_ml)
+
+
+def test_subendocardial_scar_is_half_transmural() -> None:
+    labels = ring_stack()
+    r, _ = polar()
+    inner_half = (r >= R_IN) & (r < (R_IN + R_OUT) / 2)
+    for k in range(4):  # basal, all around
+        labels[k][inner_half] = Label.SCAR
+    m = quantify(labels, axial_geometry(10))
+    for s in m.segments[:6]:
+        assert s.transmurality_percent == pytest.approx(50, abs=6), s
+    for s in m.segments[6:]:
+        assert s.transmurality_percent == 0
+
+
+@pytest.mark.parametrize("degrees", [-35, 30])
+def test_segments_follow_the_septum_when_the_heart_is_rotated(degrees: float) -> None:
+    # Rotate the anatomy in the image (the patient axes stay): the wedge keeps its place
+    # relative to the RV insertion points, so it stays in segment 7.
+    labels = ring_stack()
+    r, theta = polar()
+    wedge = (r >= R_IN) & (r < R_OUT) & (np.abs(theta - 90) < 20)
+    for k in (4, 5, 6):
+        labels[k][wedge] = Label.SCAR
+    rotated = ndimage.rotate(labels, degrees, axes=(2, 1), reshape=False, order=0)
+    m = quantify(rotated, axial_geometry(10))
+    seg = {s.id: s for s in m.segments}
+    assert seg[7].scar_percent == pytest.approx(100 * 40 / 60, abs=8)
+    assert seg[8].scar_percent < 5 and seg[12].scar_percent < 5
+
+
+def test_apical_cap_is_segment_17() -> None:
+    labels = ring_stack(11)
+    r, _ = polar()
+    labels[10] = 0
+    labels[10][r < 15] = Label.MYOCARDIUM  # cap: myocardium, no cavity
+    labels[10][r < 6] = Label.SCAR
+    m = quantify(labels, axial_geometry(11))
+    assert m.aha.levels["apex"] == [10]
+    cap = m.segments[16]
+    assert cap.id == 17 and cap.myocardium_ml > 0
+    assert cap.scar_percent == pytest.approx(100 * 36 / 225, abs=4)
+
+
+def test_without_rv_the_septum_falls_back_and_is_flagged() -> None:
+    m = quantify(ring_stack(rv=False), axial_geometry(10))
+    assert m.aha.septum_source == "fallback"
+    assert "septum_fallback" in m.qc.flags
+
+
+def test_empty_and_partial_coverage_flags() -> None:
+    empty = quantify(np.zeros((8, N, N), dtype=np.uint8), axial_geometry(8))
+    assert empty.myocardium_ml == 0 and "empty_segmentation" in empty.qc.flags
+    assert all(s.scar_percent == 0 for s in empty.segments)
+    # Myocardium in every slice, no cap: the stack cuts the heart at both ends.
+    cut = quantify(ring_stack(), axial_geometry(10))
+    assert {"coverage_incomplete_base", "coverage_incomplete_apex"} <= set(cut.qc.flags)
