@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -221,17 +220,26 @@ def package(settings: TrainSettings, nnunet_dir: Path, yolo_weights: Path) -> Pa
         },
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    (out / "MODEL_CARD.md").write_text(model_card(settings))
     return out
 
 
-def train_demo(settings: TrainSettings) -> Path:
-    t0 = time.perf_counter()
-    _, yolo = generate_data(settings)
-    settings.timings["data_s"] = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    nnunet_dir = train_nnunet(settings)
-    settings.timings["nnunet_s"] = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    weights = train_yolo(settings, yolo / "data.yaml")
-    settings.timings["yolo_s"] = time.perf_counter() - t2
-    return package(settings, nnunet_dir, weights)
+def model_card(settings: TrainSettings) -> str:
+    t = settings.timings
+    template = (Path(__file__).parent / "model_card.md.in").read_text()
+    return template.format(
+        version=__version__,
+        yolo_epochs=settings.yolo_epochs,
+        plans=PLANS,
+        trainer=TRAINER,
+        nnunet_epochs=settings.nnunet_epochs,
+        nnunet_iterations=settings.nnunet_iterations,
+        dataset=DATASET_NAME,
+        model_subdir=MODEL_SUBDIR,
+        cases=settings.cases,
+        first_seed=TRAIN_SEED_BASE,
+        last_seed=TRAIN_SEED_BASE + settings.cases - 1,
+        data_s=t.get("data_s", 0.0),
+        nnunet_s=t.get("nnunet_s", 0.0),
+        yolo_s=t.get("yolo_s", 0.0),
+    )

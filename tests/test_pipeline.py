@@ -1,0 +1,143 @@
+"""The pipeline with the bundled demo models, loaded through the real ultralytics and
+nnU-Net APIs, on held-out phantoms (seeds never used in training)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from pipeline.evaluate import dice
+from pipeline.labels import mvo_mask, myocardium_mask, scar_mask
+from pipeline.models import ModelBundle
+from pipeline.run import Pipeline
+from pipeline.series import load_series
+from pipeline.train import TRAIN_SEED_BASE
+
+HELD_OUT = 6_000  # < TRAIN_SEED_BASE
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> Pipeline:
+    return Pipeline(ModelBundle.load())
+
+
+def test_bundled_weights_load_through_the_real_apis(pipeline: Pipeline) -> None:
+    bundle = pipeline.bundle
+    assert bundle.synthetic_trained and bundle.folds == ("all",)
+    assert pipeline.locator.model.names == {0: "heart"}  # ultralytics YOLO
+    labels = pipeline.segmenter.predictor.label_manager.all_labels  # nnU-Net
+    assert list(labels) == [0, 1, 2, 3, 4, 5]
+    size = sum(p.stat().st_size for p in bundle.yolo_weights.parent.parent.rglob("*"))
+    assert size < 30e6, "the demo models together stay under 30 MB"
+
+
+@pytest.mark.parametrize(
+    ("seed", "kind", "enhanced"),
+    [(HELD_OUT + 1, "psir", False), (HELD_OUT + 2, "magnitude", True)],
+)
+def test_held_out_phantom_end_to_end(pipeline, phantom_factory, seed, kind, enhanced) -> None:
+    assert seed < TRAIN_SEED_BASE
+    case = phantom_factory(seed=seed, kind=kind, enhanced=enhanced, mvo=True)
+    volume = load_series(case.out_dir / "dicom")
+    result = pipeline.run(volume)
+    assert result.labels.shape == case.labels.shape
+    assert dice(myocardium_mask(case.labels), myocardium_mask(result.labels)) >= 0.85
+    assert dice(scar_mask(case.labels), scar_mask(result.labels)) >= 0.70
+    m, t = result.metrics, case.truth
+    assert abs(m.scar_percent - t.scar_percent) <= 5
+    assert m.mvo_ml > 0 and t.mvo_ml > 0
+    assert dice(mvo_mask(case.labels), mvo_mask(result.labels)) >= 0.5
+    assert result.localization.found and result.localization.confidence > 0.3
+    assert {r.method for r in m.reference} == {"nSD", "FWHM"}
+    assert "no_heart_found" not in m.qc.flags and "empty_segmentation" not in m.qc.flags
+
+
+def test_no_scar_phantom_reports_little_or_no_scar(pipeline, phantom_factory) -> None:
+    case = phantom_factory(seed=HELD_OUT + 3, kind="psir", scar=False, slices=10)
+    result = pipeline.run(load_series(case.out_dir / "dicom"))
+    assert result.metrics.scar_percent < 2.0
+    assert result.metrics.myocardium_ml > 0.8 * case.truth.myocardium_ml
+
+
+def test_empty_volume_gives_flags_not_a_crash(pipeline, psir_classic) -> None:
+    volume = load_series(psir_classic.out_dir / "dicom")
+    volume.array[:] = 0
+    result = pipeline.run(volume)
+    assert "no_heart_found" in result.metrics.qc.flags
+    assert "empty_segmentation" in result.metrics.qc.flags
+    assert result.metrics.myocardium_ml == 0
+
+
+def test_slice_without_heart_borrows_its_neighbours_box(pipeline, psir_classic) -> None:
+    volume = load_series(psir_classic.out_dir / "dicom")
+    k = int(np.argmax(myocardium_mask(psir_classic.labels).sum(axis=(1, 2))))
+    volume.array[k] = np.random.default_rng(0).normal(0, 20, volume.array[k].shape)
+    result = pipeline.run(volume)
+    assert k in result.localization.borrowed
+    assert result.localization.found
+    assert (
+        myocardium_mask(result.labels[k]).sum()
+        < 0.2 * myocardium_mask(psir_classic.labels[k]).sum()
+    )
+
+
+def _lge_node(*args: str) -> subprocess.CompletedProcess:
+    exe = shutil.which("lge-node", path=str(Path(sys.executable).parent))
+    return subprocess.run([exe, *args], capture_output=True, text=True, check=False)
+
+
+def test_analyze_writes_metrics_and_dicom_outputs(phantom_factory, tmp_path: Path) -> None:
+    case = phantom_factory(seed=HELD_OUT + 1, kind="psir", enhanced=False, mvo=True)
+    out = tmp_path / "out"
+    proc = _lge_node("analyze", str(case.out_dir / "dicom"), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"myocardium_ml", "scar_percent", "segments", "qc", "reference"} <= set(metrics)
+    assert metrics["algorithm"]["synthetic_trained"] is True
+    assert abs(metrics["scar_percent"] - case.truth.scar_percent) <= 5
+    seg = pydicom.dcmread(out / "seg.dcm")
+    alg = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert "synthetic-trained demo" in alg.AlgorithmName
+    assert len(list((out / "overlay").glob("*.dcm"))) == case.geometry.shape[0] + 1
+
+
+def test_analyze_refuses_unusable_input(tmp_path: Path) -> None:
+    (tmp_path / "note.txt").write_text("not an image")
+    proc = _lge_node("analyze", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 1
+    assert "not a usable LGE series" in proc.stderr and "note.txt" in proc.stderr
+
+
+def test_train_demo_smoke_run_produces_a_loadable_bundle(phantom_factory, tmp_path: Path) -> None:
+    """The documented training command, shrunk to seconds: it must still produce models
+    that load and run (their accuracy is not the point here)."""
+    out = tmp_path / "models"
+    proc = _lge_node(
+        "train-demo",
+        "--out",
+        str(out),
+        "--work",
+        str(tmp_path / "work"),
+        "--cases",
+        "4",
+        "--nnunet-epochs",
+        "1",
+        "--nnunet-iterations",
+        "2",
+        "--yolo-epochs",
+        "1",
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["synthetic_trained"] is True and manifest["training_data"]["cases"] == 4
+    bundle = ModelBundle.load(out)
+    case = phantom_factory(seed=7, kind="psir")
+    result = Pipeline(bundle).run(load_series(case.out_dir / "dicom"))
+    assert result.labels.shape == case.labels.shape
