@@ -214,7 +214,7 @@ def evaluate(
 def train_demo(
     out: Annotated[Path | None, typer.Option(help="Where the models go.")] = None,
     cases: Annotated[int, typer.Option(help="Training phantoms.")] = 60,
-    nnunet_epochs: Annotated[int, typer.Option(help="nnU-Net epochs.")] = 60,
+    nnunet_epochs: Annotated[int, typer.Option(help="nnU-Net epochs.")] = 100,
     nnunet_iterations: Annotated[int, typer.Option(help="Iterations per epoch.")] = 50,
     yolo_epochs: Annotated[int, typer.Option(help="YOLO epochs.")] = 10,
     work: Annotated[Path | None, typer.Option(help="Scratch folder.")] = None,

@@ -83,6 +83,8 @@ class StorageSection(Section):
 
 class PipelineSection(Section):
     model_dir: Path | None = None  # default: the bundled demo models
+    nnunet_model: Path | None = None  # an nnU-Net v2 trainer folder, overrides the bundle's
+    yolo_weights: Path | None = None  # overrides the bundle's yolo/heart.pt
     device: Literal["cpu", "cuda"] = "cpu"
     mirroring: bool = False
     nsd: float = Field(5.0, ge=1.0, le=10.0)  # n-SD reference threshold
