@@ -245,3 +245,16 @@ def model_card(settings: TrainSettings) -> str:
         nnunet_s=t.get("nnunet_s", 0.0),
         yolo_s=t.get("yolo_s", 0.0),
     )
+
+
+def train_demo(settings: TrainSettings) -> Path:
+    t0 = time.perf_counter()
+    _, yolo = generate_data(settings)
+    settings.timings["data_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    nnunet_dir = train_nnunet(settings)
+    settings.timings["nnunet_s"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    weights = train_yolo(settings, yolo / "data.yaml")
+    settings.timings["yolo_s"] = time.perf_counter() - t2
+    return package(settings, nnunet_dir, weights)
