@@ -39,6 +39,23 @@ def _atomic_save(ds: Dataset, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def write_metrics(out_dir: Path, volume: Volume, metrics: Metrics, algorithm: Algorithm) -> Path:
+    """``metrics.json``: the DESIGN.md keys plus reference, qc, and who computed them."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "metrics.json"
+    document = metrics.to_dict()
+    document["algorithm"] = {
+        "name": algorithm.label,
+        "version": algorithm.version,
+        "synthetic_trained": algorithm.synthetic_trained,
+    }
+    document["source_series_instance_uid"] = volume.series_instance_uid
+    tmp = path.with_name(".metrics.json.tmp")
+    tmp.write_text(json.dumps(document, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 def write_outputs(
     out_dir: Path,
     volume: Volume,
@@ -55,17 +72,7 @@ def write_outputs(
     sr = build_sr(volume, seg, metrics, algorithm, predecessor=predecessor)
     overlays = build_overlays(volume, labels, metrics, algorithm)
 
-    metrics_path = out_dir / "metrics.json"
-    tmp = metrics_path.with_name(".metrics.json.tmp")
-    document = metrics.to_dict()
-    document["algorithm"] = {
-        "name": algorithm.label,
-        "version": algorithm.version,
-        "synthetic_trained": algorithm.synthetic_trained,
-    }
-    document["source_series_instance_uid"] = volume.series_instance_uid
-    tmp.write_text(json.dumps(document, indent=2) + "\n")
-    os.replace(tmp, metrics_path)
+    metrics_path = write_metrics(out_dir, volume, metrics, algorithm)
     seg_path, sr_path = out_dir / "seg.dcm", out_dir / "sr.dcm"
     _atomic_save(seg, seg_path)
     _atomic_save(sr, sr_path)

@@ -24,6 +24,18 @@ console = Console()
 err = Console(stderr=True)
 
 
+def _load_series_or_exit(folder: Path, series: str | None = None, what: str = ""):
+    """Load a series for a command, or print why it is unusable and exit 1."""
+    from pipeline.errors import SeriesLoadError
+    from pipeline.series import load_series
+
+    try:
+        return load_series(folder, series_instance_uid=series)
+    except SeriesLoadError as exc:
+        err.print(f"[red]{what}{type(exc).__name__}:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
 @app.command()
 def version() -> None:
     """Print the version."""
@@ -83,14 +95,7 @@ def inspect(
     series: Annotated[str | None, typer.Option(help="SeriesInstanceUID to pick.")] = None,
 ) -> None:
     """Load a series as the pipeline would and print its geometry, or why it is unusable."""
-    from pipeline.errors import SeriesLoadError
-    from pipeline.series import load_series
-
-    try:
-        vol = load_series(folder, series_instance_uid=series)
-    except SeriesLoadError as exc:
-        err.print(f"[red]{type(exc).__name__}:[/red] {exc}")
-        raise typer.Exit(1) from exc
+    vol = _load_series_or_exit(folder, series)
     g = vol.geometry
     ds = vol.datasets[0]
     console.print_json(
@@ -127,19 +132,13 @@ def analyze(
     ] = True,
 ) -> None:
     """Run the pipeline on a folder of DICOM files; write metrics.json (+ SEG/SR/overlays)."""
-    import json as _json
-
-    from pipeline.errors import SeriesLoadError
+    from dicom_templates.identity import Algorithm
+    from dicom_templates.outputs import write_outputs
     from pipeline.models import ModelBundle, ModelError
     from pipeline.run import Pipeline, PipelineSettings
-    from pipeline.series import load_series
 
     with console.status("loading series") as status:
-        try:
-            volume = load_series(in_dir, series_instance_uid=series)
-        except SeriesLoadError as exc:
-            err.print(f"[red]not a usable LGE series ({type(exc).__name__}):[/red] {exc}")
-            raise typer.Exit(1) from exc
+        volume = _load_series_or_exit(in_dir, series, "not a usable LGE series: ")
         modality = str(volume.datasets[0].get("Modality", ""))
         if modality != "MR":
             err.print(f"[red]not a usable LGE series:[/red] modality is {modality!r}, not MR")
@@ -152,22 +151,16 @@ def analyze(
             raise typer.Exit(2) from exc
         pipeline = Pipeline(bundle, PipelineSettings(device=device, mirroring=mirroring, nsd=nsd))
         result = pipeline.run(volume, progress=lambda s: status.update(s))
-        out.mkdir(parents=True, exist_ok=True)
+        algorithm = Algorithm(
+            name="lge-node YOLOv8+nnU-Net",
+            version=bundle.version,
+            synthetic_trained=bundle.synthetic_trained,
+        )
         if dicom:
             status.update("writing SEG, SR and overlays")
-            from dicom_templates.identity import Algorithm
-            from dicom_templates.outputs import write_outputs
-
-            algorithm = Algorithm(
-                name="lge-node YOLOv8+nnU-Net",
-                version=bundle.version,
-                synthetic_trained=bundle.synthetic_trained,
-            )
             write_outputs(out, volume, result.labels, result.metrics, algorithm)
         else:
-            (out / "metrics.json").write_text(
-                _json.dumps(result.metrics.to_dict(), indent=2) + "\n"
-            )
+            write_metrics(out, volume, result.metrics, algorithm)
     _print_metrics(result.metrics, result.timings, volume.array.shape[0])
     console.print(f"outputs in {out}")
 
@@ -260,16 +253,10 @@ def report(
 
     from dicom_templates.identity import Algorithm
     from dicom_templates.outputs import write_outputs
-    from pipeline.errors import SeriesLoadError
     from pipeline.quantify import quantify
-    from pipeline.series import load_series
     from pipeline.volume import Geometry
 
-    try:
-        volume = load_series(series_dir)
-    except SeriesLoadError as exc:
-        err.print(f"[red]{type(exc).__name__}:[/red] {exc}")
-        raise typer.Exit(1) from exc
+    volume = _load_series_or_exit(series_dir)
     try:
         image = sitk.ReadImage(str(labels))
     except RuntimeError as exc:
