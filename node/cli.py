@@ -133,7 +133,7 @@ def analyze(
 ) -> None:
     """Run the pipeline on a folder of DICOM files; write metrics.json (+ SEG/SR/overlays)."""
     from dicom_templates.identity import Algorithm
-    from dicom_templates.outputs import write_outputs
+    from dicom_templates.outputs import write_metrics, write_outputs
     from pipeline.models import ModelBundle, ModelError
     from pipeline.run import Pipeline, PipelineSettings
 
