@@ -1,9 +1,12 @@
 """``lge-node evaluate``: accuracy of the pipeline on held-out phantoms.
 
-Per case: Dice and HD95 for myocardium (2+3+4), scar (3+4) and MVO (4, only in cases whose
-true MVO is at least 0.3 ml); volumes against truth. Summary: patient-level mean Dice,
-median HD95, volume bias / 95 % limits of agreement / Lin's concordance correlation, the
-median absolute error of scar %, and a Bland-Altman plot.
+Per case: Dice and HD95 for myocardium (2+3+4), scar (3+4, in cases that have scar) and
+MVO (4, in cases whose true MVO is at least 0.3 ml); volumes against truth. Dice is not
+defined for a structure that is absent, so scar-free cases are reported on their own: the
+scar volume wrongly found in them. Infarcts missed entirely are counted too. Summary:
+patient-level mean Dice, median HD95, volume bias / 95 % limits of agreement / Lin's
+concordance correlation (all cases), the median absolute error of scar %, and a
+Bland-Altman plot.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pipeline.series import load_series
 
 EVAL_SEED_BASE = 5_000  # below train.TRAIN_SEED_BASE: never used in training
 MVO_MIN_ML = 0.3
+MIN_SCORED_ML = {"myocardium": 0.0, "scar": 0.0, "mvo": MVO_MIN_ML}
 CLASSES = {"myocardium": myocardium_mask, "scar": scar_mask, "mvo": mvo_mask}
 TARGETS = {"myocardium": 0.90, "scar": 0.85, "mvo": 0.80}
 
@@ -89,7 +93,7 @@ def evaluate_case(pipeline: Pipeline, spec: PhantomSpec, workdir: Path) -> CaseR
         t, p = fn(case.labels), fn(result.labels)
         truth_ml[name] = float(t.sum()) * voxel
         pred_ml[name] = float(p.sum()) * voxel
-        scored = name != "mvo" or truth_ml[name] >= MVO_MIN_ML
+        scored = bool(t.any()) and truth_ml[name] >= MIN_SCORED_ML[name]
         dices[name] = dice(t, p) if scored else None
         hds[name] = hd95(t, p, spacing) if scored else None
     return CaseResult(
@@ -127,6 +131,15 @@ def summarize(cases: list[CaseResult]) -> dict:
             ],
             "ccc": ccc(t, p),
         }
+    free = [c for c in cases if c.truth_ml["scar"] == 0]
+    out["scar_free_cases"] = {
+        "n": len(free),
+        "with_false_scar": sum(c.predicted_ml["scar"] > 0 for c in free),
+        "max_false_scar_ml": max((c.predicted_ml["scar"] for c in free), default=0.0),
+    }
+    out["missed_infarcts"] = sum(
+        c.truth_ml["scar"] > 0 and c.predicted_ml["scar"] == 0 for c in cases
+    )
     err = np.abs([c.predicted_scar_percent - c.truth_scar_percent for c in cases])
     out["scar_percent_median_abs_error"] = float(np.median(err))
     out["seconds_per_image_mean"] = float(np.mean([c.seconds_per_image for c in cases]))
@@ -171,6 +184,12 @@ def markdown_table(summary: dict) -> str:
             f"{s['loa_ml'][0]:+.2f} … {s['loa_ml'][1]:+.2f} | {s['ccc']:.3f} |"
         )
     rows.append("")
+    free = summary["scar_free_cases"]
+    rows.append(
+        f"Scar-free cases: {free['n']}, of which {free['with_false_scar']} with false scar "
+        f"(at most {free['max_false_scar_ml']:.2f} ml). Infarcts missed entirely: "
+        f"{summary['missed_infarcts']}."
+    )
     rows.append(
         f"Median absolute error of scar % of LV: "
         f"{summary['scar_percent_median_abs_error']:.2f} points (target ≤ 2). "

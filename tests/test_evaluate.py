@@ -1,0 +1,56 @@
+"""The accuracy metrics behind the README table, on inputs with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.evaluate import CaseResult, ccc, dice, hd95, summarize
+
+
+def cube(shift: int = 0) -> np.ndarray:
+    m = np.zeros((10, 40, 40), dtype=bool)
+    m[2:8, 10 + shift : 20 + shift, 10:20] = True
+    return m
+
+
+def test_dice() -> None:
+    assert dice(cube(), cube()) == 1.0
+    assert dice(cube(), cube(20)) == 0.0
+    assert dice(cube(), cube(5)) == pytest.approx(0.5)
+    assert dice(np.zeros((2, 2, 2), bool), np.zeros((2, 2, 2), bool)) is None
+
+
+def test_hd95_is_the_shift_in_mm() -> None:
+    assert hd95(cube(), cube(), (8.0, 1.5, 1.5)) == 0.0
+    assert hd95(cube(), cube(2), (8.0, 1.5, 1.5)) == pytest.approx(3.0)
+    assert hd95(cube(), np.zeros_like(cube()), (1, 1, 1)) is None
+
+
+def test_ccc() -> None:
+    x = np.array([1.0, 2.0, 3.0, 4.0])
+    assert ccc(x, x) == pytest.approx(1.0)
+    assert ccc(x, x + 1) < 1.0  # a bias lowers concordance, not correlation
+
+
+def _case(truth_scar: float, pred_scar: float, d: float | None) -> CaseResult:
+    return CaseResult(
+        seed=0,
+        kind="psir",
+        dice={"myocardium": 0.9, "scar": d, "mvo": None},
+        hd95_mm={"myocardium": 1.0, "scar": None, "mvo": None},
+        truth_ml={"myocardium": 80.0, "scar": truth_scar, "mvo": 0.0},
+        predicted_ml={"myocardium": 79.0, "scar": pred_scar, "mvo": 0.0},
+        truth_scar_percent=100 * truth_scar / 80,
+        predicted_scar_percent=100 * pred_scar / 79,
+        seconds_per_image=0.03,
+        qc_flags=[],
+    )
+
+
+def test_scar_free_cases_and_missed_infarcts_are_reported_not_hidden() -> None:
+    summary = summarize([_case(5.0, 4.0, 0.8), _case(1.0, 0.0, 0.0), _case(0.0, 0.6, None)])
+    assert summary["classes"]["scar"]["n_scored"] == 2
+    assert summary["classes"]["scar"]["mean_dice"] == pytest.approx(0.4)  # the miss counts
+    assert summary["missed_infarcts"] == 1
+    assert summary["scar_free_cases"] == {"n": 1, "with_false_scar": 1, "max_false_scar_ml": 0.6}
