@@ -206,8 +206,8 @@ def evaluate(
 @app.command("train-demo")
 def train_demo(
     out: Annotated[Path | None, typer.Option(help="Where the models go.")] = None,
-    cases: Annotated[int, typer.Option(help="Training phantoms.")] = 60,
-    nnunet_epochs: Annotated[int, typer.Option(help="nnU-Net epochs.")] = 100,
+    cases: Annotated[int, typer.Option(help="Training phantoms.")] = 100,
+    nnunet_epochs: Annotated[int, typer.Option(help="nnU-Net epochs.")] = 200,
     nnunet_iterations: Annotated[int, typer.Option(help="Iterations per epoch.")] = 50,
     yolo_epochs: Annotated[int, typer.Option(help="YOLO epochs.")] = 10,
     work: Annotated[Path | None, typer.Option(help="Scratch folder.")] = None,

@@ -41,8 +41,8 @@ DEFAULT_MODEL_DIR = runtime.ROOT / "models" / "demo"
 class TrainSettings:
     out_dir: Path = DEFAULT_MODEL_DIR
     work_dir: Path = runtime.ROOT / "models-work"
-    cases: int = 60
-    nnunet_epochs: int = 100
+    cases: int = 100
+    nnunet_epochs: int = 200
     nnunet_iterations: int = 50
     yolo_epochs: int = 10
     seed: int = 0

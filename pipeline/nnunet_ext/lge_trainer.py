@@ -22,7 +22,7 @@ class nnUNetTrainer_LGEDemo(nnUNetTrainer):
         device: torch.device = torch.device("cpu"),  # noqa: B008
     ) -> None:
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = int(os.environ.get("LGE_NODE_NNUNET_EPOCHS", "100"))
+        self.num_epochs = int(os.environ.get("LGE_NODE_NNUNET_EPOCHS", "200"))
         self.num_iterations_per_epoch = int(os.environ.get("LGE_NODE_NNUNET_ITERS", "50"))
         self.num_val_iterations_per_epoch = max(1, self.num_iterations_per_epoch // 10)
         self.save_every = 10
