@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +35,8 @@ def prepare(training: bool = False) -> None:
     ``nnUNet_n_proc_DA=0`` (augmentation in-process) is only for training and inference:
     nnU-Net's planning step crashes with it (``set_num_threads(0)``).
     """
+    # nnU-Net's network code still uses torch.jit.interface; the warning is not ours to fix.
+    warnings.filterwarnings("ignore", message=".*torch.jit.interface.*", category=FutureWarning)
     os.environ["YOLO_CONFIG_DIR"] = str(yolo_config_dir())
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "0")
@@ -55,3 +58,6 @@ def set_threads(n: int | None = None) -> None:
     n = n or os.cpu_count() or 1
     torch.set_num_threads(n)
     os.environ["OMP_NUM_THREADS"] = str(n)
+    # ultralytics caps numexpr at cpu_count - 1; numexpr (imported later via nnU-Net)
+    # prints an "Error." when OMP_NUM_THREADS exceeds that cap.
+    os.environ["NUMEXPR_MAX_THREADS"] = str(n)

@@ -20,17 +20,18 @@ class Segmenter:
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
         runtime.set_threads()
-        self.predictor = nnUNetPredictor(
-            tile_step_size=0.5,
-            use_gaussian=True,
-            use_mirroring=mirroring,
-            perform_everything_on_device=device == "cuda",
-            device=torch.device(device),
-            verbose=False,
-            verbose_preprocessing=False,
-            allow_tqdm=False,
-        )
-        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints its class search
+        # nnU-Net prints a CPU notice and its trainer-class search to stdout.
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.predictor = nnUNetPredictor(
+                tile_step_size=0.5,
+                use_gaussian=True,
+                use_mirroring=mirroring,
+                perform_everything_on_device=device == "cuda",
+                device=torch.device(device),
+                verbose=False,
+                verbose_preprocessing=False,
+                allow_tqdm=False,
+            )
             self.predictor.initialize_from_trained_model_folder(
                 str(bundle.nnunet_folder),
                 use_folds=tuple(int(f) if f.isdigit() else f for f in bundle.folds),
