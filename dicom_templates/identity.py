@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydicom.dataset import Dataset
+
 from pipeline import __version__
 
 MANUFACTURER = "lge-node"
@@ -41,3 +43,11 @@ OVERLAY_SERIES = SeriesPlacement("LGE scar overlay", 9903)
 
 SOFTWARE_VERSIONS = f"lge-node {__version__}"
 DEVICE_SERIAL = "LGENODE-1"
+
+
+def copy_character_set(source: Dataset, target: Dataset) -> None:
+    """Outputs keep the source's character set, so names read back as they were sent
+    (highdicom copies patient/study text but leaves the character set to us)."""
+    charset = source.get("SpecificCharacterSet")
+    if charset:
+        target.SpecificCharacterSet = charset

@@ -26,6 +26,7 @@ from dicom_templates.identity import (
     OVERLAY_SERIES,
     SYNTHETIC_NOTE,
     Algorithm,
+    copy_character_set,
 )
 from dicom_templates.seg import INFARCT_SEGMENT, MVO_SEGMENT, MYOCARDIUM_SEGMENT
 from dicom_templates.uids import new_uid
@@ -236,9 +237,7 @@ def _sc(
     sc.BurnedInAnnotation = "YES"
     sc.BodyPartExamined = "HEART"  # unpaired: no Laterality needed
     sc.ImageType = ["DERIVED", "SECONDARY"]
-    charset = ref.get("SpecificCharacterSet")
-    if charset:
-        sc.SpecificCharacterSet = charset
+    copy_character_set(ref, sc)
     return sc
 
 

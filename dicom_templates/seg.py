@@ -25,6 +25,7 @@ from dicom_templates.identity import (
     SEG_SERIES,
     SOFTWARE_VERSIONS,
     Algorithm,
+    copy_character_set,
 )
 from dicom_templates.uids import new_uid
 from pipeline.labels import Label, mvo_mask, myocardium_mask, scar_mask
@@ -130,11 +131,5 @@ def build_seg(
         series_description=SEG_SERIES.description,
         omit_empty_frames=False,
     )
-    _copy_character_set(volume, seg)
+    copy_character_set(volume.datasets[0], seg)
     return seg
-
-
-def _copy_character_set(volume: Volume, ds: object) -> None:
-    charset = volume.datasets[0].get("SpecificCharacterSet")
-    if charset:
-        ds.SpecificCharacterSet = charset  # type: ignore[attr-defined]

@@ -20,6 +20,7 @@ from dicom_templates.identity import (
     MODEL_NAME,
     SR_SERIES,
     Algorithm,
+    copy_character_set,
 )
 from dicom_templates.seg import INFARCT_SEGMENT, MVO_SEGMENT, MYOCARDIUM_SEGMENT
 from dicom_templates.uids import derived_uid, new_uid
@@ -161,7 +162,5 @@ def build_sr(
         performed_procedure_codes=[codes.PROCEDURE_CARDIAC_MRI],
         series_description=SR_SERIES.description,
     )
-    charset = volume.datasets[0].get("SpecificCharacterSet")
-    if charset:
-        sr.SpecificCharacterSet = charset
+    copy_character_set(volume.datasets[0], sr)
     return sr
