@@ -56,6 +56,9 @@ def phantom(
     ] = None,
     mvo: Annotated[bool | None, typer.Option("--mvo/--no-mvo", help="Force MVO or none.")] = None,
     territory: Annotated[str | None, typer.Option(help="LAD, LCx or RCA.")] = None,
+    small_infarct: Annotated[
+        bool, typer.Option("--small-infarct", help="A narrow, thin infarct (~1-2 ml), no MVO.")
+    ] = False,
 ) -> None:
     """Write a synthetic LGE study with ground truth (truth.json, truth_labels.nii.gz)."""
     from pipeline.phantom import PhantomSpec, make_phantom
@@ -63,7 +66,7 @@ def phantom(
     try:
         spec = PhantomSpec(
             seed=seed, kind=kind, enhanced=enhanced, slices=slices, scar=scar, mvo=mvo,
-            territory=territory,
+            territory=territory, small_infarct=small_infarct,
         )  # fmt: skip
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
@@ -291,6 +294,93 @@ def check_config(
         err.print(f"[red]config error:[/red] {exc}")
         raise typer.Exit(2) from exc
     console.print_json(cfg.model_dump_json())
+
+
+def _config_or_exit(path: Path | None):
+    from node.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        err.print(f"[red]config error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def serve(
+    config: Annotated[Path | None, typer.Option(help="TOML config; none: defaults.")] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
+    log_json: Annotated[bool, typer.Option("--log-json", help="JSON log lines.")] = False,
+) -> None:
+    """Run the node: receive, select, process, send back (until SIGTERM / Ctrl-C)."""
+    from node import logs
+    from node.server import run
+
+    cfg = _config_or_exit(config)
+    logs.configure(log_level.upper(), log_json)
+    run(cfg)
+
+
+def _when(t: float | None) -> str:
+    import time as _time
+
+    if t is None:
+        return "-"
+    return _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(t))
+
+
+@app.command()
+def status(
+    config: Annotated[Path | None, typer.Option(help="TOML config; none: defaults.")] = None,
+    limit: Annotated[int, typer.Option(help="Rows per table.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Recent series, jobs, sends and events of a node (reads its index)."""
+    from dataclasses import asdict
+
+    from node.index import Index
+    from node.status import snapshot
+
+    cfg = _config_or_exit(config)
+    db = cfg.storage.data_dir / "index.db"
+    if cfg.storage.database_url is None and not db.exists():
+        err.print(f"[red]no node data:[/red] {db} does not exist (has the node run?)")
+        raise typer.Exit(1)
+    index = Index(cfg.database_url)
+    snap = snapshot(index, limit)
+    index.close()
+    if as_json:
+        console.print_json(json.dumps(asdict(snap)))
+        return
+    t = Table(title="series (newest first)")
+    for col in ("received", "series", "description", "n", "state", "from", "reason"):
+        t.add_column(col)
+    for r in snap.series:
+        t.add_row(_when(r.last_received), r.series_uid[-20:], r.description, str(r.instances),
+                  r.state, r.calling_ae, r.reason)  # fmt: skip
+    console.print(t)
+    t = Table(title="jobs")
+    for col in ("id", "series", "state", "tries", "s", "scar %", "error"):
+        t.add_column(col)
+    for j in snap.jobs:
+        seconds = f"{j.seconds:.1f}" if j.seconds else "-"
+        scar = f"{j.scar_percent:.1f}" if j.scar_percent is not None else "-"
+        tries = f"{j.attempts}/{j.max_attempts}"
+        t.add_row(str(j.id), j.series_uid[-20:], j.state, tries, seconds, scar, j.error)
+    console.print(t)
+    t = Table(title="sends")
+    for col in ("destination", "pending", "sent", "next try", "last error"):
+        t.add_column(col)
+    for d in snap.sends:
+        t.add_row(d.destination, str(d.pending), str(d.sent),
+                  _when(d.next_attempt_at) if d.pending else "-", d.last_error)  # fmt: skip
+    console.print(t)
+    t = Table(title="events (newest first)")
+    for col in ("time", "level", "kind", "peer", "message"):
+        t.add_column(col)
+    for e in snap.events:
+        t.add_row(_when(e.time), e.level, e.kind, e.peer, e.message)
+    console.print(t)
 
 
 if __name__ == "__main__":

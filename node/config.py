@@ -45,6 +45,9 @@ class DicomSection(Section):
     port: Port = 11112
     max_associations: int = Field(10, ge=1, le=200)
     network_timeout_s: float = Field(60.0, gt=0)
+    # Studies sent to this called AE title are processed even when the selection rules
+    # would skip them ("send to AI" from the PACS). Empty: no such AE title.
+    force_ae_title: AeTitle | None = None
 
 
 class AllowedPeer(Section):
@@ -53,12 +56,18 @@ class AllowedPeer(Section):
 
 
 class Destination(Section):
-    """A DICOM peer the node sends results to (or moves from, for a PACS)."""
+    """A DICOM peer the node sends results to.
+
+    ``sources`` maps calling AE titles to destinations (shell patterns): results of a
+    study received from a matching peer go here. ``["*"]`` (default) sends every result;
+    ``["ORTHANC"]`` returns results only to the PACS that sent the study.
+    """
 
     name: str
     ae_title: AeTitle
     host: str
     port: Port
+    sources: list[str] = Field(default_factory=lambda: ["*"])
 
 
 class AccessSection(Section):
@@ -79,6 +88,48 @@ class StorageSection(Section):
     database_url: str | None = None  # default: SQLite (WAL) inside data_dir
     stable_age_s: float = Field(10.0, gt=0)
     retention_hours: float = Field(72.0, gt=0)
+    # fsync each received instance before answering Success: survives power loss, not
+    # only a crash of the node; costs some ingest rate on slow disks.
+    fsync: bool = True
+
+
+class SelectionSection(Section):
+    """Which received series are LGE and get processed (regular expressions, case-blind).
+
+    A series is LGE when its description matches ``include`` and not ``exclude``, or,
+    with ``use_inversion_time``, when it is an IR acquisition with one inversion time per
+    slice position (a TI scout has many and is excluded).
+    """
+
+    include: list[str] = Field(
+        default_factory=lambda: [
+            r"\blge\b", r"psir", r"\bde\b", r"del(ayed)?[ _.-]*enh", r"delayed",
+            r"late[ _.-]*gad", r"\bmde\b", r"viab", r"\bscar\b",
+        ]
+    )  # fmt: skip
+    exclude: list[str] = Field(
+        default_factory=lambda: [
+            r"scout", r"look[ _.-]*locker", r"\bti[ _.-]*(scout|map|find)", r"cine",
+            r"\bloc(alizer)?\b", r"survey", r"molli", r"t1[ _.-]*map", r"3[ _.-]*pl",
+        ]
+    )  # fmt: skip
+    use_inversion_time: bool = True
+    min_slices: int = Field(4, ge=1)
+    # When a study has both the magnitude and the phase-sensitive (PSIR) reconstruction of
+    # the same acquisition: "psir" or "magnitude" processes one, "both" processes both.
+    prefer: Literal["psir", "magnitude", "both"] = "psir"
+
+
+class JobsSection(Section):
+    workers: int = Field(1, ge=1, le=8)  # each worker holds its own models in memory
+    max_attempts: int = Field(3, ge=1, le=20)
+    retry_delay_s: float = Field(30.0, ge=0)
+
+
+class DispatchSection(Section):
+    retry_initial_s: float = Field(5.0, gt=0)  # first retry delay; doubles per failure
+    retry_max_s: float = Field(600.0, gt=0)
+    batch: int = Field(200, ge=1)  # objects per association
 
 
 class PipelineSection(Section):
@@ -102,6 +153,9 @@ class Config(BaseSettings):
     tls: TlsSection = Field(default_factory=TlsSection)
     storage: StorageSection = Field(default_factory=StorageSection)
     pipeline: PipelineSection = Field(default_factory=PipelineSection)
+    selection: SelectionSection = Field(default_factory=SelectionSection)
+    jobs: JobsSection = Field(default_factory=JobsSection)
+    dispatch: DispatchSection = Field(default_factory=DispatchSection)
     destinations: list[Destination] = Field(default_factory=list)
 
     @classmethod
@@ -135,12 +189,29 @@ def load_config(path: Path | str | None = None) -> Config:
         config = Config(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path)) from exc
+    problems = _cross_checks(config)
+    if problems:
+        raise ConfigError("\n".join([f"{path or 'config'}: {len(problems)} problem(s)", *problems]))
     tls = config.tls
     if tls.enabled and not (tls.certificate and tls.private_key):
         raise ConfigError(
             f"{path or 'config'}: tls.enabled needs tls.certificate and tls.private_key"
         )
     return config
+
+
+def _cross_checks(config: Config) -> list[str]:
+    problems = []
+    names = [d.name for d in config.destinations]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"  destinations: name {name!r} is used twice")
+    for key in ("include", "exclude"):
+        for pattern in getattr(config.selection, key):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                problems.append(f"  selection.{key}: {pattern!r} is not a valid regex: {exc}")
+    return problems
 
 
 def _describe(exc: ValidationError, path: Path | None) -> str:

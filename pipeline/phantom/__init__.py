@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,9 @@ class PhantomSpec:
     scar: bool | None = None
     mvo: bool | None = None
     territory: str | None = None  # LAD, LCx or RCA; None: drawn by the seed
+    # A narrow, thin subendocardial infarct (~1-2 ml): the hard case for a segmenter,
+    # drawn from its own stream so the rest of the seed's anatomy stays the same.
+    small_infarct: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -49,6 +52,8 @@ class PhantomSpec:
             raise ValueError(f"slices must be within 8..14, got {self.slices}")
         if self.scar is False and self.mvo:
             raise ValueError("MVO lies inside scar: --mvo needs a scar")
+        if self.small_infarct and (self.scar is False or self.mvo):
+            raise ValueError("a small infarct is a scar without MVO")
         if self.territory is not None and self.territory not in TERRITORIES:
             raise ValueError(f"territory must be one of {TERRITORIES}, got {self.territory!r}")
 
@@ -57,6 +62,8 @@ class PhantomSpec:
         choice = np.random.default_rng([self.seed, 1])
         scar = self.scar if self.scar is not None else bool(self.mvo or choice.random() < 0.8)
         mvo = self.mvo if self.mvo is not None else bool(scar and choice.random() < 0.45)
+        if self.small_infarct:
+            scar, mvo = True, False
         return scar, mvo
 
 
@@ -96,6 +103,15 @@ def make_phantom(out_dir: Path | str, spec: PhantomSpec, progress: bool = False)
     anatomy, acq = sample_case(
         np.random.default_rng([spec.seed, 2]), spec.slices, scar, mvo, spec.territory
     )
+    if spec.small_infarct and anatomy.infarct is not None:
+        small = np.random.default_rng([spec.seed, 4])
+        infarct = replace(
+            anatomy.infarct,
+            half_width_deg=float(small.uniform(18, 30)),
+            transmurality=float(small.uniform(0.12, 0.35)),
+            end=min(anatomy.infarct.end, anatomy.infarct.start + float(small.uniform(0.3, 0.5))),
+        )
+        anatomy = replace(anatomy, infarct=infarct)
     contrast_rng = np.random.default_rng([spec.seed, 3, 0 if spec.kind == "magnitude" else 1])
     signal, labels = render(anatomy, acq, spec.kind, contrast_rng, progress=progress)
     image = add_noise(contrast_rng, signal, acq, spec.kind)
@@ -114,6 +130,7 @@ def make_phantom(out_dir: Path | str, spec: PhantomSpec, progress: bool = False)
         "enhanced": spec.enhanced,
         "scar": scar,
         "mvo": mvo,
+        "small_infarct": spec.small_infarct,
         "territory": anatomy.infarct.territory if anatomy.infarct else None,
         "peak_transmurality": anatomy.infarct.transmurality if anatomy.infarct else 0.0,
         "slices": acq.n_slices,

@@ -1,0 +1,71 @@
+"""Series completion and selection: a study whose series have been quiet for
+``stable_age`` seconds is judged (like Orthanc's StableAge or mercure's series trigger):
+each newly complete series gets a job or is skipped with its reason recorded."""
+
+from __future__ import annotations
+
+import logging
+
+from node.config import Config
+from node.index import Index, Series, SeriesState
+from node.logs import event
+from node.selector import SeriesFacts, choose
+
+log = logging.getLogger("node.assembler")
+
+
+def facts_of(series: Series, frames: list[tuple[str | None, float | None]]) -> SeriesFacts:
+    return SeriesFacts(
+        series_uid=series.series_uid,
+        modality=series.modality,
+        description=series.description,
+        sop_class_uid=series.sop_class_uid,
+        image_type=series.image_type,
+        scanning_sequence=series.scanning_sequence,
+        series_number=series.series_number,
+        frames=frames,
+        n_instances=series.n_instances,
+        forced=series.forced,
+    )
+
+
+class Assembler:
+    def __init__(self, config: Config, index: Index) -> None:
+        self.config = config
+        self.index = index
+
+    def check(self) -> int:
+        """Judge every quiet study; returns the number of jobs queued."""
+        queued = 0
+        for study_id in self.index.quiet_studies(self.config.storage.stable_age_s):
+            queued += self._judge_study(study_id)
+        return queued
+
+    def _judge_study(self, study_id: int) -> int:
+        series = self.index.study_series(study_id)
+        # Series judged earlier take part, so a late magnitude series still defers to
+        # the PSIR series of the same acquisition that was processed before.
+        judged = [s for s in series if s.state != SeriesState.PURGED]
+        facts = [facts_of(s, self.index.series_frames(s.id)) for s in judged]
+        decisions = choose(facts, self.config.selection)
+        queued = 0
+        for s in judged:
+            if s.state != SeriesState.RECEIVING:
+                continue
+            decision = decisions[s.series_uid]
+            if decision.process:
+                job_id = self.index.enqueue(
+                    s.id, decision.kind, decision.reason, self.config.jobs.max_attempts
+                )
+                if job_id is not None:
+                    queued += 1
+                    event(
+                        log, "series_queued", series=s.series_uid, job=job_id,
+                        instances=s.n_instances, kind=decision.kind, reason=decision.reason,
+                    )  # fmt: skip
+            elif self.index.skip_series(s.id, decision.reason, decision.kind):
+                event(
+                    log, "series_skipped", series=s.series_uid, instances=s.n_instances,
+                    reason=decision.reason,
+                )  # fmt: skip
+        return queued

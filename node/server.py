@@ -1,0 +1,173 @@
+"""The running node: receiver, assembler, workers, dispatcher and retention wired together.
+
+Start-up order makes a crash harmless: temp files are removed, instance files that were
+written but not indexed are indexed, jobs a crash left running are queued again, and
+only then does the port open.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import select
+
+from node.assembler import Assembler
+from node.config import Config
+from node.dispatch import Dispatcher
+from node.index import Index, Series, SeriesState
+from node.logs import event
+from node.processor import Worker
+from node.receiver import Receiver, read_header
+from node.retention import Retention
+from node.storage import Storage
+
+log = logging.getLogger("node.server")
+
+
+class Node:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.storage = Storage(config.storage.data_dir, fsync=config.storage.fsync)
+        self.index = Index(config.database_url)
+        self.receiver = Receiver(config, self.storage, self.index)
+        self.assembler = Assembler(config, self.index)
+        self.dispatcher = Dispatcher(config, self.index)
+        self.retention = Retention(config, self.storage, self.index)
+        self.wake_workers = threading.Event()
+        wake, done = self.wake_workers, self._results_ready
+        self.workers = [
+            Worker(config, self.storage, self.index, wake, done, f"worker-{i}")
+            for i in range(1, config.jobs.workers + 1)
+        ]
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.stopped = threading.Event()
+
+    # -- life cycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        t0 = time.perf_counter()
+        removed = self.storage.clean_temporaries()
+        indexed, dropped = self.reconcile()
+        recovered = self.index.recover_jobs()
+        event(
+            log, "starting", pid=os.getpid(), data_dir=self.storage.root,
+            temp_files_removed=removed, orphans_indexed=indexed, orphans_removed=dropped,
+            jobs_recovered=len(recovered),
+        )  # fmt: skip
+        for worker in self.workers:
+            worker.start()
+        tick = min(1.0, max(0.2, self.config.storage.stable_age_s / 4))
+        self.scheduler.add_job(self._assemble, "interval", seconds=tick, id="assemble",
+                               max_instances=1, coalesce=True)  # fmt: skip
+        self.scheduler.add_job(self._dispatch, "interval", seconds=1.0, id="dispatch",
+                               max_instances=1, coalesce=True)  # fmt: skip
+        self.scheduler.add_job(self._purge, "interval", seconds=300.0, id="retention",
+                               max_instances=1, coalesce=True,
+                               next_run_time=datetime.now(UTC))  # fmt: skip
+        self.scheduler.start()
+        self.receiver.start()
+        event(log, "started", seconds=round(time.perf_counter() - t0, 2))
+
+    def wait_ready(self, timeout: float = 300.0) -> bool:
+        """Block until every worker has its models loaded (or failed to)."""
+        return all(w.ready.wait(timeout) for w in self.workers)
+
+    def stop(self) -> None:
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        self.receiver.stop()
+        for worker in self.workers:
+            worker.stop()
+        self.scheduler.shutdown(wait=True)
+        for worker in self.workers:
+            worker.join(timeout=120)
+        self.index.close()
+        event(log, "stopped")
+
+    def serve_forever(self) -> None:
+        """Run until SIGTERM or SIGINT; a running job finishes first."""
+
+        def _stop(signum: int, _frame: object) -> None:
+            event(log, "signal", signal=signal.Signals(signum).name)
+            self.stopped.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        self.start()
+        try:
+            while not self.stopped.wait(0.5):
+                pass
+        finally:
+            self.stopped.clear()
+            self.stop()
+
+    # -- scheduled work ----------------------------------------------------------------
+
+    def _assemble(self) -> None:
+        try:
+            if self.assembler.check():
+                self.wake_workers.set()
+        except Exception as exc:  # logged; the next tick tries again
+            event(log, "assemble_error", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
+
+    def _dispatch(self) -> None:
+        try:
+            self.dispatcher.run_once()
+        except Exception as exc:
+            event(log, "dispatch_error", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
+
+    def _purge(self) -> None:
+        try:
+            self.retention.purge()
+        except Exception as exc:
+            event(log, "retention_error", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
+
+    def _results_ready(self) -> None:
+        job = self.scheduler.get_job("dispatch")
+        if job is not None:
+            job.modify(next_run_time=datetime.now(UTC))
+
+    # -- crash recovery ----------------------------------------------------------------
+
+    def reconcile(self) -> tuple[int, int]:
+        """Index instance files a crash left written but not indexed.
+
+        The sender never got Success for them and will likely send again (harmless), but
+        they are complete files (atomic rename), so nothing is lost if it does not.
+        Files of purged series are removed instead.
+        """
+        known = self.index.reconcile_paths()
+        indexed = dropped = 0
+        for path in self.storage.instances.rglob("*.dcm"):
+            if str(path) in known:
+                continue
+            try:
+                data = path.read_bytes()
+                info = read_header(data)
+            except Exception as exc:
+                event(log, "orphan_unreadable", logging.WARNING, path=path, error=str(exc))
+                self.storage.remove(path)
+                dropped += 1
+                continue
+            with self.index.read() as s:
+                state = s.scalar(select(Series.state).where(Series.series_uid == info.series_uid))
+            if state == SeriesState.PURGED:
+                self.storage.remove(path)
+                dropped += 1
+                continue
+            self.index.record_instance(info, str(path), len(data), "", "", now=path.stat().st_mtime)
+            indexed += 1
+        return indexed, dropped
+
+
+def run(config: Config) -> None:
+    Path(config.storage.data_dir).mkdir(parents=True, exist_ok=True)
+    Node(config).serve_forever()

@@ -1,0 +1,95 @@
+"""Where the node keeps files: one place derives every path, always from hashed UIDs.
+
+Received instances live at ``instances/<ab>/<sha(study)>/<sha(series)>/<sha(sop)>.dcm``
+and job results at ``results/<sha(series)>/<job id>/``. Names never contain a raw UID
+or a patient attribute, so a crafted UID cannot escape the data folder, and every file
+is written to a temporary name in the same folder, flushed, and renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from pathlib import Path
+
+UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+class InvalidUidError(ValueError):
+    """A UID that is not a DICOM UID (digits and dots, at most 64 characters)."""
+
+
+def check_uid(value: object, what: str) -> str:
+    """Return ``value`` as a UID string, or raise `InvalidUidError` naming ``what``."""
+    text = str(value or "").strip().rstrip("\x00")
+    if not text:
+        raise InvalidUidError(f"{what} is missing")
+    if len(text) > 64 or not UID.match(text):
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise InvalidUidError(f"{what} {shown!r} is not a valid UID")
+    return text
+
+
+def uid_hash(uid: str) -> str:
+    return hashlib.sha256(uid.encode("ascii", "replace")).hexdigest()[:32]
+
+
+class Storage:
+    """The node's data folder."""
+
+    def __init__(self, data_dir: Path, fsync: bool = True) -> None:
+        self.root = Path(data_dir).resolve()
+        self.fsync = fsync
+        self.instances = self.root / "instances"
+        self.results = self.root / "results"
+        self.incoming = self.root / "incoming"  # temp files; emptied at start-up
+        for folder in (self.instances, self.results, self.incoming):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        study = uid_hash(study_uid)
+        name = f"{uid_hash(sop_uid)}.dcm"
+        return self.instances / study[:2] / study / uid_hash(series_uid) / name
+
+    def results_dir(self, series_uid: str, job_id: int) -> Path:
+        return self.results / uid_hash(series_uid) / f"job{job_id:06d}"
+
+    def write_atomic(self, path: Path, data: bytes) -> None:
+        """Write ``data`` to ``path`` so that a reader sees the old file or the whole new one."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data):x}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            if self.fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    def clean_temporaries(self) -> int:
+        """Remove half-written temp files a crash left behind; return how many."""
+        removed = 0
+        for tmp in list(self.instances.rglob(".*.tmp")) + list(self.results.rglob(".*.tmp")):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+        shutil.rmtree(self.incoming, ignore_errors=True)
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        return removed
+
+    def remove(self, path: Path) -> None:
+        """Delete a file or folder inside the data folder (never outside it)."""
+        path = Path(path).resolve()
+        if self.root not in path.parents:
+            raise ValueError(f"{path} is outside the data folder {self.root}")
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        parent, stop = path.parent, (self.instances, self.results, self.root)
+        while parent not in stop and self.root in parent.parents:
+            try:
+                parent.rmdir()  # prune empty hash folders
+            except OSError:
+                break
+            parent = parent.parent
