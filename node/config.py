@@ -88,6 +88,7 @@ class StorageSection(Section):
     database_url: str | None = None  # default: SQLite (WAL) inside data_dir
     stable_age_s: float = Field(10.0, gt=0)
     retention_hours: float = Field(72.0, gt=0)
+    purge_interval_s: float = Field(300.0, gt=0)  # how often retention looks for work
     # fsync each received instance before answering Success: survives power loss, not
     # only a crash of the node; costs some ingest rate on slow disks.
     fsync: bool = True

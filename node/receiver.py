@@ -310,9 +310,50 @@ def _frames(ds: Dataset) -> list[tuple[str | None, float | None]]:
     return frames
 
 
+SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
+def check_complete(ds: Dataset) -> None:
+    """Raise ValueError if the stream ended inside a value (pydicom reads short values
+    silently): a dataset cut off in transit must not be acknowledged as stored."""
+    for elem in ds.elements():
+        length = getattr(elem, "length", None)
+        value = getattr(elem, "value", None)
+        if length is None or length == 0xFFFFFFFF or not isinstance(value, bytes):
+            continue
+        if len(value) < length:
+            raise ValueError(
+                f"dataset is truncated: element {elem.tag} declares {length} bytes, "
+                f"only {len(value)} arrived"
+            )
+
+
+def native_pixel_bytes(ds: Dataset) -> int | None:
+    """Bytes uncompressed pixel data must hold, or None if the header does not say."""
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        bits = int(ds.BitsAllocated)
+        n = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * frames
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return (n * bits + 7) // 8
+
+
 def read_header(data: bytes, affected_sop_uid: str | None = None) -> InstanceInfo:
-    """What the index needs from an encoded instance (pixel data is not decoded)."""
-    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    """What the index needs from an encoded instance; raises if it is unusable."""
+    ds = pydicom.dcmread(io.BytesIO(data))  # values stay raw bytes until accessed
+    check_complete(ds)
+    pixel = ds.get_item("PixelData") if "PixelData" in ds else None
+    encapsulated = pixel is not None and getattr(pixel, "length", 0) == 0xFFFFFFFF
+    if encapsulated and SEQUENCE_DELIMITER not in data[-64:]:
+        raise ValueError("dataset is truncated: encapsulated pixel data has no end marker")
+    if pixel is not None and not encapsulated:
+        expected = native_pixel_bytes(ds)
+        if expected is not None and len(pixel.value or b"") < expected:
+            raise ValueError(
+                f"pixel data is truncated: {len(pixel.value or b'')} bytes for "
+                f"{expected} expected from Rows, Columns, BitsAllocated and frames"
+            )
     sop_uid = check_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
     if affected_sop_uid is not None and affected_sop_uid.strip() != sop_uid:
         raise ValueError(

@@ -68,7 +68,8 @@ class Node:
                                max_instances=1, coalesce=True)  # fmt: skip
         self.scheduler.add_job(self._dispatch, "interval", seconds=1.0, id="dispatch",
                                max_instances=1, coalesce=True)  # fmt: skip
-        self.scheduler.add_job(self._purge, "interval", seconds=300.0, id="retention",
+        purge_s = self.config.storage.purge_interval_s
+        self.scheduler.add_job(self._purge, "interval", seconds=purge_s, id="retention",
                                max_instances=1, coalesce=True,
                                next_run_time=datetime.now(UTC))  # fmt: skip
         self.scheduler.start()

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 
+def system_tool(name: str) -> str | None:
+    """``name`` on PATH, skipping the virtual environment: pynetdicom installs Python
+    look-alikes named storescu, echoscu, findscu... there, and we want DCMTK's."""
+    venv_bin = (Path(sys.prefix) / "bin").resolve()
+    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d]
+    dirs = [d for d in dirs if Path(d).resolve() != venv_bin] + ["/usr/bin", "/usr/sbin"]
+    return shutil.which(name, path=os.pathsep.join(dirs))
+
+
 def require_tool(name: str) -> str:
-    path = shutil.which(name)
+    path = system_tool(name)
     if path is None:
         raise RuntimeError(
             f"{name} is not installed; run scripts/setup-system (Debian dcmtk, dicom3tools)"
@@ -46,3 +58,32 @@ def run_tool(*args: str) -> None:
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
+
+
+def dsrdump(path: Path) -> str:
+    """DCMTK's rendering of an SR, converted to UTF-8 from its declared character set."""
+    return subprocess.run(
+        [require_tool("dsrdump"), "+U8", "+Pc", "+Pl", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def dsr_numbers(path: Path) -> dict[str, dict[str, float]]:
+    """{tracking identifier: {concept code: value}} from DCMTK's dsrdump."""
+    out = dsrdump(path)
+    groups: dict[str, dict[str, float]] = {}
+    current = None
+    for line in out.splitlines():
+        m = re.search(r'"Tracking Identifier"\)="([^"]+)"', line)
+        if m:
+            current = m.group(1)
+            groups.setdefault(current, {})
+        m = re.search(r'NUM:\(([^,]+),([^,]+),"[^"]*"\)="([^"]+)"', line)
+        if m and current:
+            groups[current][m.group(1)] = float(m.group(3))
+        m = re.search(r'"Finding Site"\)=\(([^,]+),SCT', line)
+        if m and current:
+            groups[current]["site"] = m.group(1)
+    return groups

@@ -28,11 +28,12 @@ class Orthanc:
         aet: str = "ORTHANC",
         modalities: dict[str, list[Any]] | None = None,
         stable_age_s: int = 2,
+        dicom_port: int | None = None,
     ) -> None:
         self.workdir = workdir
         self.aet = aet
         self.http_port = free_port()
-        self.dicom_port = free_port()
+        self.dicom_port = dicom_port or free_port()
         self.modalities = modalities or {}
         self.stable_age_s = stable_age_s
         self._proc: subprocess.Popen | None = None
@@ -97,3 +98,30 @@ class Orthanc:
         req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST")
         with urllib.request.urlopen(req, timeout=60) as r:
             return json.loads(r.read() or b"null")
+
+    def upload(self, paths: list[Path]) -> list[str]:
+        """POST files to /instances (as a modality would store them); returns instance ids."""
+        ids = []
+        for path in paths:
+            req = urllib.request.Request(
+                self.url + "/instances", data=Path(path).read_bytes(), method="POST"
+            )
+            with urllib.request.urlopen(req, timeout=60) as r:
+                ids.append(json.loads(r.read())["ID"])
+        return ids
+
+    def file(self, instance_id: str) -> bytes:
+        with urllib.request.urlopen(f"{self.url}/instances/{instance_id}/file", timeout=30) as r:
+            return r.read()
+
+    def study_series(self, study_uid: str) -> list[dict[str, Any]]:
+        """Series of one study (MainDicomTags + Instances), found by StudyInstanceUID."""
+        found = self.post(
+            "/tools/find", {"Level": "Study", "Query": {"StudyInstanceUID": study_uid}}
+        )
+        if not found:
+            return []
+        return self.get(f"/studies/{found[0]}/series")
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None

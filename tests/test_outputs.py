@@ -4,8 +4,6 @@ metrics, placed in the source study, and accepted by a real PACS (Orthanc, C-STO
 from __future__ import annotations
 
 import json
-import re
-import subprocess
 from pathlib import Path
 
 import highdicom as hd
@@ -20,7 +18,7 @@ from dicom_templates.seg import segment_masks
 from pipeline.phantom import PhantomCase
 from pipeline.quantify import quantify
 from pipeline.series import load_series
-from tests.dicom_tools import dciodvfy, require_tool, run_tool
+from tests.dicom_tools import dciodvfy, dsr_numbers, dsrdump, run_tool
 from tests.orthanc import Orthanc
 
 ALGORITHM = Algorithm()  # identifies as the synthetic-trained demo model
@@ -88,41 +86,12 @@ def test_seg_reads_back_frame_by_frame_against_the_right_source_slice(written) -
         assert tuple(np.round(np.array(ipp, dtype=float), 3)) in positions
 
 
-def _dsrdump(path: Path) -> str:
-    """DCMTK's rendering of an SR, converted to UTF-8 from its declared character set."""
-    return subprocess.run(
-        [require_tool("dsrdump"), "+U8", "+Pc", "+Pl", str(path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-
-
-def _dsr_numbers(path: Path) -> dict[str, dict[str, float]]:
-    """{tracking identifier: {concept code: value}} from DCMTK's dsrdump."""
-    out = _dsrdump(path)
-    groups: dict[str, dict[str, float]] = {}
-    current = None
-    for line in out.splitlines():
-        m = re.search(r'"Tracking Identifier"\)="([^"]+)"', line)
-        if m:
-            current = m.group(1)
-            groups.setdefault(current, {})
-        m = re.search(r'NUM:\(([^,]+),([^,]+),"[^"]*"\)="([^"]+)"', line)
-        if m and current:
-            groups[current][m.group(1)] = float(m.group(3))
-        m = re.search(r'"Finding Site"\)=\(([^,]+),SCT', line)
-        if m and current:
-            groups[current]["site"] = m.group(1)
-    return groups
-
-
 def test_sr_numbers_equal_metrics_json(written) -> None:
     _, files, volume = written
     metrics = json.loads(files.metrics.read_text())
     # DCMTK decodes the SR in its declared character set: the name survives intact.
-    assert f"Patient             : {volume.datasets[0].PatientName} (" in _dsrdump(files.sr)
-    groups = _dsr_numbers(files.sr)
+    assert f"Patient             : {volume.datasets[0].PatientName} (" in dsrdump(files.sr)
+    groups = dsr_numbers(files.sr)
     vol, mass, pct = "118565006", "118538004", "PCTLVMYO"
     myo, inf, mvo = (
         groups["LV myocardium"],
@@ -146,7 +115,7 @@ def test_sr_numbers_equal_metrics_json(written) -> None:
 
 def test_no_scar_case_reports_zero(phantom_factory, tmp_path: Path) -> None:
     files, _ = _write(phantom_factory(**CASES["enhanced-psir-no-scar"]), tmp_path)
-    groups = _dsr_numbers(files.sr)
+    groups = dsr_numbers(files.sr)
     assert groups["Infarct (scar)"]["118565006"] == 0
     assert groups["Microvascular obstruction"]["118565006"] == 0
     assert groups["LV myocardium"]["118565006"] > 50
