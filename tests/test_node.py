@@ -334,4 +334,4 @@ def test_non_image_objects_are_stored_and_ignored_not_refused(
         lambda: (node.series_state(str(ds.SeriesInstanceUID)) or ("",))[0] == "skipped", 30,
         "the SEG series to be skipped",
     )  # fmt: skip
-    assert "not an MR image" in node.series_state(str(ds.SeriesInstanceUID))[1]
+    assert "modality SEG is not MR" in node.series_state(str(ds.SeriesInstanceUID))[1]

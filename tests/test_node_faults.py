@@ -1,0 +1,184 @@
+"""Faults a PACS administrator will meet: the PACS down, the node killed (SIGKILL) while
+receiving and while processing, TLS, retention. Real processes, real sockets."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+from pynetdicom import AE
+
+from tests.dicom_tools import require_tool
+from tests.node_harness import NodeProcess, copy_study, echoscu, storescu
+from tests.orthanc import Orthanc, free_port
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _reports_for(pacs: Orthanc, study_uid: str, series_uid: str) -> list[str]:
+    """SOP Instance UIDs of the SRs in the PACS that report on ``series_uid``."""
+    found = []
+    for series in pacs.study_series(study_uid):
+        if series["MainDicomTags"].get("Modality") != "SR":
+            continue
+        for inst in series["Instances"]:
+            ds = pydicom.dcmread(io.BytesIO(pacs.file(inst)))
+            evidence = {
+                s.SeriesInstanceUID
+                for st in ds.CurrentRequestedProcedureEvidenceSequence
+                for s in st.ReferencedSeriesSequence
+            }
+            if series_uid in evidence:
+                found.append(str(ds.SOPInstanceUID))
+    return found
+
+
+def _pacs_entry(pacs: Orthanc) -> dict:
+    return {"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": pacs.dicom_port}
+
+
+def test_pacs_down_results_wait_and_are_delivered_when_it_is_back(
+    tmp_path: Path, psir_classic
+) -> None:
+    pacs = Orthanc(tmp_path / "orthanc")  # configured, not started: the PACS is down
+    with NodeProcess(tmp_path / "node", destinations=[_pacs_entry(pacs)]) as node:
+        study, series, files = copy_study(psir_classic.out_dir / "dicom", tmp_path / "s")
+        storescu(node.port, files)
+        node.wait_for(lambda: (node.series_state(series) or ("",))[0] == "done", 120, "job")
+        node.wait_for(
+            lambda: node.query("SELECT min(attempts) FROM outbox")[0][0] >= 2, 60,
+            "at least two failed send attempts",
+        )  # fmt: skip
+        (error,) = node.query("SELECT DISTINCT last_error FROM outbox")[0]
+        assert "cannot associate with ORTHANC@127.0.0.1" in error
+        assert node.unsent() == 17
+        with pacs:
+            node.wait_done(series, timeout=60)
+            assert len(_reports_for(pacs, study, series)) == 1
+            kinds = {s["MainDicomTags"]["Modality"] for s in pacs.study_series(study)}
+            assert {"SEG", "SR", "OT"} <= kinds
+        assert "send_failed" in node.log() and "results_sent" in node.log()
+
+
+def test_sigkill_while_receiving_and_while_processing_loses_nothing_and_sends_once(
+    tmp_path: Path, psir_classic, phantom_factory
+) -> None:
+    """Kill -9 in the middle of an association, restart, and again in the middle of a
+    job: every completely received series is processed exactly once and delivered."""
+    with Orthanc(tmp_path / "orthanc") as pacs:
+        node = NodeProcess(tmp_path / "node", destinations=[_pacs_entry(pacs)], stable_age_s=3.0)
+        node.start()
+        # Series A arrives completely; series B is half sent when the node dies.
+        study_a, series_a, files_a = copy_study(psir_classic.out_dir / "dicom", tmp_path / "a")
+        other = phantom_factory(seed=31, kind="magnitude")
+        _, series_b, files_b = copy_study(other.out_dir / "dicom", tmp_path / "b")
+        storescu(node.port, files_a)
+        ae = AE(ae_title="SCANNER")
+        first = pydicom.dcmread(files_b[0], stop_before_pixels=True)
+        ae.add_requested_context(first.SOPClassUID, first.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="LGE_NODE")
+        assert assoc.is_established
+        for path in files_b[:5]:
+            assert assoc.send_c_store(path).Status == 0x0000
+        node.kill()  # mid-association, before A was quiet for stable_age
+        assoc.abort()
+        assert node.jobs(series_a) == []
+        node.start()
+        storescu(node.port, files_b)  # the scanner's retry: the whole series again
+        node.wait_done(series_a)
+        node.wait_done(series_b)
+        assert [j[1] for j in node.jobs(series_a)] == ["done"]
+        assert len(_reports_for(pacs, study_a, series_a)) == 1
+        assert node.query("SELECT n_instances FROM series WHERE series_uid = ?", series_b)[0][
+            0
+        ] == len(files_b)
+
+        # Now die while a job runs.
+        study_c, series_c, files_c = copy_study(psir_classic.out_dir / "dicom", tmp_path / "c")
+        storescu(node.port, files_c)
+        node.wait_for(
+            lambda: [j for j in node.jobs(series_c) if j[1] == "running"], 60, "job C running"
+        )
+        node.kill()
+        node.start()
+        node.wait_done(series_c)
+        ((_, state, attempts, _),) = node.jobs(series_c)
+        assert (state, attempts) == ("done", 2)  # the same job, run again after restart
+        assert len(_reports_for(pacs, study_c, series_c)) == 1
+        assert "jobs_recovered=1" in node.log()
+        node.stop()
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    key, cert = tmp_path / "node.key", tmp_path / "node.crt"
+    subprocess.run(
+        [require_tool("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return key, cert
+
+
+def test_dicom_tls_with_a_self_signed_certificate(tmp_path: Path, psir_classic) -> None:
+    key, cert = _self_signed(tmp_path)
+    tls = {"enabled": True, "certificate": str(cert), "private_key": str(key)}
+    with NodeProcess(tmp_path / "node", tls=tls) as node:
+        # DCMTK over TLS, trusting the node's certificate (client key: the same pair).
+        args = ["+tls", str(key), str(cert), "+cf", str(cert)]
+        ok = echoscu(node.port, extra=args)
+        assert ok.returncode == 0, ok.stderr
+        _, series, files = copy_study(psir_classic.out_dir / "dicom", tmp_path / "s")
+        storescu(node.port, files, extra=args)
+        node.wait_for(lambda: (node.series_state(series) or ("",))[0] == "done", 120, "job")
+        # Plain TCP to the TLS port gets no association.
+        assert echoscu(node.port).returncode != 0
+
+
+def test_retention_purges_delivered_and_skipped_keeps_failed(tmp_path: Path, psir_classic) -> None:
+    sink_port = free_port()
+    sink_dir = tmp_path / "sink"
+    sink_dir.mkdir()
+    sink = subprocess.Popen(
+        [require_tool("storescp"), "-aet", "SINK", "-od", str(sink_dir), str(sink_port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        dest = {"name": "sink", "ae_title": "SINK", "host": "127.0.0.1", "port": sink_port}
+        storage = {"retention_hours": 4 / 3600, "purge_interval_s": 1.0}  # 4 s
+        with NodeProcess(tmp_path / "node", destinations=[dest], storage=storage) as node:
+            _, done_uid, done = copy_study(psir_classic.out_dir / "dicom", tmp_path / "d")
+            _, skip_uid, skip = copy_study(
+                psir_classic.out_dir / "dicom", tmp_path / "k", SeriesDescription="cine"
+            )
+            _, bad_uid, bad = copy_study(psir_classic.out_dir / "dicom", tmp_path / "b")
+            ds = pydicom.dcmread(bad[2])
+            ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+            ds.save_as(bad[2], enforce_file_format=True)
+            storescu(node.port, done + skip + bad)
+            node.wait_done(done_uid)
+            results = Path(node.query("SELECT results_dir FROM jobs WHERE state='done'")[0][0])
+            assert (results / "seg.dcm").exists()
+            # Rows are marked purged first, files go right after the commit.
+            node.wait_for(
+                lambda: not results.exists() and all(
+                    (node.series_state(u) or ("",))[0] == "purged" for u in (done_uid, skip_uid)
+                ),
+                60, "retention",
+            )  # fmt: skip
+            held = node.query(
+                "SELECT s.series_uid, count(i.id) FROM series s LEFT JOIN instances i"
+                " ON i.series_fk = s.id GROUP BY s.id"
+            )
+            counts = dict(held)
+            assert counts[done_uid] == 0 and counts[skip_uid] == 0
+            assert node.series_state(bad_uid)[0] == "failed" and counts[bad_uid] == len(bad)
+            files = list((node.data_dir / "instances").rglob("*.dcm"))
+            assert len(files) == len(bad)  # only the failed series' files remain
+            assert len(list(sink_dir.iterdir())) == 17  # delivered before purge
+            assert echoscu(node.port).returncode == 0
+    finally:
+        sink.terminate()
+        sink.wait()
