@@ -576,6 +576,28 @@ class Index:
                 row.next_attempt_at, row.last_error = now + delay, error
         return delay
 
+    def latest_result(self, series_uid: str) -> tuple[Job | None, int]:
+        """The series' newest finished (done or failed) job and its undelivered objects."""
+        with self.read() as s:
+            job = s.scalar(
+                select(Job)
+                .join(Series, Series.id == Job.series_fk)
+                .where(
+                    Series.series_uid == series_uid,
+                    Job.state.in_([JobState.DONE, JobState.FAILED]),
+                )
+                .order_by(Job.id.desc())
+                .limit(1)
+            )
+            if job is None:
+                return None, 0
+            pending = s.scalar(
+                select(func.count())
+                .select_from(Outbox)
+                .where(Outbox.job_fk == job.id, Outbox.state != SendState.SENT)
+            )
+            return job, int(pending or 0)
+
     # -- events ------------------------------------------------------------------------
 
     def record_event(

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-
-def system_tool(name: str) -> str | None:
-    """``name`` on PATH, skipping the virtual environment: pynetdicom installs Python
-    look-alikes named storescu, echoscu, findscu... there, and we want DCMTK's."""
-    venv_bin = (Path(sys.prefix) / "bin").resolve()
-    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d]
-    dirs = [d for d in dirs if Path(d).resolve() != venv_bin] + ["/usr/bin", "/usr/sbin"]
-    return shutil.which(name, path=os.pathsep.join(dirs))
+from node.peers import system_tool
 
 
 def require_tool(name: str) -> str:
