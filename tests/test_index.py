@@ -1,0 +1,121 @@
+"""The index's state machine: what a crash, a retry or a late instance leaves behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from node.index import Delivery, Index, InstanceInfo, JobState, SeriesState
+from node.storage import InvalidUidError, Storage, check_uid
+
+
+def info(sop: str, series: str = "1.2.3.1", study: str = "1.2.3") -> InstanceInfo:
+    return InstanceInfo(
+        study_uid=study, series_uid=series, sop_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.4",
+        transfer_syntax="1.2.840.10008.1.2.1", modality="MR", series_description="LGE",
+        series_number=1, instance_number=1, image_type="", scanning_sequence="IR",
+        frames=[("0\\0\\0", 300.0)], patient={"PatientID": "X"}, study={},
+    )  # fmt: skip
+
+
+@pytest.fixture()
+def index(tmp_path: Path) -> Index:
+    ix = Index(f"sqlite:///{tmp_path / 'index.db'}")
+    yield ix
+    ix.close()
+
+
+def test_sqlite_runs_in_wal_mode(index: Index) -> None:
+    with index.engine.connect() as con:
+        assert con.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_same_instance_twice_is_one_instance(index: Index) -> None:
+    a = index.record_instance(info("1.2.3.1.1"), "/x", 10, "SCANNER", "127.0.0.1")
+    b = index.record_instance(info("1.2.3.1.1"), "/x", 10, "SCANNER", "127.0.0.1")
+    assert (a.duplicate, b.duplicate) == (False, True)
+    assert index.series(a.series_id).n_instances == 1
+
+
+def test_failed_attempts_retry_then_stop_with_the_error(index: Index) -> None:
+    sid = index.record_instance(info("1.2.3.1.1"), "/x", 1, "S", "a").series_id
+    job = index.enqueue(sid, "psir", "LGE", max_attempts=2)
+    assert index.claim_job() == (job, sid)
+    assert index.fail_job(job, "boom 1", retry_delay_s=0.0) is True
+    assert index.claim_job() == (job, sid)
+    assert index.fail_job(job, "boom 2", retry_delay_s=0.0) is False
+    assert index.claim_job() is None
+    assert (index.job(job).state, index.job(job).error) == (JobState.FAILED, "boom 2")
+    assert index.series(sid).state == SeriesState.FAILED
+
+
+def test_a_crash_mid_job_requeues_it_and_used_up_jobs_fail(index: Index) -> None:
+    s1 = index.record_instance(info("1.2.3.1.1"), "/x", 1, "S", "a").series_id
+    s2 = index.record_instance(info("1.2.3.2.1", series="1.2.3.2"), "/y", 1, "S", "a").series_id
+    j1 = index.enqueue(s1, "psir", "LGE", max_attempts=3)
+    j2 = index.enqueue(s2, "psir", "LGE", max_attempts=1)
+    index.claim_job()
+    index.claim_job()  # both running when the "crash" happens
+    assert sorted(index.recover_jobs()) == [j1, j2]
+    assert index.job(j1).state == JobState.QUEUED
+    assert index.job(j2).state == JobState.FAILED and "node stopped" in index.job(j2).error
+
+
+def test_late_instances_cancel_a_waiting_job_and_reopen_a_done_series(index: Index) -> None:
+    sid = index.record_instance(info("1.2.3.1.1"), "/x", 1, "S", "a").series_id
+    j1 = index.enqueue(sid, "psir", "LGE", max_attempts=3)
+    index.record_instance(info("1.2.3.1.2"), "/x2", 1, "S", "a")
+    assert index.job(j1).state == JobState.CANCELLED
+    assert index.series(sid).state == SeriesState.RECEIVING
+    j2 = index.enqueue(sid, "psir", "LGE", max_attempts=3)
+    index.claim_job()
+    index.finish_job(j2, "/r", "{}", [("/r/sr.dcm", "1.2", "1.2.9")],
+                     [Delivery("pacs", "PACS", "h", 104)], 1.0)  # fmt: skip
+    assert index.series(sid).state == SeriesState.DONE
+    out = index.record_instance(info("1.2.3.1.3"), "/x3", 1, "S", "a")
+    assert out.reopened and index.series(sid).state == SeriesState.RECEIVING
+    j3 = index.enqueue(sid, "psir", "LGE", max_attempts=3)
+    index.claim_job()
+    assert index.job(j3).supersedes == j2
+
+
+def test_one_job_per_series_at_a_time(index: Index) -> None:
+    sid = index.record_instance(info("1.2.3.1.1"), "/x", 1, "S", "a").series_id
+    j1 = index.enqueue(sid, "psir", "LGE", max_attempts=3)
+    index.claim_job()
+    index.record_instance(info("1.2.3.1.2"), "/x2", 1, "S", "a")  # arrives while j1 runs
+    j2 = index.enqueue(sid, "psir", "LGE", max_attempts=3)
+    assert index.claim_job() is None  # j2 waits for j1
+    index.finish_job(j1, "/r", "{}", [], [], 1.0)
+    assert index.claim_job() == (j2, sid)
+
+
+def test_send_failures_back_off_exponentially_up_to_the_cap(index: Index) -> None:
+    sid = index.record_instance(info("1.2.3.1.1"), "/x", 1, "S", "a").series_id
+    job = index.enqueue(sid, "psir", "LGE", max_attempts=3)
+    index.claim_job()
+    index.finish_job(job, "/r", "{}", [("/r/seg.dcm", "1.2", "1.2.8")],
+                     [Delivery("pacs", "PACS", "h", 104)], 1.0, now=0.0)  # fmt: skip
+    (row,) = index.due_sends(now=0.0)
+    delays = [index.mark_send_failed([row.id], "down", 5.0, 60.0, now=0.0) for _ in range(6)]
+    assert delays == [5.0, 10.0, 20.0, 40.0, 60.0, 60.0]
+    assert index.due_sends(now=59.0) == [] and len(index.due_sends(now=60.0)) == 1
+
+
+@pytest.mark.parametrize(
+    "uid", ["../../etc/passwd", "1.2.3/../../x", "1.2.03", "", "1." * 40 + "1", "1.2.3\\4"]
+)
+def test_crafted_uids_are_refused(uid: str) -> None:
+    with pytest.raises(InvalidUidError):
+        check_uid(uid, "SOPInstanceUID")
+
+
+def test_paths_come_from_hashes_inside_the_data_folder(tmp_path: Path) -> None:
+    storage = Storage(tmp_path / "data")
+    path = storage.instance_path("1.2.3", "1.2.3.4", "1.2.3.4.5")
+    assert storage.root in path.parents and "1.2.3" not in str(path.relative_to(storage.root))
+    storage.write_atomic(path, b"DICM")
+    assert path.read_bytes() == b"DICM" and not list(path.parent.glob(".*.tmp"))
+    with pytest.raises(ValueError, match="outside the data folder"):
+        storage.remove(tmp_path / "elsewhere")
