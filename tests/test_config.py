@@ -60,3 +60,31 @@ def test_tls_needs_certificate_and_key(tmp_path: Path) -> None:
     path.write_text("[tls]\nenabled = true\n")
     with pytest.raises(ConfigError, match=r"tls\.certificate and tls\.private_key"):
         load_config(path)
+
+
+def test_selection_patterns_and_destination_names_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(
+        '[selection]\ninclude = ["lge(", "psir"]\nprefer = "psir"\n'
+        '[[destinations]]\nname = "pacs"\nae_title = "A"\nhost = "h"\nport = 104\n'
+        '[[destinations]]\nname = "pacs"\nae_title = "B"\nhost = "h"\nport = 105\n'
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert "selection.include: 'lge(' is not a valid regex" in text
+    assert "destinations: name 'pacs' is used twice" in text
+
+
+def test_destinations_map_calling_ae_titles(tmp_path: Path) -> None:
+    from node.processor import deliveries_for
+
+    path = tmp_path / "node.toml"
+    path.write_text(
+        '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "h"\nport = 104\n'
+        '[[destinations]]\nname = "research"\nae_title = "XNAT"\nhost = "x"\nport = 8104\n'
+        'sources = ["SCANNER_MR*"]\n'
+    )
+    cfg = load_config(path)
+    assert [d.name for d in deliveries_for(cfg, "ORTHANC")] == ["pacs"]
+    assert [d.name for d in deliveries_for(cfg, "SCANNER_MR2")] == ["pacs", "research"]

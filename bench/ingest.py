@@ -1,0 +1,166 @@
+"""Ingest rate of the node against Orthanc and a bare pynetdicom storage SCP, end-to-end
+latency, and the node's peak memory: all in one run, on this machine.
+
+    uv run python bench/ingest.py [--studies 10] [--repeats 3]
+
+* ingest: one DCMTK storescu association sends the same N phantom studies to each
+  receiver; images/s = images / storescu wall time. The bare SCP only writes each
+  dataset to a file (no index, no checks): the ceiling of our Python/pynetdicom stack.
+* latency: from the moment the last instance was acknowledged to the moment Orthanc
+  confirmed every result (SEG, SR, overlays) stored, minus ``stable_age``.
+* peak RSS: the node process's high-water mark (VmHWM) with models loaded, after jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from node.peers import Orthanc, free_port, system_tool  # noqa: E402
+from tests.node_harness import NodeProcess, copy_study  # noqa: E402
+
+BARE_SCP = """
+import sys
+from pathlib import Path
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+out = Path(sys.argv[1])
+def on_store(event):
+    (out / (event.request.AffectedSOPInstanceUID + ".dcm")).write_bytes(event.encoded_dataset())
+    return 0
+ae = AE("BARE")
+ae.maximum_pdu_size = 0
+ae.supported_contexts = AllStoragePresentationContexts
+ae.start_server(("127.0.0.1", int(sys.argv[2])), evt_handlers=[(evt.EVT_C_STORE, on_store)])
+"""
+
+
+def send(port: int, aec: str, folder: Path) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(
+        [system_tool("storescu"), "-aet", "SCANNER", "-aec", aec, "+sd", "+r", "127.0.0.1",
+         str(port), str(folder)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return time.perf_counter() - t0
+
+
+def fresh_copies(src: Path, dst: Path, n: int) -> tuple[Path, list[str], int]:
+    """N copies of a phantom study under new UIDs (so every receiver sees new data)."""
+    series, images = [], 0
+    for i in range(n):
+        _, uid, files = copy_study(src, dst / f"s{i:02d}")
+        series.append(uid)
+        images += len(files)
+    return dst, series, images
+
+
+def vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--studies", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--latency-studies", type=int, default=3)
+    args = parser.parse_args()
+    console = Console()
+
+    from pipeline.phantom import PhantomSpec, make_phantom
+
+    work = Path(tempfile.mkdtemp(prefix="lge-bench-ingest-"))
+    case = make_phantom(work / "phantom", PhantomSpec(seed=7, kind="psir"))
+    src = case.out_dir / "dicom"
+    rates: dict[str, list[float]] = {}
+    stable_age = 2.0
+
+    with Orthanc(work / "orthanc", stable_age_s=2) as pacs:
+        dest = {"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1",
+                "port": pacs.dicom_port}  # fmt: skip
+        # Ingest nodes never reach stable_age during the run, so no job competes for the
+        # CPU; a third node, with the demo's stable_age, measures latency afterwards.
+        nodes = {
+            "lge-node (fsync, default)": NodeProcess(
+                work / "node_fsync", stable_age_s=600.0, storage={"fsync": True}
+            ),
+            "lge-node (no fsync)": NodeProcess(work / "node_nofsync", stable_age_s=600.0),
+        }
+        latency_node = NodeProcess(
+            work / "node_latency", destinations=[dest], stable_age_s=stable_age,
+            storage={"fsync": True},
+        )  # fmt: skip
+        bare_port = free_port()
+        (work / "bare").mkdir()
+        bare_cmd = [sys.executable, "-c", BARE_SCP, str(work / "bare"), str(bare_port)]
+        bare = subprocess.Popen(bare_cmd)
+        time.sleep(2.0)
+        for node in nodes.values():
+            node.start()
+        receivers = {
+            "bare pynetdicom SCP (files only)": (bare_port, "BARE"),
+            "Orthanc": (pacs.dicom_port, "ORTHANC"),
+            **{name: (n.port, "LGE_NODE") for name, n in nodes.items()},
+        }
+        # The fsync node also processes what it receives: ingest is measured while its
+        # worker is idle (studies are sent before the stable age elapses).
+        n_images = 0
+        for r in range(args.repeats):
+            for name, (port, aec) in receivers.items():
+                target = work / f"in_{r}_{port}"
+                folder, _, n_images = fresh_copies(src, target, args.studies)
+                rates.setdefault(name, []).append(n_images / send(port, aec, folder))
+            console.print(f"round {r + 1}/{args.repeats} done")
+
+        for n in nodes.values():
+            n.stop()
+        # Latency: last instance acknowledged -> every result confirmed stored in Orthanc.
+        node = latency_node.start()
+        latencies = []
+        for i in range(args.latency_studies):
+            _, uid, files = copy_study(src, work / f"lat{i}")
+            send(node.port, "LGE_NODE", files[0].parent)
+            t_last = time.perf_counter()
+            node.wait_done(uid, timeout=300)
+            latencies.append(time.perf_counter() - t_last - stable_age)
+        rss = vm_hwm_mb(node.proc.pid)
+        node.stop()
+        bare.terminate()
+
+    table = Table(title=f"Ingest: {args.studies} studies ({n_images} images) per send, "
+                        f"one association, median of {args.repeats}")  # fmt: skip
+    table.add_column("receiver")
+    table.add_column("images/s", justify="right")
+    table.add_column("vs bare SCP", justify="right")
+    bare_rate = statistics.median(rates["bare pynetdicom SCP (files only)"])
+    for name, values in rates.items():
+        rate = statistics.median(values)
+        table.add_row(name, f"{rate:.0f}", f"{100 * rate / bare_rate:.0f} %")
+    console.print(table)
+    t2 = Table(title="lge-node end to end (2-core CPU, demo models)")
+    t2.add_column("measure")
+    t2.add_column("value", justify="right")
+    t2.add_row(
+        "latency, last instance -> results stored in Orthanc, minus stable_age",
+        f"median {statistics.median(latencies):.1f} s "
+        f"(min {min(latencies):.1f}, max {max(latencies):.1f}, n={len(latencies)})",
+    )
+    t2.add_row("peak RSS of the node process (models loaded, after all jobs)", f"{rss:.0f} MB")
+    console.print(t2)
+
+
+if __name__ == "__main__":
+    main()
