@@ -255,44 +255,63 @@ class Index:
         forced: bool = False,
         now: float | None = None,
     ) -> StoreOutcome:
+        """Index one received instance (the hot path: Core SQL, two or three statements)."""
         now = time.time() if now is None else now
-        with self.write() as s:
-            study = s.scalar(select(Study).where(Study.study_uid == info.study_uid))
-            if study is None:
-                study = Study(study_uid=info.study_uid, created_at=now, **_study_fields(info))
-                s.add(study)
-                s.flush()
-            series = s.scalar(select(Series).where(Series.series_uid == info.series_uid))
-            if series is None:
-                series = Series(
-                    study_fk=study.id,
-                    series_uid=info.series_uid,
-                    modality=info.modality,
-                    sop_class_uid=info.sop_class_uid,
-                    description=info.series_description,
-                    series_number=info.series_number,
-                    image_type=info.image_type,
-                    scanning_sequence=info.scanning_sequence,
-                    calling_ae=calling_ae,
-                    calling_address=address,
-                    first_received=now,
-                    last_received=now,
-                    n_instances=0,
-                    forced=forced,
+        studies, series_t, instances = Study.__table__, Series.__table__, Instance.__table__
+        with self._write, self.engine.begin() as con:
+            study_id = con.execute(
+                select(studies.c.id).where(studies.c.study_uid == info.study_uid)
+            ).scalar()
+            if study_id is None:
+                study_id = con.execute(
+                    studies.insert().values(
+                        study_uid=info.study_uid, created_at=now, **_study_fields(info)
+                    )
+                ).inserted_primary_key[0]
+            row = con.execute(
+                select(series_t.c.id, series_t.c.study_fk, series_t.c.state).where(
+                    series_t.c.series_uid == info.series_uid
                 )
-                s.add(series)
-                s.flush()
-            elif series.study_fk != study.id:
-                raise ValueError(
-                    f"series {info.series_uid} already belongs to another study; "
-                    f"instance {info.sop_uid} refused"
-                )
-            existing = s.scalar(select(Instance).where(Instance.sop_uid == info.sop_uid))
-            reopened = False
+            ).first()
+            if row is None:
+                series_id = con.execute(
+                    series_t.insert().values(
+                        study_fk=study_id,
+                        series_uid=info.series_uid,
+                        modality=info.modality,
+                        sop_class_uid=info.sop_class_uid,
+                        description=info.series_description,
+                        series_number=info.series_number,
+                        image_type=info.image_type,
+                        scanning_sequence=info.scanning_sequence,
+                        calling_ae=calling_ae,
+                        calling_address=address,
+                        first_received=now,
+                        last_received=now,
+                        n_instances=0,
+                        forced=forced,
+                        state=SeriesState.RECEIVING,
+                        reason="",
+                        kind="",
+                        origin="received",
+                        processed_instances=0,
+                    )
+                ).inserted_primary_key[0]
+                state = SeriesState.RECEIVING
+            else:
+                series_id, owner, state = row
+                if owner != study_id:
+                    raise ValueError(
+                        f"series {info.series_uid} already belongs to another study; "
+                        f"instance {info.sop_uid} refused"
+                    )
+            existing = con.execute(
+                select(instances.c.series_fk).where(instances.c.sop_uid == info.sop_uid)
+            ).first()
             if existing is None:
-                s.add(
-                    Instance(
-                        series_fk=series.id,
+                con.execute(
+                    instances.insert().values(
+                        series_fk=series_id,
                         sop_uid=info.sop_uid,
                         sop_class_uid=info.sop_class_uid,
                         transfer_syntax=info.transfer_syntax,
@@ -303,28 +322,34 @@ class Index:
                         frames=json.dumps(info.frames),
                     )
                 )
-                series.n_instances += 1
-            elif existing.series_fk != series.id:
+            elif existing[0] != series_id:
                 raise ValueError(f"instance {info.sop_uid} already belongs to another series")
             else:
-                existing.size, existing.received_at = size, now
-            series.last_received = now
-            series.forced = series.forced or forced
-            if existing is None and series.state != SeriesState.RECEIVING:
+                con.execute(
+                    instances.update()
+                    .where(instances.c.sop_uid == info.sop_uid)
+                    .values(size=size, received_at=now)
+                )
+            values: dict[str, Any] = {"last_received": now}
+            if existing is None:
+                values["n_instances"] = series_t.c.n_instances + 1
+            if forced:
+                values["forced"] = True
+            reopened = False
+            if existing is None and state != SeriesState.RECEIVING:
                 # New data for a series already judged: judge (and maybe process) it again
                 # once it is quiet; a job still waiting would see a half-updated series.
-                if series.state == SeriesState.QUEUED:
-                    s.execute(
+                if state == SeriesState.QUEUED:
+                    con.execute(
                         update(Job)
-                        .where(Job.series_fk == series.id, Job.state == JobState.QUEUED)
+                        .where(Job.series_fk == series_id, Job.state == JobState.QUEUED)
                         .values(state=JobState.CANCELLED, finished_at=now,
                                 error="cancelled: more instances arrived")
                     )  # fmt: skip
-                reopened = series.state in (
-                    SeriesState.DONE, SeriesState.FAILED, SeriesState.PROCESSING
-                )  # fmt: skip
-                series.state, series.reason = SeriesState.RECEIVING, ""
-            return StoreOutcome(existing is not None, reopened, series.id)
+                reopened = state in (SeriesState.DONE, SeriesState.FAILED, SeriesState.PROCESSING)
+                values.update(state=SeriesState.RECEIVING, reason="")
+            con.execute(series_t.update().where(series_t.c.id == series_id).values(**values))
+            return StoreOutcome(existing is not None, reopened, series_id)
 
     def reconcile_paths(self) -> set[str]:
         with self.read() as s:

@@ -313,19 +313,51 @@ def _frames(ds: Dataset) -> list[tuple[str | None, float | None]]:
 SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 
 
-def check_complete(ds: Dataset) -> None:
-    """Raise ValueError if the stream ended inside a value (pydicom reads short values
-    silently): a dataset cut off in transit must not be acknowledged as stored."""
-    for elem in ds.elements():
-        length = getattr(elem, "length", None)
-        value = getattr(elem, "value", None)
-        if length is None or length == 0xFFFFFFFF or not isinstance(value, bytes):
-            continue
-        if len(value) < length:
-            raise ValueError(
-                f"dataset is truncated: element {elem.tag} declares {length} bytes, "
-                f"only {len(value)} arrived"
-            )
+def _pixel_element(data: bytes, offset: int, ds: Dataset) -> tuple[int, int] | None:
+    """(declared length, bytes after the element header) of Pixel Data at ``offset``."""
+    tsyntax = ds.file_meta.get("TransferSyntaxUID")
+    if tsyntax is None or offset + 8 > len(data):
+        return None
+    little = tsyntax != "1.2.840.10008.1.2.2"
+    order = "little" if little else "big"
+    if tsyntax == "1.2.840.10008.1.2":  # implicit VR: tag, 4-byte length
+        return int.from_bytes(data[offset + 4 : offset + 8], order), len(data) - offset - 8
+    if offset + 12 > len(data):
+        return None
+    # explicit VR OB/OW: tag, VR, 2 reserved bytes, 4-byte length
+    return int.from_bytes(data[offset + 8 : offset + 12], order), len(data) - offset - 12
+
+
+def check_pixel_data(data: bytes, offset: int | None, ds: Dataset) -> None:
+    """Raise ValueError for pixel data cut off in transit or shorter than the image.
+
+    pydicom reads short values silently, so a dataset truncated on the way must be
+    caught here, before the peer is told it was stored."""
+    if offset is None or "Rows" not in ds:
+        return
+    if ds.file_meta.get("TransferSyntaxUID") == "1.2.840.10008.1.2.1.99":
+        full = pydicom.dcmread(io.BytesIO(data))  # deflated: offsets are not in the bytes
+        value = full.get_item("PixelData")
+        length, available = (value.length, len(value.value or b"")) if value else (0, 0)
+    else:
+        found = _pixel_element(data, offset, ds)
+        if found is None:
+            raise ValueError("dataset is truncated inside the Pixel Data element header")
+        length, available = found
+    if length == 0xFFFFFFFF:
+        if SEQUENCE_DELIMITER not in data[-64:]:
+            raise ValueError("dataset is truncated: encapsulated pixel data has no end marker")
+        return
+    if available < length:
+        raise ValueError(
+            f"dataset is truncated: Pixel Data declares {length} bytes, {available} arrived"
+        )
+    expected = native_pixel_bytes(ds)
+    if expected is not None and length < expected:
+        raise ValueError(
+            f"pixel data is too short: {length} bytes for {expected} expected from Rows, "
+            "Columns, BitsAllocated and frames"
+        )
 
 
 def native_pixel_bytes(ds: Dataset) -> int | None:
@@ -341,19 +373,13 @@ def native_pixel_bytes(ds: Dataset) -> int | None:
 
 def read_header(data: bytes, affected_sop_uid: str | None = None) -> InstanceInfo:
     """What the index needs from an encoded instance; raises if it is unusable."""
-    ds = pydicom.dcmread(io.BytesIO(data))  # values stay raw bytes until accessed
-    check_complete(ds)
-    pixel = ds.get_item("PixelData") if "PixelData" in ds else None
-    encapsulated = pixel is not None and getattr(pixel, "length", 0) == 0xFFFFFFFF
-    if encapsulated and SEQUENCE_DELIMITER not in data[-64:]:
-        raise ValueError("dataset is truncated: encapsulated pixel data has no end marker")
-    if pixel is not None and not encapsulated:
-        expected = native_pixel_bytes(ds)
-        if expected is not None and len(pixel.value or b"") < expected:
-            raise ValueError(
-                f"pixel data is truncated: {len(pixel.value or b'')} bytes for "
-                f"{expected} expected from Rows, Columns, BitsAllocated and frames"
-            )
+    fp = io.BytesIO(data)
+    ds = pydicom.dcmread(fp, stop_before_pixels=True)
+    # pydicom stops with the file positioned at the Pixel Data tag, if there is one.
+    at = fp.tell()
+    tag = data[at : at + 4]
+    pixel_tags = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")
+    check_pixel_data(data, at if tag in pixel_tags else None, ds)
     sop_uid = check_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
     if affected_sop_uid is not None and affected_sop_uid.strip() != sop_uid:
         raise ValueError(
