@@ -190,6 +190,19 @@ class InstanceInfo:
 
 
 @dataclass(frozen=True)
+class Received:
+    """An instance written to disk and acknowledged, waiting to be indexed."""
+
+    info: InstanceInfo
+    path: str
+    size: int
+    calling_ae: str
+    address: str
+    forced: bool
+    received_at: float
+
+
+@dataclass(frozen=True)
 class StoreOutcome:
     duplicate: bool  # the same SOP instance was already held (file replaced, harmless)
     reopened: bool  # the series had been processed: a re-run will follow
@@ -255,101 +268,130 @@ class Index:
         forced: bool = False,
         now: float | None = None,
     ) -> StoreOutcome:
-        """Index one received instance (the hot path: Core SQL, two or three statements)."""
+        """Index one received instance."""
+        with self._write, self.engine.begin() as con:
+            return self._record(con, info, path, size, calling_ae, address, forced, now)
+
+    def record_batch(self, items: list[Received]) -> list[StoreOutcome | ValueError]:
+        """Index many instances in one transaction; an item that conflicts with what is
+        indexed (a series UID reused by another study...) gets its ValueError back."""
+        results: list[StoreOutcome | ValueError] = []
+        with self._write, self.engine.begin() as con:
+            for r in items:
+                try:
+                    results.append(
+                        self._record(con, r.info, r.path, r.size, r.calling_ae, r.address,
+                                     r.forced, r.received_at)
+                    )  # fmt: skip
+                except ValueError as exc:
+                    results.append(exc)
+        return results
+
+    def _record(
+        self,
+        con: Any,
+        info: InstanceInfo,
+        path: str,
+        size: int,
+        calling_ae: str,
+        address: str,
+        forced: bool,
+        now: float | None,
+    ) -> StoreOutcome:
+        # The hot path of ingest: Core SQL, three to four statements, no ORM objects.
         now = time.time() if now is None else now
         studies, series_t, instances = Study.__table__, Series.__table__, Instance.__table__
-        with self._write, self.engine.begin() as con:
+        study_id = con.execute(
+            select(studies.c.id).where(studies.c.study_uid == info.study_uid)
+        ).scalar()
+        if study_id is None:
             study_id = con.execute(
-                select(studies.c.id).where(studies.c.study_uid == info.study_uid)
-            ).scalar()
-            if study_id is None:
-                study_id = con.execute(
-                    studies.insert().values(
-                        study_uid=info.study_uid, created_at=now, **_study_fields(info)
-                    )
-                ).inserted_primary_key[0]
-            row = con.execute(
-                select(series_t.c.id, series_t.c.study_fk, series_t.c.state).where(
-                    series_t.c.series_uid == info.series_uid
+                studies.insert().values(
+                    study_uid=info.study_uid, created_at=now, **_study_fields(info)
                 )
-            ).first()
-            if row is None:
-                series_id = con.execute(
-                    series_t.insert().values(
-                        study_fk=study_id,
-                        series_uid=info.series_uid,
-                        modality=info.modality,
-                        sop_class_uid=info.sop_class_uid,
-                        description=info.series_description,
-                        series_number=info.series_number,
-                        image_type=info.image_type,
-                        scanning_sequence=info.scanning_sequence,
-                        calling_ae=calling_ae,
-                        calling_address=address,
-                        first_received=now,
-                        last_received=now,
-                        n_instances=0,
-                        forced=forced,
-                        state=SeriesState.RECEIVING,
-                        reason="",
-                        kind="",
-                        origin="received",
-                        processed_instances=0,
-                    )
-                ).inserted_primary_key[0]
-                state = SeriesState.RECEIVING
-            else:
-                series_id, owner, state = row
-                if owner != study_id:
-                    raise ValueError(
-                        f"series {info.series_uid} already belongs to another study; "
-                        f"instance {info.sop_uid} refused"
-                    )
-            existing = con.execute(
-                select(instances.c.series_fk).where(instances.c.sop_uid == info.sop_uid)
-            ).first()
-            if existing is None:
+            ).inserted_primary_key[0]
+        row = con.execute(
+            select(series_t.c.id, series_t.c.study_fk, series_t.c.state).where(
+                series_t.c.series_uid == info.series_uid
+            )
+        ).first()
+        if row is None:
+            series_id = con.execute(
+                series_t.insert().values(
+                    study_fk=study_id,
+                    series_uid=info.series_uid,
+                    modality=info.modality,
+                    sop_class_uid=info.sop_class_uid,
+                    description=info.series_description,
+                    series_number=info.series_number,
+                    image_type=info.image_type,
+                    scanning_sequence=info.scanning_sequence,
+                    calling_ae=calling_ae,
+                    calling_address=address,
+                    first_received=now,
+                    last_received=now,
+                    n_instances=0,
+                    forced=forced,
+                    state=SeriesState.RECEIVING,
+                    reason="",
+                    kind="",
+                    origin="received",
+                    processed_instances=0,
+                )
+            ).inserted_primary_key[0]
+            state = SeriesState.RECEIVING
+        else:
+            series_id, owner, state = row
+            if owner != study_id:
+                raise ValueError(
+                    f"series {info.series_uid} already belongs to another study; "
+                    f"instance {info.sop_uid} refused"
+                )
+        existing = con.execute(
+            select(instances.c.series_fk).where(instances.c.sop_uid == info.sop_uid)
+        ).first()
+        if existing is None:
+            con.execute(
+                instances.insert().values(
+                    series_fk=series_id,
+                    sop_uid=info.sop_uid,
+                    sop_class_uid=info.sop_class_uid,
+                    transfer_syntax=info.transfer_syntax,
+                    instance_number=info.instance_number,
+                    path=path,
+                    size=size,
+                    received_at=now,
+                    frames=json.dumps(info.frames),
+                )
+            )
+        elif existing[0] != series_id:
+            raise ValueError(f"instance {info.sop_uid} already belongs to another series")
+        else:
+            con.execute(
+                instances.update()
+                .where(instances.c.sop_uid == info.sop_uid)
+                .values(size=size, received_at=now)
+            )
+        values: dict[str, Any] = {"last_received": now}
+        if existing is None:
+            values["n_instances"] = series_t.c.n_instances + 1
+        if forced:
+            values["forced"] = True
+        reopened = False
+        if existing is None and state != SeriesState.RECEIVING:
+            # New data for a series already judged: judge (and maybe process) it again
+            # once it is quiet; a job still waiting would see a half-updated series.
+            if state == SeriesState.QUEUED:
                 con.execute(
-                    instances.insert().values(
-                        series_fk=series_id,
-                        sop_uid=info.sop_uid,
-                        sop_class_uid=info.sop_class_uid,
-                        transfer_syntax=info.transfer_syntax,
-                        instance_number=info.instance_number,
-                        path=path,
-                        size=size,
-                        received_at=now,
-                        frames=json.dumps(info.frames),
-                    )
-                )
-            elif existing[0] != series_id:
-                raise ValueError(f"instance {info.sop_uid} already belongs to another series")
-            else:
-                con.execute(
-                    instances.update()
-                    .where(instances.c.sop_uid == info.sop_uid)
-                    .values(size=size, received_at=now)
-                )
-            values: dict[str, Any] = {"last_received": now}
-            if existing is None:
-                values["n_instances"] = series_t.c.n_instances + 1
-            if forced:
-                values["forced"] = True
-            reopened = False
-            if existing is None and state != SeriesState.RECEIVING:
-                # New data for a series already judged: judge (and maybe process) it again
-                # once it is quiet; a job still waiting would see a half-updated series.
-                if state == SeriesState.QUEUED:
-                    con.execute(
-                        update(Job)
-                        .where(Job.series_fk == series_id, Job.state == JobState.QUEUED)
-                        .values(state=JobState.CANCELLED, finished_at=now,
-                                error="cancelled: more instances arrived")
-                    )  # fmt: skip
-                reopened = state in (SeriesState.DONE, SeriesState.FAILED, SeriesState.PROCESSING)
-                values.update(state=SeriesState.RECEIVING, reason="")
-            con.execute(series_t.update().where(series_t.c.id == series_id).values(**values))
-            return StoreOutcome(existing is not None, reopened, series_id)
+                    update(Job)
+                    .where(Job.series_fk == series_id, Job.state == JobState.QUEUED)
+                    .values(state=JobState.CANCELLED, finished_at=now,
+                            error="cancelled: more instances arrived")
+                )  # fmt: skip
+            reopened = state in (SeriesState.DONE, SeriesState.FAILED, SeriesState.PROCESSING)
+            values.update(state=SeriesState.RECEIVING, reason="")
+        con.execute(series_t.update().where(series_t.c.id == series_id).values(**values))
+        return StoreOutcome(existing is not None, reopened, series_id)
 
     def reconcile_paths(self) -> set[str]:
         with self.read() as s:

@@ -1,8 +1,9 @@
 """The DICOM service: C-ECHO and C-STORE, access control, optional TLS.
 
-Each C-STORE is written to disk as received (no re-encoding), atomically, under a hashed
-path, then indexed; only then does the peer get Success. Anything unreadable gets a
-failure status and an event row, and the association (and the node) carry on.
+Each C-STORE is checked (UIDs, truncation), written to disk as received (no re-encoding),
+atomically under a hashed path, and journalled; only then does the peer get Success. The
+indexer (`node.ingest`) indexes it moments later. Anything unreadable gets a failure
+status and an event row, and the association (and the node) carry on.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import io
 import logging
 import ssl
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +25,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import Config
-from node.index import Index, InstanceInfo
+from node.index import Index, InstanceInfo, Received
 from node.logs import event
 from node.selector import MR_CLASSES
 from node.storage import InvalidUidError, Storage, check_uid
@@ -65,15 +68,21 @@ def peer_of(assoc: Any) -> Peer:
 class Receiver:
     """Owns the pynetdicom AE; `start` returns once the port is listening."""
 
-    def __init__(self, config: Config, storage: Storage, index: Index) -> None:
+    def __init__(
+        self,
+        config: Config,
+        storage: Storage,
+        index: Index,
+        submit: Callable[[Received], None],
+    ) -> None:
         self.config = config
         self.storage = storage
         self.index = index
+        self.submit = submit  # hands a stored instance to the indexer (node.ingest)
         self.ae = self._build_ae()
         self.server: ThreadedAssociationServer | None = None
         self.received = Counter[str]()  # per association: instances stored
         self._lock = threading.Lock()
-        self.on_stored: list[Any] = []  # callbacks(series_id), e.g. wake the assembler
 
     # -- set-up ------------------------------------------------------------------------
 
@@ -218,24 +227,12 @@ class Receiver:
             self.storage.write_atomic(path, data)
         except OSError as exc:
             return self._refuse(peer, OUT_OF_RESOURCES, f"cannot write instance: {exc}")
-        forced = self._forced(ev)
-        try:
-            outcome = self.index.record_instance(
-                info, str(path), len(data), peer.ae_title, peer.address, forced
-            )
-        except ValueError as exc:
-            return self._refuse(peer, CANNOT_UNDERSTAND, str(exc))
+        self.submit(
+            Received(info, str(path), len(data), peer.ae_title, peer.address, self._forced(ev),
+                     time.time())
+        )  # fmt: skip
         with self._lock:
             self.received[str(id(ev.assoc))] += 1
-        if outcome.duplicate or outcome.reopened:
-            event(
-                log, "instance_stored", series=info.series_uid, sop=info.sop_uid,
-                peer_ae=peer.ae_title, duplicate=outcome.duplicate, reopened=outcome.reopened,
-            )  # fmt: skip
-        else:
-            log.debug("instance_stored %s", info.sop_uid)
-        for callback in self.on_stored:
-            callback(outcome.series_id)
         return 0x0000
 
     def _forced(self, ev: Any) -> bool:

@@ -21,7 +21,8 @@ from sqlalchemy import select
 from node.assembler import Assembler
 from node.config import Config
 from node.dispatch import Dispatcher
-from node.index import Index, Series, SeriesState
+from node.index import Index, Received, Series, SeriesState, StoreOutcome
+from node.ingest import Indexer, Journal
 from node.logs import event
 from node.processor import Worker
 from node.receiver import Receiver, read_header
@@ -36,7 +37,9 @@ class Node:
         self.config = config
         self.storage = Storage(config.storage.data_dir, fsync=config.storage.fsync)
         self.index = Index(config.database_url)
-        self.receiver = Receiver(config, self.storage, self.index)
+        self.journal_path = self.storage.root / "ingest.journal"
+        self.indexer: Indexer | None = None
+        self.receiver = Receiver(config, self.storage, self.index, self._submit)
         self.assembler = Assembler(config, self.index)
         self.dispatcher = Dispatcher(config, self.index)
         self.retention = Retention(config, self.storage, self.index)
@@ -56,6 +59,10 @@ class Node:
         removed = self.storage.clean_temporaries()
         indexed, dropped = self.reconcile()
         recovered = self.index.recover_jobs()
+        journal = Journal(self.journal_path)
+        journal.truncate_if(lambda: True)  # everything in it is indexed now
+        self.indexer = Indexer(self.index, journal, self._indexed)
+        self.indexer.start()
         event(
             log, "starting", pid=os.getpid(), data_dir=self.storage.root,
             temp_files_removed=removed, orphans_indexed=indexed, orphans_removed=dropped,
@@ -85,6 +92,8 @@ class Node:
             return
         self.stopped.set()
         self.receiver.stop()
+        if self.indexer is not None:
+            self.indexer.stop()
         for worker in self.workers:
             worker.stop()
         self.scheduler.shutdown(wait=True)
@@ -131,6 +140,17 @@ class Node:
         except Exception as exc:
             event(log, "retention_error", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
 
+    def _submit(self, received: Received) -> None:
+        assert self.indexer is not None, "the receiver starts after the indexer"
+        self.indexer.submit(received)
+
+    def _indexed(self, r: Received, outcome: object) -> None:
+        if isinstance(outcome, StoreOutcome) and (outcome.duplicate or outcome.reopened):
+            event(
+                log, "instance_indexed", series=r.info.series_uid, sop=r.info.sop_uid,
+                peer_ae=r.calling_ae, duplicate=outcome.duplicate, reopened=outcome.reopened,
+            )  # fmt: skip
+
     def _results_ready(self) -> None:
         job = self.scheduler.get_job("dispatch")
         if job is not None:
@@ -139,13 +159,15 @@ class Node:
     # -- crash recovery ----------------------------------------------------------------
 
     def reconcile(self) -> tuple[int, int]:
-        """Index instance files a crash left written but not indexed.
+        """Index instance files that are on disk but not in the index.
 
-        The sender never got Success for them and will likely send again (harmless), but
-        they are complete files (atomic rename), so nothing is lost if it does not.
-        Files of purged series are removed instead.
+        They are instances acknowledged just before a crash (the indexer had not
+        committed them yet; their sender is in the ingest journal) or, rarely, files a
+        crash left while retention was deleting a purged series (not in the journal:
+        removed).
         """
         known = self.index.reconcile_paths()
+        senders = Journal.read(self.journal_path)
         indexed = dropped = 0
         for path in self.storage.instances.rglob("*.dcm"):
             if str(path) in known:
@@ -158,13 +180,27 @@ class Node:
                 self.storage.remove(path)
                 dropped += 1
                 continue
-            with self.index.read() as s:
-                state = s.scalar(select(Series.state).where(Series.series_uid == info.series_uid))
-            if state == SeriesState.PURGED:
+            sender = senders.get(str(path))
+            if sender is None:
+                with self.index.read() as s:
+                    state = s.scalar(
+                        select(Series.state).where(Series.series_uid == info.series_uid)
+                    )
+                if state == SeriesState.PURGED:
+                    self.storage.remove(path)
+                    dropped += 1
+                    continue
+            sender = sender or {}
+            try:
+                self.index.record_instance(
+                    info, str(path), len(data), sender.get("ae", ""), sender.get("address", ""),
+                    bool(sender.get("forced", False)), now=path.stat().st_mtime,
+                )  # fmt: skip
+            except ValueError as exc:
+                event(log, "orphan_conflict", logging.WARNING, path=path, error=str(exc))
                 self.storage.remove(path)
                 dropped += 1
                 continue
-            self.index.record_instance(info, str(path), len(data), "", "", now=path.stat().st_mtime)
             indexed += 1
         return indexed, dropped
 
