@@ -119,3 +119,47 @@ def test_paths_come_from_hashes_inside_the_data_folder(tmp_path: Path) -> None:
     assert path.read_bytes() == b"DICM" and not list(path.parent.glob(".*.tmp"))
     with pytest.raises(ValueError, match="outside the data folder"):
         storage.remove(tmp_path / "elsewhere")
+
+
+def test_acknowledged_but_unindexed_instances_are_indexed_at_start_with_their_sender(
+    tmp_path: Path, psir_classic
+) -> None:
+    """What a crash between Success and the indexer's commit leaves: files + journal."""
+    import json as _json
+
+    from node.config import Config
+    from node.receiver import read_header
+    from node.server import Node
+
+    cfg = Config(storage={"data_dir": tmp_path / "data"}, jobs={"workers": 1})
+    storage = Storage(cfg.storage.data_dir)
+    journal = []
+    files = sorted((psir_classic.out_dir / "dicom").glob("*.dcm"))
+    for f in files:
+        data = f.read_bytes()
+        i = read_header(data)
+        path = storage.instance_path(i.study_uid, i.series_uid, i.sop_uid)
+        storage.write_atomic(path, data)
+        journal.append({"path": str(path), "ae": "SCANNER_MR1", "address": "10.0.0.7",
+                        "forced": False})  # fmt: skip
+    (storage.root / "ingest.journal").write_text(
+        "\n".join(_json.dumps(j) for j in journal) + '\n{"path": "cut by the cra'
+    )
+    node = Node(cfg)
+    node.workers = []  # no models needed to look at the index
+    indexed, dropped = node.reconcile()
+    assert (indexed, dropped) == (len(files), 0)
+    series = read_header(files[0].read_bytes()).series_uid
+    with node.index.read() as s:
+        from sqlalchemy import select
+
+        from node.index import Series
+
+        row = s.scalar(select(Series).where(Series.series_uid == series))
+    assert (row.n_instances, row.calling_ae, row.calling_address) == (
+        len(files),
+        "SCANNER_MR1",
+        "10.0.0.7",
+    )
+    assert node.reconcile() == (0, 0)  # idempotent
+    node.index.close()
