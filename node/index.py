@@ -97,6 +97,8 @@ class Series(Base):
     kind: Mapped[str] = mapped_column(String(16), default="")  # psir | magnitude
     forced: Mapped[bool] = mapped_column(default=False)  # sent to the "process anyway" AE
     origin: Mapped[str] = mapped_column(String(16), default="received")  # or: result
+    # For a result series: the received series it was computed from.
+    derived_from: Mapped[int | None] = mapped_column(ForeignKey("series.id"), nullable=True)
     processed_instances: Mapped[int] = mapped_column(Integer, default=0)
 
 
@@ -207,6 +209,22 @@ class StoreOutcome:
     duplicate: bool  # the same SOP instance was already held (file replaced, harmless)
     reopened: bool  # the series had been processed: a re-run will follow
     series_id: int
+
+
+@dataclass(frozen=True)
+class ResultObject:
+    """One DICOM object a job wrote (SEG, SR or an overlay)."""
+
+    path: str
+    sop_class_uid: str
+    sop_uid: str
+    series_uid: str
+    modality: str
+    description: str
+    series_number: int | None
+    instance_number: int | None
+    transfer_syntax: str
+    size: int
 
 
 @dataclass(frozen=True)
@@ -535,14 +553,13 @@ class Index:
         job_id: int,
         results_dir: str,
         metrics: str,
-        objects: list[tuple[str, str, str]],
+        objects: list[ResultObject],
         deliveries: list[Delivery],
         seconds: float,
         now: float | None = None,
     ) -> None:
-        """Job done and its outbox rows, in one transaction: a crash gives both or neither.
-
-        ``objects`` are (path, SOP Class UID, SOP Instance UID) of the DICOM results.
+        """Job done, its results indexed (as series of origin ``result``, so Q/R clients
+        can find them) and its outbox rows, in one transaction: a crash gives all or none.
         """
         now = time.time() if now is None else now
         with self.write() as s:
@@ -550,8 +567,33 @@ class Index:
             assert job is not None
             job.state, job.finished_at, job.seconds = JobState.DONE, now, seconds
             job.results_dir, job.metrics, job.error = results_dir, metrics, ""
+            source = s.get(Series, job.series_fk)
+            assert source is not None
+            result_series: dict[str, Series] = {}
+            for o in objects:
+                rs = result_series.get(o.series_uid)
+                if rs is None:
+                    rs = Series(
+                        study_fk=source.study_fk, series_uid=o.series_uid, modality=o.modality,
+                        sop_class_uid=o.sop_class_uid, description=o.description,
+                        series_number=o.series_number, first_received=now, last_received=now,
+                        n_instances=0, state=SeriesState.DONE, origin="result",
+                        derived_from=source.id, reason=f"results of job {job_id}",
+                    )  # fmt: skip
+                    s.add(rs)
+                    s.flush()
+                    result_series[o.series_uid] = rs
+                rs.n_instances += 1
+                s.add(
+                    Instance(
+                        series_fk=rs.id, sop_uid=o.sop_uid, sop_class_uid=o.sop_class_uid,
+                        transfer_syntax=o.transfer_syntax, instance_number=o.instance_number,
+                        path=o.path, size=o.size, received_at=now, frames="[]",
+                    )
+                )  # fmt: skip
             for d in deliveries:
-                for path, sop_class, sop_uid in objects:
+                for o in objects:
+                    path, sop_class, sop_uid = o.path, o.sop_class_uid, o.sop_uid
                     s.add(
                         Outbox(
                             job_fk=job_id,

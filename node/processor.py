@@ -19,7 +19,7 @@ from pathlib import Path
 import pydicom
 
 from node.config import Config
-from node.index import Delivery, Index
+from node.index import Delivery, Index, ResultObject
 from node.logs import event
 from node.storage import Storage
 from pipeline.errors import SeriesLoadError
@@ -34,6 +34,18 @@ def deliveries_for(config: Config, calling_ae: str) -> list[Delivery]:
         for d in config.destinations
         if any(fnmatch.fnmatchcase(calling_ae, pattern) for pattern in d.sources)
     ]
+
+
+def result_object(path: Path) -> ResultObject:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return ResultObject(
+        path=str(path), sop_class_uid=str(ds.SOPClassUID), sop_uid=str(ds.SOPInstanceUID),
+        series_uid=str(ds.SeriesInstanceUID), modality=str(ds.get("Modality", "")),
+        description=str(ds.get("SeriesDescription", "")),
+        series_number=int(ds.SeriesNumber) if ds.get("SeriesNumber") is not None else None,
+        instance_number=int(ds.InstanceNumber) if ds.get("InstanceNumber") is not None else None,
+        transfer_syntax=str(ds.file_meta.TransferSyntaxUID), size=path.stat().st_size,
+    )  # fmt: skip
 
 
 class Worker(threading.Thread):
@@ -129,10 +141,7 @@ class Worker(threading.Thread):
                 out, volume, result.labels, result.metrics, self.algorithm,
                 predecessor_sr=predecessor,
             )  # fmt: skip
-            objects = []
-            for path in files.dicom:
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
-                objects.append((str(path), str(ds.SOPClassUID), str(ds.SOPInstanceUID)))
+            objects = [result_object(path) for path in files.dicom]
             deliveries = deliveries_for(self.config, series.calling_ae)
             seconds = time.perf_counter() - t0
             self.index.finish_job(

@@ -21,12 +21,18 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import Config
 from node.index import Index, InstanceInfo, Received
 from node.logs import event
+from node.qr import QueryRetrieve
 from node.selector import MR_CLASSES
 from node.storage import InvalidUidError, Storage, check_uid
 
@@ -47,6 +53,12 @@ MR_TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
     "1.2.840.10008.1.2.4.91",  # JPEG 2000
     "1.2.840.10008.1.2.5",  # RLE Lossless
+]
+
+QR_CLASSES = [
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
 ]
 
 # C-STORE failure statuses (PS3.4 B.2.3)
@@ -79,6 +91,7 @@ class Receiver:
         self.storage = storage
         self.index = index
         self.submit = submit  # hands a stored instance to the indexer (node.ingest)
+        self.qr = QueryRetrieve(config, index)
         self.ae = self._build_ae()
         self.server: ThreadedAssociationServer | None = None
         self.received = Counter[str]()  # per association: instances stored
@@ -98,7 +111,10 @@ class Receiver:
         for cx in AllStoragePresentationContexts:
             uid = str(cx.abstract_syntax)
             syntaxes = MR_TRANSFER_SYNTAXES if uid in MR_CLASSES else ALL_TRANSFER_SYNTAXES
-            ae.add_supported_context(uid, syntaxes)
+            # both roles: we store what peers send, and send what a C-GET asks for
+            ae.add_supported_context(uid, syntaxes, scu_role=True, scp_role=True)
+        for sop in QR_CLASSES:
+            ae.add_supported_context(sop, ALL_TRANSFER_SYNTAXES[:4])
         return ae
 
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -124,6 +140,9 @@ class Receiver:
             (evt.EVT_CONN_CLOSE, self._on_conn_close),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_FIND, self.qr.on_find),
+            (evt.EVT_C_MOVE, self.qr.on_move),
+            (evt.EVT_C_GET, self.qr.on_get),
         ]
         self.server = self.ae.start_server(
             (cfg.bind_address, cfg.port),

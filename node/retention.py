@@ -38,6 +38,7 @@ class Retention:
             candidates = list(
                 s.scalars(
                     select(Series.id).where(
+                        Series.origin == "received",  # results go with their source
                         Series.state.in_([SeriesState.SKIPPED, SeriesState.DONE]),
                         Series.last_received <= cutoff,
                         Series.id.not_in(undelivered),
@@ -64,6 +65,10 @@ class Retention:
                 )
             )
             n = s.scalar(select(func.count()).where(Instance.series_fk == series_id)) or 0
+            derived = list(s.scalars(select(Series).where(Series.derived_from == series_id)))
+            for d in derived:
+                s.execute(delete(Instance).where(Instance.series_fk == d.id))
+                d.state, d.n_instances = SeriesState.PURGED, 0
             s.execute(delete(Instance).where(Instance.series_fk == series_id))
             series.state = SeriesState.PURGED
             series.reason = (series.reason + "; " if series.reason else "") + "files purged"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from node.index import Delivery, Index, InstanceInfo, JobState, SeriesState
+from node.index import Delivery, Index, InstanceInfo, JobState, ResultObject, SeriesState
 from node.storage import InvalidUidError, Storage, check_uid
 
 
@@ -17,6 +17,11 @@ def info(sop: str, series: str = "1.2.3.1", study: str = "1.2.3") -> InstanceInf
         series_number=1, instance_number=1, image_type="", scanning_sequence="IR",
         frames=[("0\\0\\0", 300.0)], patient={"PatientID": "X"}, study={},
     )  # fmt: skip
+
+
+def result(sop: str) -> ResultObject:
+    return ResultObject(f"/r/{sop}.dcm", "1.2.840.10008.5.1.4.1.1.88.34", sop, "1.2.3.99", "SR",
+                        "LGE scar report", 9902, 1, "1.2.840.10008.1.2.1", 100)  # fmt: skip
 
 
 @pytest.fixture()
@@ -70,7 +75,7 @@ def test_late_instances_cancel_a_waiting_job_and_reopen_a_done_series(index: Ind
     assert index.series(sid).state == SeriesState.RECEIVING
     j2 = index.enqueue(sid, "psir", "LGE", max_attempts=3)
     index.claim_job()
-    index.finish_job(j2, "/r", "{}", [("/r/sr.dcm", "1.2", "1.2.9")],
+    index.finish_job(j2, "/r", "{}", [result("1.2.9")],
                      [Delivery("pacs", "PACS", "h", 104)], 1.0)  # fmt: skip
     assert index.series(sid).state == SeriesState.DONE
     out = index.record_instance(info("1.2.3.1.3"), "/x3", 1, "S", "a")
@@ -95,7 +100,7 @@ def test_send_failures_back_off_exponentially_up_to_the_cap(index: Index) -> Non
     sid = index.record_instance(info("1.2.3.1.1"), "/x", 1, "S", "a").series_id
     job = index.enqueue(sid, "psir", "LGE", max_attempts=3)
     index.claim_job()
-    index.finish_job(job, "/r", "{}", [("/r/seg.dcm", "1.2", "1.2.8")],
+    index.finish_job(job, "/r", "{}", [result("1.2.8")],
                      [Delivery("pacs", "PACS", "h", 104)], 1.0, now=0.0)  # fmt: skip
     (row,) = index.due_sends(now=0.0)
     delays = [index.mark_send_failed([row.id], "down", 5.0, 60.0, now=0.0) for _ in range(6)]
