@@ -385,6 +385,70 @@ def status(
 
 
 @app.command()
+def retrieve(
+    pacs: Annotated[str, typer.Option(help="Name of a [[pacs]] entry in the config.")],
+    config: Annotated[Path | None, typer.Option(help="TOML config; none: defaults.")] = None,
+    study: Annotated[str | None, typer.Option(help="StudyInstanceUID.")] = None,
+    accession: Annotated[str | None, typer.Option(help="Accession number.")] = None,
+    patient: Annotated[str | None, typer.Option(help="Patient ID.")] = None,
+    since: Annotated[str | None, typer.Option(help="Studies from YYYYMMDD on.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show the plan.")] = False,
+) -> None:
+    """Find a study on a PACS, choose its LGE series by the selection rules, and move
+    them to the running node (which processes them like a pushed study)."""
+    from node import logs
+    from node.index import Index
+    from node.retrieve import RetrieveError, _pacs, fetch, plan
+
+    if sum(x is not None for x in (study, accession, patient)) != 1:
+        err.print("[red]give exactly one of --study, --accession, --patient[/red]")
+        raise typer.Exit(2)
+    cfg = _config_or_exit(config)
+    logs.configure("WARNING")
+    try:
+        peer = _pacs(cfg, pacs)
+        with console.status(f"C-FIND on {peer.name}"):
+            plans = plan(cfg, peer, study, accession, patient, since)
+        for st in plans:
+            t = Table(title=f"study {st.study_uid} ({st.study_date})")
+            for col in ("series", "description", "modality", "images", "fetch", "reason"):
+                t.add_column(col)
+            for sp in st.series:
+                fetch_it = "yes" if sp.process else "no"
+                images = str(sp.instances or "?")
+                t.add_row(sp.series_uid[-24:], sp.description, sp.modality, images, fetch_it,
+                          sp.reason)  # fmt: skip
+            console.print(t)
+        if dry_run:
+            return
+        chosen = [sp for st in plans for sp in st.series if sp.process]
+        if not chosen:
+            err.print("[yellow]no LGE series in the matching studies; nothing moved[/yellow]")
+            raise typer.Exit(1)
+        with console.status("retrieving") as state:
+            fetch(cfg, peer, plans, lambda sp, left: state.update(
+                f"{peer.method.upper()} {sp.description}: {sp.completed} done, {sp.failed} "
+                f"failed, {left} left"))  # fmt: skip
+    except RetrieveError as exc:
+        err.print(f"[red]retrieve failed:[/red] {exc}")
+        if (cfg.storage.data_dir / "index.db").exists() or cfg.storage.database_url:
+            Index(cfg.database_url).record_event("retrieve_failed", f"{pacs}: {exc}", "ERROR")
+        raise typer.Exit(1) from exc
+    failed = [sp for sp in chosen if sp.failed]
+    index = Index(cfg.database_url) if (cfg.storage.data_dir / "index.db").exists() else None
+    for sp in chosen:
+        console.print(f"{sp.description}: {sp.completed} received, {sp.failed} failed, "
+                      f"{sp.warning} warnings ({sp.attempts} attempt(s))")  # fmt: skip
+        if sp.failed and index is not None:
+            index.record_event("retrieve_incomplete", f"{peer.name}: {sp.error}",
+                               "WARNING", peer.ae_title, series_uid=sp.series_uid)  # fmt: skip
+    if failed:
+        err.print("[red]some images could not be retrieved; see lge-node status[/red]")
+        raise typer.Exit(1)
+    console.print("moved to the node; it processes them once they are quiet (stable age)")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Demo folder (study, node data, peer).")] = Path(
         "lge-node-demo"

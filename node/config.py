@@ -70,6 +70,17 @@ class Destination(Section):
     sources: list[str] = Field(default_factory=lambda: ["*"])
 
 
+class Pacs(Section):
+    """A PACS the node queries and retrieves from (it must know the node as a modality)."""
+
+    name: str
+    ae_title: AeTitle
+    host: str
+    port: Port
+    method: Literal["move", "get"] = "move"  # C-MOVE to the node's AE, or C-GET
+    max_attempts: int = Field(3, ge=1, le=10)  # per series, when sub-operations fail
+
+
 class AccessSection(Section):
     # Empty list: any calling AE is accepted (logged). Sites should list their peers.
     allowed_peers: list[AllowedPeer] = Field(default_factory=list)
@@ -158,6 +169,7 @@ class Config(BaseSettings):
     jobs: JobsSection = Field(default_factory=JobsSection)
     dispatch: DispatchSection = Field(default_factory=DispatchSection)
     destinations: list[Destination] = Field(default_factory=list)
+    pacs: list[Pacs] = Field(default_factory=list)
 
     @classmethod
     def settings_customise_sources(

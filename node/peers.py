@@ -47,6 +47,7 @@ class Orthanc:
         modalities: dict[str, list[Any]] | None = None,
         stable_age_s: int = 2,
         dicom_port: int | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         self.workdir = workdir
         self.aet = aet
@@ -54,6 +55,7 @@ class Orthanc:
         self.dicom_port = dicom_port or free_port()
         self.modalities = modalities or {}
         self.stable_age_s = stable_age_s
+        self.extra = extra or {}
         self._proc: subprocess.Popen | None = None
 
     @property
@@ -83,6 +85,7 @@ class Orthanc:
             "Plugins": [],
             "HttpDescribeErrors": True,
             "DefaultEncoding": "Latin1",
+            **self.extra,
         }
         path = self.workdir / "orthanc.json"
         path.write_text(json.dumps(config, indent=2))

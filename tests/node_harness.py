@@ -81,7 +81,10 @@ class NodeProcess:
         if allowed_peers is not None:
             doc["access"] = {"allowed_peers": allowed_peers}
         for name, values in sections.items():
-            doc.setdefault(name, {}).update(values)
+            if isinstance(values, list):  # an array of tables, e.g. [[pacs]]
+                doc[name] = values
+            else:
+                doc.setdefault(name, {}).update(values)
         if destinations:
             doc["destinations"] = destinations
         workdir.mkdir(parents=True, exist_ok=True)

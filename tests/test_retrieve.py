@@ -1,0 +1,119 @@
+"""``lge-node retrieve``: the node pulls LGE series from a real Orthanc (C-FIND, then
+C-MOVE or C-GET of only the LGE series) and returns results to it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from tests.node_harness import ROOT, NodeProcess, copy_study
+from tests.orthanc import Orthanc, free_port
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory):
+    work = tmp_path_factory.mktemp("retrieve")
+    node_port = free_port()
+    dead_port = free_port()  # a modality the PACS knows, where nothing listens
+    pacs = Orthanc(
+        work / "orthanc",
+        modalities={"lge": ["LGE_NODE", "127.0.0.1", node_port],
+                    "broken": ["LGE_BROKEN", "127.0.0.1", dead_port]},
+        extra={"DicomAlwaysAllowFind": True},
+    )  # fmt: skip
+    entry = {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": pacs.dicom_port}
+    node = NodeProcess(
+        work / "node", destinations=[{"name": "pacs", **entry}], port=node_port,
+        pacs=[{"name": "orthanc", **entry}, {"name": "orthanc-get", **entry, "method": "get"}],
+    )  # fmt: skip
+    with pacs, node:
+        yield node, pacs, work
+
+
+def _retrieve(node: NodeProcess, *args: str, config: Path | None = None):
+    return subprocess.run(
+        [sys.executable, "-m", "node.cli", "retrieve", "--config",
+         str(config or node.config_path), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, COLUMNS="200"),
+    )  # fmt: skip
+
+
+def _upload_study(pacs: Orthanc, src: Path, work: Path, name: str) -> tuple[str, str, str]:
+    """An LGE series and a cine series of one study, stored in the PACS."""
+    study, lge, files = copy_study(src, work / name)
+    _, cine, cine_files = copy_study(src, work / f"{name}-cine", StudyInstanceUID=study,
+                                     SeriesDescription="SAX cine", SeriesNumber=400)  # fmt: skip
+    pacs.upload(files + cine_files)
+    return study, lge, cine
+
+
+def test_retrieve_moves_only_the_lge_series_and_results_return(site, psir_classic) -> None:
+    node, pacs, work = site
+    study, lge, cine = _upload_study(pacs, psir_classic.out_dir / "dicom", work, "a")
+    proc = _retrieve(node, "--pacs", "orthanc", "--study", study)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert "matches exclude pattern /cine/" in text
+    assert "LGE PSIR SAX: 14 received, 0 failed" in text
+    node.wait_done(lge)
+    assert node.series_state(cine) is None  # never moved
+    assert node.query("SELECT calling_ae FROM series WHERE series_uid = ?", lge) == [("ORTHANC",)]
+    kinds = {s["MainDicomTags"]["Modality"] for s in pacs.study_series(study)}
+    assert {"MR", "SEG", "SR", "OT"} <= kinds
+
+
+def test_retrieve_by_c_get(site, phantom_factory) -> None:
+    node, pacs, work = site
+    case = phantom_factory(seed=31, kind="magnitude")
+    study, lge, _ = _upload_study(pacs, case.out_dir / "dicom", work, "g")
+    proc = _retrieve(node, "--pacs", "orthanc-get", "--study", study)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    node.wait_done(lge)
+
+
+def test_unknown_study_and_refused_move_give_clear_messages(site, tmp_path: Path) -> None:
+    node, _, _ = site
+    proc = _retrieve(node, "--pacs", "orthanc", "--study", "1.2.3.4.5.6.7.8.9")
+    assert proc.returncode == 1
+    assert "has no study matching 1.2.3.4.5.6.7.8.9" in " ".join(proc.stderr.split())
+    # A node AE title the PACS does not know: the PACS refuses to move to it. (This
+    # Orthanc answers C-FIND from anyone, so only the move is refused.)
+    stranger = tmp_path / "stranger.toml"
+    stranger.write_text(node.config_path.read_text().replace('"LGE_NODE"', '"NOT_KNOWN"'))
+    study = node.query("SELECT study_uid FROM studies LIMIT 1")[0][0]
+    proc = _retrieve(node, "--pacs", "orthanc", "--study", study, config=stranger)
+    assert proc.returncode == 1
+    said = " ".join(proc.stderr.split())
+    assert "the C-MOVE of series" in said and "know the node as a modality" in said
+    proc = _retrieve(node, "--pacs", "nowhere", "--study", study)
+    assert proc.returncode == 1 and "no PACS named 'nowhere'" in " ".join(proc.stderr.split())
+
+
+def test_an_instance_the_node_refuses_fails_the_move_with_a_clear_record(
+    site, psir_classic
+) -> None:
+    """Two instances in the PACS carry UIDs the node refuses (leading zeros). Orthanc
+    stops a C-MOVE at the first failed sub-operation: the retrieve says so, and both the
+    node's refusal and the failed retrieve are recorded for the operator."""
+    node, pacs, work = site
+    study, _, files = copy_study(psir_classic.out_dir / "dicom", work / "partial")
+    for path in files[-2:]:
+        ds = pydicom.dcmread(path)
+        ds.SOPInstanceUID = ds.SOPInstanceUID + ".007"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(path, enforce_file_format=True)
+    pacs.upload(files)
+    proc = _retrieve(node, "--pacs", "orthanc", "--study", study)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    said = " ".join(proc.stderr.split())
+    assert "retrieve failed" in said and "C-MOVE of series" in said
+    assert any("is not a valid UID" in m for m, _, _ in node.events("instance_refused"))
+    assert any("C-MOVE of series" in m for m, _, _ in node.events("retrieve_failed"))
