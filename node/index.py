@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
     func,
@@ -154,6 +155,18 @@ class Outbox(Base):
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[float] = mapped_column(Float)
     sent_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class PolledStudy(Base):
+    """A study a poll has already fetched (or judged to hold no LGE): never fetched twice."""
+
+    __tablename__ = "polled_studies"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pacs: Mapped[str] = mapped_column(String(64))
+    study_uid: Mapped[str] = mapped_column(String(64))
+    seen_at: Mapped[float] = mapped_column(Float)
+    outcome: Mapped[str] = mapped_column(Text, default="")
+    __table_args__ = (UniqueConstraint("pacs", "study_uid"),)
 
 
 class EventRow(Base):

@@ -79,9 +79,28 @@ class Node:
         self.scheduler.add_job(self._purge, "interval", seconds=purge_s, id="retention",
                                max_instances=1, coalesce=True,
                                next_run_time=datetime.now(UTC))  # fmt: skip
+        self._schedule_polls()
         self.scheduler.start()
         self.receiver.start()
         event(log, "started", seconds=round(time.perf_counter() - t0, 2))
+
+    def _schedule_polls(self) -> None:
+        """PACS polling jobs in a persistent store (the node's database)."""
+        from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+
+        from node import poller
+
+        polled = [p for p in self.config.pacs if p.poll_minutes]
+        if not polled:
+            return
+        poller.bind(self.config, self.index)
+        self.scheduler.add_jobstore(SQLAlchemyJobStore(engine=self.index.engine), "persistent")
+        for p in polled:
+            self.scheduler.add_job(
+                "node.poller:poll", "interval", args=[p.name], minutes=p.poll_minutes,
+                id=f"poll-{p.name}", jobstore="persistent", replace_existing=True,
+                max_instances=1, coalesce=True, next_run_time=datetime.now(UTC),
+            )  # fmt: skip
 
     def wait_ready(self, timeout: float = 300.0) -> bool:
         """Block until every worker has its models loaded (or failed to)."""

@@ -51,7 +51,7 @@ def site(tmp_path_factory: pytest.TempPathFactory):
     pacs_entry = {"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1",
                   "port": pacs.dicom_port}  # fmt: skip
     node = NodeProcess(work / "node", destinations=[pacs_entry], allowed_peers=PEERS,
-                       port=node_port)  # fmt: skip
+                       port=node_port, dicom={"force_ae_title": "LGE_FORCE"})  # fmt: skip
     with pacs, node:
         yield node, pacs
 
@@ -335,3 +335,19 @@ def test_non_image_objects_are_stored_and_ignored_not_refused(
         "the SEG series to be skipped",
     )  # fmt: skip
     assert "modality SEG is not MR" in node.series_state(str(ds.SeriesInstanceUID))[1]
+
+
+def test_a_study_sent_to_the_force_ae_title_is_processed_regardless(
+    site, psir_classic, tmp_path: Path
+) -> None:
+    """ "Send to AI" from the PACS: the second AE title overrides the selection rules."""
+    node, _ = site
+    _, skipped, files = copy_study(psir_classic.out_dir / "dicom", tmp_path / "n",
+                                   SeriesDescription="SAX cine")  # fmt: skip
+    _, forced, forced_files = copy_study(psir_classic.out_dir / "dicom", tmp_path / "f",
+                                         SeriesDescription="SAX cine")  # fmt: skip
+    storescu(node.port, files)
+    storescu(node.port, forced_files, aec="LGE_FORCE")
+    node.wait_done(forced)
+    assert "processed regardless" in node.series_state(forced)[1]
+    node.wait_for(lambda: (node.series_state(skipped) or ("",))[0] == "skipped", 30, "skip")

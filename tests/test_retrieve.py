@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pydicom
@@ -117,3 +118,30 @@ def test_an_instance_the_node_refuses_fails_the_move_with_a_clear_record(
     assert "retrieve failed" in said and "C-MOVE of series" in said
     assert any("is not a valid UID" in m for m, _, _ in node.events("instance_refused"))
     assert any("C-MOVE of series" in m for m, _, _ in node.events("retrieve_failed"))
+
+
+def test_polling_fetches_new_lge_studies_once_across_restarts(
+    tmp_path: Path, phantom_factory
+) -> None:
+    node_port = free_port()
+    pacs = Orthanc(tmp_path / "orthanc", modalities={"lge": ["LGE_NODE", "127.0.0.1", node_port]})
+    entry = {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": pacs.dicom_port}
+    poll = {"name": "orthanc", **entry, "poll_minutes": 0.05, "poll_days": 3650}
+    node = NodeProcess(tmp_path / "node", destinations=[{"name": "pacs", **entry}],
+                       port=node_port, pacs=[poll])  # fmt: skip
+    case = phantom_factory(seed=23, kind="psir", mvo=False)
+    with pacs:
+        study, lge, _ = _upload_study(pacs, case.out_dir / "dicom", tmp_path, "p")
+        node.start()
+        node.wait_done(lge, timeout=180)
+        node.wait_for(lambda: node.query("SELECT outcome FROM polled_studies"), 30, "poll row")
+        node.stop()
+        node.start()  # the schedule and what was seen survive the restart
+        time.sleep(8)  # > two poll intervals
+        node.stop()
+    assert node.query("SELECT study_uid, outcome FROM polled_studies") == [
+        (study, "fetched 1 LGE series")
+    ]
+    assert node.log().count("series_retrieved") == 1
+    assert node.log().count("study_polled") == 1
+    assert [j[1] for j in node.jobs(lge)] == ["done"]

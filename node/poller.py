@@ -1,0 +1,85 @@
+"""Scheduled polling of a PACS: new MR studies are found by C-FIND and their LGE series
+fetched (`node.retrieve`). The schedule lives in an apscheduler job store in the node's
+database, and every study handled is a `PolledStudy` row, so a restart neither loses the
+schedule nor fetches a study twice."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import time
+
+from pydicom.dataset import Dataset
+from sqlalchemy import select
+
+from node.config import Config, Pacs
+from node.index import Index, PolledStudy
+from node.logs import event
+from node.retrieve import RetrieveError, fetch, find, plan
+
+log = logging.getLogger("node.poller")
+
+# Set by the running node: apscheduler's persistent store keeps only the job's
+# function reference and arguments (the PACS name), not the config object.
+_CONTEXT: dict[str, object] = {}
+
+
+def bind(config: Config, index: Index) -> None:
+    _CONTEXT.update(config=config, index=index)
+
+
+def poll(pacs_name: str) -> int:
+    """One poll of ``pacs_name``; returns the number of studies fetched."""
+    config, index = _CONTEXT.get("config"), _CONTEXT.get("index")
+    if not isinstance(config, Config) or not isinstance(index, Index):
+        return 0
+    pacs = next((p for p in config.pacs if p.name == pacs_name), None)
+    if pacs is None:
+        return 0
+    try:
+        return _poll(config, index, pacs)
+    except RetrieveError as exc:
+        event(log, "poll_failed", logging.WARNING, pacs=pacs.name, error=str(exc))
+        index.record_event("poll_failed", f"{pacs.name}: {exc}", "WARNING", pacs.ae_title)
+        return 0
+
+
+def _poll(config: Config, index: Index, pacs: Pacs) -> int:
+    since = (dt.date.today() - dt.timedelta(days=pacs.poll_days)).strftime("%Y%m%d")
+    q = Dataset()
+    q.QueryRetrieveLevel = "STUDY"
+    q.StudyInstanceUID = ""
+    q.StudyDate = f"{since}-"
+    q.ModalitiesInStudy = "MR"
+    q.StudyDescription = ""
+    studies = find(config, pacs, q)
+    with index.read() as s:
+        seen = set(s.scalars(select(PolledStudy.study_uid).where(PolledStudy.pacs == pacs.name)))
+    pattern = re.compile(pacs.poll_description, re.I) if pacs.poll_description else None
+    fetched = 0
+    for st in studies:
+        uid = str(st.StudyInstanceUID)
+        if uid in seen:
+            continue
+        if pattern and not pattern.search(str(st.get("StudyDescription", ""))):
+            _mark(index, pacs, uid, "study description does not match poll_description")
+            continue
+        plans = plan(config, pacs, study=uid)
+        chosen = [sp for p in plans for sp in p.series if sp.process]
+        if chosen:
+            fetch(config, pacs, plans)
+            fetched += 1
+        failed = [sp for sp in chosen if sp.failed]
+        outcome = (f"fetched {len(chosen)} LGE series" if chosen else "no LGE series") + (
+            f"; {len(failed)} incomplete" if failed else ""
+        )
+        _mark(index, pacs, uid, outcome)
+        event(log, "study_polled", pacs=pacs.name, study=uid, outcome=outcome)
+    return fetched
+
+
+def _mark(index: Index, pacs: Pacs, study_uid: str, outcome: str) -> None:
+    with index.write() as s:
+        s.add(PolledStudy(pacs=pacs.name, study_uid=study_uid, seen_at=time.time(),
+                          outcome=outcome))  # fmt: skip
