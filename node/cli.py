@@ -215,6 +215,9 @@ def train_demo(
     nnunet_iterations: Annotated[int, typer.Option(help="Iterations per epoch.")] = 50,
     yolo_epochs: Annotated[int, typer.Option(help="YOLO epochs.")] = 10,
     work: Annotated[Path | None, typer.Option(help="Scratch folder.")] = None,
+    small_infarct_every: Annotated[
+        int, typer.Option(help="Make every k-th phantom a ~1 ml infarct (0: none).")
+    ] = 0,
 ) -> None:
     """Train the bundled demo models on phantoms (fixed seeds; CPU; see README for time)."""
     from pipeline.train import TrainSettings
@@ -225,6 +228,7 @@ def train_demo(
         nnunet_epochs=nnunet_epochs,
         nnunet_iterations=nnunet_iterations,
         yolo_epochs=yolo_epochs,
+        small_infarct_every=small_infarct_every,
     )
     if out is not None:
         settings.out_dir = out

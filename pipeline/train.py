@@ -45,21 +45,24 @@ class TrainSettings:
     nnunet_epochs: int = 200
     nnunet_iterations: int = 50
     yolo_epochs: int = 10
+    small_infarct_every: int = 0  # 0: none forced (the shipped models)
     seed: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _phantom_specs(n: int):
+def _phantom_specs(n: int, small_infarct_every: int = 0):
     from pipeline.phantom import PhantomSpec
 
     specs = []
     for i in range(n):
         seed = TRAIN_SEED_BASE + i
         kind = "psir" if i % 2 == 0 else "magnitude"
-        # A third of the cases carry MVO, so the rare class is seen often enough; and
-        # small thin infarcts (~1 ml), the ones a segmenter misses, are over-represented.
+        # A third of the cases carry MVO, so the rare class is seen often enough.
+        # Optionally small thin infarcts (~1 ml), the ones a segmenter misses, are
+        # over-represented (every k-th case without forced MVO).
         mvo = True if i % 3 == 0 else None
-        small = i % 5 == 2 and mvo is None
+        k = small_infarct_every
+        small = bool(k) and i % k == min(2, k - 1) and mvo is None
         specs.append(PhantomSpec(seed=seed, kind=kind, mvo=mvo, small_infarct=small))
     return specs
 
@@ -74,7 +77,7 @@ def generate_data(settings: TrainSettings) -> tuple[Path, Path]:
     for path in (raw, yolo):
         shutil.rmtree(path, ignore_errors=True)
     rng = np.random.default_rng(settings.seed)
-    specs = _phantom_specs(settings.cases)
+    specs = _phantom_specs(settings.cases, settings.small_infarct_every)
     n_val = max(1, len(specs) // 7)
     for i, spec in enumerate(tqdm(specs, desc="phantoms", unit="case")):
         case = make_phantom(work / "phantoms" / f"{spec.seed}", spec)
@@ -160,7 +163,8 @@ def train_yolo(settings: TrainSettings, data_yaml: Path) -> Path:
         plots=False,
         seed=settings.seed,
         deterministic=True,
-        project=str(settings.work_dir / "yolo_runs"),
+        # absolute: ultralytics puts a relative project under ./runs/detect/
+        project=str((settings.work_dir / "yolo_runs").resolve()),
         name="heart",
         exist_ok=True,
         verbose=False,
@@ -169,7 +173,7 @@ def train_yolo(settings: TrainSettings, data_yaml: Path) -> Path:
         degrees=30.0,
         close_mosaic=3,
     )
-    return settings.work_dir / "yolo_runs" / "heart" / "weights" / "best.pt"
+    return (settings.work_dir / "yolo_runs").resolve() / "heart" / "weights" / "best.pt"
 
 
 def _strip_checkpoint(src: Path, dst: Path) -> None:

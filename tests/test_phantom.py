@@ -211,3 +211,11 @@ def test_dciodvfy_reports_no_errors(phantom_factory, kind: str, enhanced: bool) 
         ds = pydicom.dcmread(case.files[0])
         assert ds.SOPClassUID == pydicom.uid.EnhancedMRImageStorage
         assert int(ds.NumberOfFrames) == case.geometry.shape[0]
+
+
+def test_small_infarct_keeps_the_heart_and_shrinks_the_scar(phantom_factory) -> None:
+    regular = phantom_factory(seed=5, kind="psir", scar=True, mvo=False)
+    small = phantom_factory(seed=5, kind="psir", small_infarct=True)
+    assert small.truth.myocardium_ml == pytest.approx(regular.truth.myocardium_ml)
+    assert 0.2 < small.truth.scar_ml < 2.0 < regular.truth.scar_ml
+    assert small.truth.mvo_ml == 0.0
