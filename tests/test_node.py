@@ -158,7 +158,12 @@ def test_storage_paths_are_hashed_and_duplicates_are_harmless(site, psir_classic
         0
     ] == len(files)
     assert node.jobs(series_uid) == jobs_before
-    for (path,) in node.query("SELECT path FROM instances"):
+    received = node.query(
+        "SELECT i.path FROM instances i JOIN series s ON s.id = i.series_fk"
+        " WHERE s.origin = 'received'"
+    )
+    assert received
+    for (path,) in received:
         rel = Path(path).relative_to(node.data_dir)
         assert not any(uid in str(rel) for uid in (series_uid, str(ds0.StudyInstanceUID)))
         assert rel.parts[0] == "instances" and Path(path).exists()
