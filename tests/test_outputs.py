@@ -221,6 +221,7 @@ def test_orthanc_accepts_all_outputs_over_c_store_under_the_original_study(
         )
         run_tool(
             "storescu",
+            "-R",  # propose the files' own SOP classes (SEG is not in DCMTK's default list)
             "-aet",
             "LGE_NODE",
             "-aec",
