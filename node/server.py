@@ -141,6 +141,10 @@ class Node:
     # -- scheduled work ----------------------------------------------------------------
 
     def _assemble(self) -> None:
+        if self.indexer is not None and self.indexer.pending:
+            # Instances acknowledged but not yet indexed: judging now could see a
+            # half-indexed series as complete (its first instance is already "old").
+            return
         try:
             if self.assembler.check():
                 self.wake_workers.set()
