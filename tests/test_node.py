@@ -150,7 +150,8 @@ def test_storage_paths_are_hashed_and_duplicates_are_harmless(site, psir_classic
     files = sorted((psir_classic.out_dir / "dicom").glob("*.dcm"))
     ds0 = pydicom.dcmread(files[0], stop_before_pixels=True)
     series_uid = str(ds0.SeriesInstanceUID)
-    node.wait_done(series_uid)  # received in the round-trip test, or now
+    storescu(node.port, files)  # (already held if the round-trip test ran: harmless)
+    node.wait_done(series_uid)
     jobs_before = node.jobs(series_uid)
     storescu(node.port, files)  # the same instances again
     time.sleep(2.5)  # > stable_age: a re-run would have been queued by now
