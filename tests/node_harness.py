@@ -243,3 +243,23 @@ def copy_study(src_dir: Path, dst_dir: Path, **overrides: Any) -> tuple[str, str
         ds.save_as(out, enforce_file_format=True)
         files.append(out)
     return study, series, files
+
+
+def reports_for(pacs: Any, study_uid: str, series_uid: str) -> list[pydicom.Dataset]:
+    """SRs in the PACS study whose evidence is ``series_uid`` (read through REST)."""
+    import io
+
+    found = []
+    for series in pacs.study_series(study_uid):
+        if series["MainDicomTags"].get("Modality") != "SR":
+            continue
+        for inst in series["Instances"]:
+            ds = pydicom.dcmread(io.BytesIO(pacs.file(inst)))
+            evidence = {
+                s.SeriesInstanceUID
+                for study in ds.get("CurrentRequestedProcedureEvidenceSequence", [])
+                for s in study.ReferencedSeriesSequence
+            }
+            if series_uid in evidence:
+                found.append(ds)
+    return found

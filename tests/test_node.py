@@ -22,7 +22,7 @@ from pynetdicom import AE
 
 from node.storage import uid_hash
 from tests.dicom_tools import dsr_numbers
-from tests.node_harness import ROOT, NodeProcess, copy_study, echoscu, storescu
+from tests.node_harness import ROOT, NodeProcess, copy_study, echoscu, reports_for, storescu
 from tests.orthanc import Orthanc, free_port
 
 pytestmark = pytest.mark.timeout(600)
@@ -54,24 +54,6 @@ def site(tmp_path_factory: pytest.TempPathFactory):
                        port=node_port, dicom={"force_ae_title": "LGE_FORCE"})  # fmt: skip
     with pacs, node:
         yield node, pacs
-
-
-def _sr_of(pacs: Orthanc, study_uid: str, source_series: str) -> list[pydicom.Dataset]:
-    """SRs in the PACS study whose evidence is ``source_series``."""
-    found = []
-    for series in pacs.study_series(study_uid):
-        if series["MainDicomTags"].get("Modality") != "SR":
-            continue
-        for inst in series["Instances"]:
-            ds = pydicom.dcmread(io.BytesIO(pacs.file(inst)))
-            evidence = {
-                s.SeriesInstanceUID
-                for study in ds.get("CurrentRequestedProcedureEvidenceSequence", [])
-                for s in study.ReferencedSeriesSequence
-            }
-            if source_series in evidence:
-                found.append(ds)
-    return found
 
 
 def _sr_numbers(ds: pydicom.Dataset, tmp: Path) -> dict[str, dict[str, float]]:
@@ -121,7 +103,7 @@ def test_orthanc_round_trip_results_land_in_the_study_and_match_the_truth(
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
     assert "research only" in seg.ContentDescription
     assert "synthetic" in seg.SegmentSequence[0].SegmentAlgorithmName
-    (sr,) = _sr_of(pacs, study_uid, series_uid)
+    (sr,) = reports_for(pacs, study_uid, series_uid)
     numbers = _sr_numbers(sr, tmp_path)
     truth = case.truth
     myo = numbers["LV myocardium"][VOLUME]
@@ -227,7 +209,7 @@ def test_late_instances_trigger_a_rerun_whose_report_supersedes_the_first(
     node.wait_for(lambda: len(node.jobs(series)) == 2 and node.jobs(series)[1][1] == "done",
                   120, "a second job")  # fmt: skip
     node.wait_done(series)
-    reports = _sr_of(pacs, study, series)
+    reports = reports_for(pacs, study, series)
     assert len(reports) == 2
     first, second = sorted(reports, key=lambda d: (d.ContentDate, d.ContentTime, d.InstanceNumber))
     pred = second.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]

@@ -3,7 +3,6 @@ receiving and while processing, TLS, retention. Real processes, real sockets."""
 
 from __future__ import annotations
 
-import io
 import subprocess
 from pathlib import Path
 
@@ -12,28 +11,10 @@ import pytest
 from pynetdicom import AE
 
 from tests.dicom_tools import require_tool
-from tests.node_harness import NodeProcess, copy_study, echoscu, storescu
+from tests.node_harness import NodeProcess, copy_study, echoscu, reports_for, storescu
 from tests.orthanc import Orthanc, free_port
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def _reports_for(pacs: Orthanc, study_uid: str, series_uid: str) -> list[str]:
-    """SOP Instance UIDs of the SRs in the PACS that report on ``series_uid``."""
-    found = []
-    for series in pacs.study_series(study_uid):
-        if series["MainDicomTags"].get("Modality") != "SR":
-            continue
-        for inst in series["Instances"]:
-            ds = pydicom.dcmread(io.BytesIO(pacs.file(inst)))
-            evidence = {
-                s.SeriesInstanceUID
-                for st in ds.CurrentRequestedProcedureEvidenceSequence
-                for s in st.ReferencedSeriesSequence
-            }
-            if series_uid in evidence:
-                found.append(str(ds.SOPInstanceUID))
-    return found
 
 
 def _pacs_entry(pacs: Orthanc) -> dict:
@@ -57,7 +38,7 @@ def test_pacs_down_results_wait_and_are_delivered_when_it_is_back(
         assert node.unsent() == 17
         with pacs:
             node.wait_done(series, timeout=60)
-            assert len(_reports_for(pacs, study, series)) == 1
+            assert len(reports_for(pacs, study, series)) == 1
             kinds = {s["MainDicomTags"]["Modality"] for s in pacs.study_series(study)}
             assert {"SEG", "SR", "OT"} <= kinds
         assert "send_failed" in node.log() and "results_sent" in node.log()
@@ -91,7 +72,7 @@ def test_sigkill_while_receiving_and_while_processing_loses_nothing_and_sends_on
         node.wait_done(series_a)
         node.wait_done(series_b)
         assert [j[1] for j in node.jobs(series_a)] == ["done"]
-        assert len(_reports_for(pacs, study_a, series_a)) == 1
+        assert len(reports_for(pacs, study_a, series_a)) == 1
         assert node.query("SELECT n_instances FROM series WHERE series_uid = ?", series_b)[0][
             0
         ] == len(files_b)
@@ -107,7 +88,7 @@ def test_sigkill_while_receiving_and_while_processing_loses_nothing_and_sends_on
         node.wait_done(series_c)
         ((_, state, attempts, _),) = node.jobs(series_c)
         assert (state, attempts) == ("done", 2)  # the same job, run again after restart
-        assert len(_reports_for(pacs, study_c, series_c)) == 1
+        assert len(reports_for(pacs, study_c, series_c)) == 1
         assert "jobs_recovered=1" in node.log()
         node.stop()
 
