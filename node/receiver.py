@@ -214,8 +214,6 @@ class Receiver:
         assoc = ev.assoc
         if assoc.is_established or assoc.is_released or assoc.is_rejected:
             return
-        if getattr(assoc, "_lge_counted", False):
-            return
         # Closed before any association was agreed: garbage bytes, a port scanner, or a
         # peer that gave up. Recorded, because an operator debugging routing wants it.
         address = str(assoc.requestor.address or "")
