@@ -402,7 +402,14 @@ def retrieve(
     them to the running node (which processes them like a pushed study)."""
     from node import logs
     from node.index import Index
-    from node.retrieve import RetrieveError, _pacs, fetch, plan
+    from node.retrieve import (
+        RetrieveError,
+        SeriesPlan,
+        fetch,
+        pacs_named,
+        plan,
+        record_outcome,
+    )
 
     if sum(x is not None for x in (study, accession, patient)) != 1:
         err.print("[red]give exactly one of --study, --accession, --patient[/red]")
@@ -410,7 +417,7 @@ def retrieve(
     cfg = _config_or_exit(config)
     logs.configure("WARNING")
     try:
-        peer = _pacs(cfg, pacs)
+        peer = pacs_named(cfg, pacs)
         with console.status(f"C-FIND on {peer.name}"):
             plans = plan(cfg, peer, study, accession, patient, since)
         for st in plans:
@@ -429,24 +436,30 @@ def retrieve(
         if not chosen:
             err.print("[yellow]no LGE series in the matching studies; nothing moved[/yellow]")
             raise typer.Exit(1)
+
+        def attempted(sp: SeriesPlan) -> None:
+            console.print(f"{sp.description}: {sp.history[-1]}")
+            if sp.failed and sp.attempts < peer.max_attempts:
+                again = (f"the {len(sp.failed_uids)} failed instance(s)" if sp.failed_uids
+                         else "the series")  # fmt: skip
+                console.print(f"  retrying {again} in {peer.retry_delay_s:g} s")
+
         with console.status("retrieving") as state:
             fetch(cfg, peer, plans, lambda sp, left: state.update(
                 f"{peer.method.upper()} {sp.description}: {sp.completed} done, {sp.failed} "
-                f"failed, {left} left"))  # fmt: skip
+                f"failed, {left} left"), attempted)  # fmt: skip
     except RetrieveError as exc:
         err.print(f"[red]retrieve failed:[/red] {exc}")
         if (cfg.storage.data_dir / "index.db").exists() or cfg.storage.database_url:
             Index(cfg.database_url).record_event("retrieve_failed", f"{pacs}: {exc}", "ERROR")
         raise typer.Exit(1) from exc
-    failed = [sp for sp in chosen if sp.failed]
-    index = Index(cfg.database_url) if (cfg.storage.data_dir / "index.db").exists() else None
     for sp in chosen:
         console.print(f"{sp.description}: {sp.completed} received, {sp.failed} failed, "
                       f"{sp.warning} warnings ({sp.attempts} attempt(s))")  # fmt: skip
-        if sp.failed and index is not None:
-            index.record_event("retrieve_incomplete", f"{peer.name}: {sp.error}",
-                               "WARNING", peer.ae_title, series_uid=sp.series_uid)  # fmt: skip
-    if failed:
+    has_index = (cfg.storage.data_dir / "index.db").exists() or cfg.storage.database_url
+    incomplete = record_outcome(Index(cfg.database_url), peer, plans) if has_index else [
+        sp for sp in chosen if sp.failed]  # fmt: skip
+    if incomplete:
         err.print("[red]some images could not be retrieved; see lge-node status[/red]")
         raise typer.Exit(1)
     console.print("moved to the node; it processes them once they are quiet (stable age)")

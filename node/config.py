@@ -79,6 +79,7 @@ class Pacs(Section):
     port: Port
     method: Literal["move", "get"] = "move"  # C-MOVE to the node's AE, or C-GET
     max_attempts: int = Field(3, ge=1, le=10)  # per series, when sub-operations fail
+    retry_delay_s: float = Field(10.0, ge=0, le=3600)  # wait before retrying failed ones
     # Scheduled polling: every poll_minutes, C-FIND MR studies of the last poll_days days
     # (optionally only descriptions matching poll_description) and fetch their LGE series.
     poll_minutes: float | None = Field(None, gt=0)

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from node.config import Config, Pacs
 from node.index import Index, PolledStudy
 from node.logs import event
-from node.retrieve import RetrieveError, fetch, find, plan
+from node.retrieve import RetrieveError, fetch, find, plan, record_outcome
 
 log = logging.getLogger("node.poller")
 
@@ -70,7 +70,7 @@ def _poll(config: Config, index: Index, pacs: Pacs) -> int:
         if chosen:
             fetch(config, pacs, plans)
             fetched += 1
-        failed = [sp for sp in chosen if sp.failed]
+        failed = record_outcome(index, pacs, plans)
         outcome = (f"fetched {len(chosen)} LGE series" if chosen else "no LGE series") + (
             f"; {len(failed)} incomplete" if failed else ""
         )

@@ -6,11 +6,13 @@ pushed study. Sub-operations are tracked; a partial move is recorded and retried
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
@@ -19,8 +21,9 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from node.config import Config, Pacs
+from node.index import Index
 from node.logs import event
-from node.selector import SeriesFacts, choose
+from node.selector import Decision, SeriesFacts, choose
 
 log = logging.getLogger("node.retrieve")
 
@@ -42,6 +45,8 @@ class SeriesPlan:
     warning: int = 0
     attempts: int = 0
     error: str = ""
+    failed_uids: list[str] = field(default_factory=list)  # named by the PACS; retried alone
+    history: list[str] = field(default_factory=list)  # one line per attempt
 
 
 @dataclass
@@ -51,7 +56,8 @@ class StudyPlan:
     series: list[SeriesPlan] = field(default_factory=list)
 
 
-def _pacs(config: Config, name: str) -> Pacs:
+def pacs_named(config: Config, name: str) -> Pacs:
+    """The ``[[pacs]]`` entry called ``name``; RetrieveError naming those configured."""
     for p in config.pacs:
         if p.name == name:
             return p
@@ -135,6 +141,13 @@ def plan(
                 )
             )
         decisions = choose(facts, config.selection)
+        for ds, f in zip(series, facts, strict=True):
+            # A PACS that does not support the key (dcmqrscp) leaves it out: the rules
+            # cannot be judged here, so MR series come over and are judged on arrival.
+            if "SeriesDescription" not in ds and f.modality == "MR":
+                decisions[f.series_uid] = Decision(
+                    True, "", "the PACS returns no SeriesDescription: judged on arrival"
+                )
         plans.append(
             StudyPlan(
                 str(st.StudyInstanceUID),
@@ -163,49 +176,32 @@ def _counts(status: Dataset) -> tuple[int, int, int]:
     )
 
 
-def _move(config: Config, pacs: Pacs, study_uid: str, sp: SeriesPlan,
-          progress: Callable[[SeriesPlan, int], None]) -> None:  # fmt: skip
-    ae = _ae(config)
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-    q = Dataset()
-    q.QueryRetrieveLevel = "SERIES"
-    q.StudyInstanceUID = study_uid
-    q.SeriesInstanceUID = sp.series_uid
-    assoc = _associate(ae, pacs)
-    try:
-        final = None
-        for status, _ in assoc.send_c_move(
-            q, config.dicom.ae_title, StudyRootQueryRetrieveInformationModelMove
-        ):
-            if not status:
-                raise RetrieveError(
-                    f"PACS {pacs.name} aborted the C-MOVE of series {sp.series_uid} to "
-                    f"{config.dicom.ae_title} (does the PACS know the node as a modality?)"
-                )
-            code = int(status.Status)
-            sp.completed, sp.failed, sp.warning = _counts(status)
-            remaining = int(status.get("NumberOfRemainingSuboperations", 0) or 0)
-            progress(sp, remaining)
-            final = code
-        moved_any = sp.completed or sp.failed or sp.warning
-        if final not in (0x0000, 0xB000) and moved_any:
-            # Some PACS (Orthanc) stop at the first failed sub-operation and send no
-            # final counts: whatever did not arrive counts as failed.
-            missing = (sp.instances or 0) - sp.completed - sp.warning
-            sp.failed = max(sp.failed, missing, 1)
-        elif final not in (0x0000, 0xB000):
-            raise RetrieveError(
-                f"PACS {pacs.name} refused the C-MOVE of series {sp.series_uid} to "
-                f"{config.dicom.ae_title} (status 0x{final or 0:04X}; does the PACS know the "
-                f"node as a modality? did the node refuse an instance? see lge-node status)"
-            )
-    finally:
-        assoc.release()
+def _requests(study_uid: str, sp: SeriesPlan, only: list[str]) -> list[Dataset]:
+    """The whole series, or (a retry) one IMAGE-level request per failed instance."""
+    out = []
+    for uid in only or [""]:
+        q = Dataset()
+        q.QueryRetrieveLevel = "IMAGE" if uid else "SERIES"
+        q.StudyInstanceUID = study_uid
+        q.SeriesInstanceUID = sp.series_uid
+        if uid:
+            q.SOPInstanceUID = uid
+        out.append(q)
+    return out
 
 
-def _get(config: Config, pacs: Pacs, study_uid: str, sp: SeriesPlan,
-         progress: Callable[[SeriesPlan, int], None]) -> None:  # fmt: skip
-    """C-GET; each instance is forwarded to the node's own port by C-STORE."""
+def _failed_uids(identifier: Dataset | None) -> list[str]:
+    value = identifier.get("FailedSOPInstanceUIDList") if identifier is not None else None
+    if not value:
+        return []
+    return [str(v) for v in (value if isinstance(value, list | MultiValue) else [value])]
+
+
+def _transfer(config: Config, pacs: Pacs, study_uid: str, sp: SeriesPlan,
+              progress: Callable[[SeriesPlan, int], None], only: list[str]) -> None:  # fmt: skip
+    """One attempt: C-MOVE (to the node's AE) or C-GET (forwarded to the node) of the
+    series, or of only the instances in ``only``. Updates the counts on ``sp``: completed
+    and warnings add up over attempts, failures are this attempt's."""
     received: list[Dataset] = []
 
     def on_store(ev: Any) -> int:
@@ -215,29 +211,70 @@ def _get(config: Config, pacs: Pacs, study_uid: str, sp: SeriesPlan,
         return 0x0000
 
     ae = _ae(config)
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    roles = []
-    for cx in StoragePresentationContexts[:120]:
-        ae.add_requested_context(cx.abstract_syntax)
-        roles.append(build_role(cx.abstract_syntax, scp_role=True))
-    q = Dataset()
-    q.QueryRetrieveLevel = "SERIES"
-    q.StudyInstanceUID = study_uid
-    q.SeriesInstanceUID = sp.series_uid
-    assoc = _associate(ae, pacs, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    kwargs: dict[str, Any] = {}
+    if pacs.method == "get":
+        model = StudyRootQueryRetrieveInformationModelGet
+        ae.add_requested_context(model)
+        roles = []
+        for cx in StoragePresentationContexts[:120]:
+            ae.add_requested_context(cx.abstract_syntax)
+            roles.append(build_role(cx.abstract_syntax, scp_role=True))
+        kwargs = {"ext_neg": roles, "evt_handlers": [(evt.EVT_C_STORE, on_store)]}
+    else:
+        model = StudyRootQueryRetrieveInformationModelMove
+        ae.add_requested_context(model)
+    verb = "C-GET" if pacs.method == "get" else "C-MOVE"
+    base = (sp.completed, sp.warning) if only else (0, 0)
+    done = [0, 0, 0]  # completed, failed, warning of the finished requests
+    failed_uids: list[str] = []
+    assoc = _associate(ae, pacs, **kwargs)
     try:
-        final = None
-        for status, _ in assoc.send_c_get(q, StudyRootQueryRetrieveInformationModelGet):
-            if not status:
-                raise RetrieveError(f"PACS {pacs.name}: C-GET got no response")
-            sp.completed, sp.failed, sp.warning = _counts(status)
-            progress(sp, int(status.get("NumberOfRemainingSuboperations", 0) or 0))
-            final = int(status.Status)
-        if final not in (0x0000, 0xB000) and not (sp.completed or sp.failed or sp.warning):
-            raise RetrieveError(f"PACS {pacs.name} refused the C-GET (status 0x{final or 0:04X})")
+        for q in _requests(study_uid, sp, only):
+            counts, final, identifier = (0, 0, 0), None, None
+            responses = (
+                assoc.send_c_get(q, model) if pacs.method == "get"
+                else assoc.send_c_move(q, config.dicom.ae_title, model)
+            )  # fmt: skip
+            for status, answer in responses:
+                identifier = answer
+                if not status:
+                    raise RetrieveError(
+                        f"PACS {pacs.name} aborted the {verb} of series {sp.series_uid} to "
+                        f"{config.dicom.ae_title} (does the PACS know the node as a modality?)"
+                    )
+                final = int(status.Status)
+                counts = _counts(status)
+                sp.completed = base[0] + done[0] + counts[0]
+                sp.failed = done[1] + counts[1]
+                sp.warning = base[1] + done[2] + counts[2]
+                progress(sp, int(status.get("NumberOfRemainingSuboperations", 0) or 0))
+            completed, failed, warning = counts
+            if final not in (0x0000, 0xB000):
+                if q.QueryRetrieveLevel == "IMAGE":
+                    failed = max(failed, 1)
+                elif completed or failed or warning:
+                    # Some PACS (Orthanc) stop at the first failed sub-operation and send
+                    # no final counts: whatever did not arrive counts as failed.
+                    failed = max(failed, (sp.instances or 0) - completed - warning, 1)
+                else:
+                    raise RetrieveError(
+                        f"PACS {pacs.name} refused the {verb} of series {sp.series_uid} to "
+                        f"{config.dicom.ae_title} (status 0x{final or 0:04X}; does the PACS "
+                        f"know the node as a modality? did the node refuse an instance? "
+                        f"see lge-node status)"
+                    )
+            named = _failed_uids(identifier) if failed else []
+            if q.QueryRetrieveLevel == "IMAGE" and failed and not named:
+                named = [str(q.SOPInstanceUID)]
+            failed_uids += named
+            done = [done[0] + completed, done[1] + failed, done[2] + warning]
+            sp.completed, sp.failed, sp.warning = base[0] + done[0], done[1], base[1] + done[2]
     finally:
         assoc.release()
-    _forward(config, received)
+    # Named failures are retried one by one; unnamed ones mean the whole series again.
+    sp.failed_uids = failed_uids if len(failed_uids) == sp.failed else []
+    if received:
+        _forward(config, received)
 
 
 def _forward(config: Config, datasets: list[Dataset]) -> None:
@@ -264,23 +301,54 @@ def _forward(config: Config, datasets: list[Dataset]) -> None:
 def fetch(
     config: Config, pacs: Pacs, plans: list[StudyPlan],
     progress: Callable[[SeriesPlan, int], None] = lambda sp, remaining: None,
+    on_attempt: Callable[[SeriesPlan], None] = lambda sp: None,
 ) -> None:  # fmt: skip
-    """Move (or get) the chosen series; series with failed sub-operations are tried again
-    up to ``pacs.max_attempts`` times, and what still failed is recorded on the plan."""
-    transfer = _get if pacs.method == "get" else _move
+    """Move (or get) the chosen series. When sub-operations fail, the attempt is recorded
+    on the plan and, after ``pacs.retry_delay_s``, tried again up to ``pacs.max_attempts``
+    times: only the failed instances when the PACS named them (Failed SOP Instance UID
+    List), else the whole series. What still failed stays on the plan."""
     for st in plans:
         for sp in st.series:
             if not sp.process:
                 continue
             while sp.attempts < pacs.max_attempts:
+                only = list(sp.failed_uids)
+                if sp.attempts:
+                    time.sleep(pacs.retry_delay_s)
                 sp.attempts += 1
-                transfer(config, pacs, st.study_uid, sp, progress)
+                _transfer(config, pacs, st.study_uid, sp, progress, only)
+                what = f"{len(only)} failed instance(s)" if only else "series"
+                sp.history.append(
+                    f"attempt {sp.attempts} ({what}): {sp.completed} completed, "
+                    f"{sp.failed} failed, {sp.warning} warnings"
+                )
                 event(
                     log, "series_retrieved", pacs=pacs.name, study=st.study_uid,
                     series=sp.series_uid, completed=sp.completed, failed=sp.failed,
-                    warning=sp.warning, attempt=sp.attempts,
+                    warning=sp.warning, attempt=sp.attempts, retried=what,
                 )  # fmt: skip
+                on_attempt(sp)
                 if sp.failed == 0:
                     sp.error = ""
                     break
                 sp.error = f"{sp.failed} sub-operation(s) failed (attempt {sp.attempts})"
+
+
+def record_outcome(index: Index, pacs: Pacs, plans: list[StudyPlan]) -> list[SeriesPlan]:
+    """Events for the operator: series still incomplete, and partial moves that a retry
+    mended. Returns the incomplete series."""
+    incomplete = []
+    for sp in (sp for st in plans for sp in st.series if sp.process and sp.attempts):
+        history = "; ".join(sp.history)
+        if sp.failed:
+            incomplete.append(sp)
+            index.record_event(
+                "retrieve_incomplete", f"{pacs.name}: {sp.error}; {history}", "WARNING",
+                pacs.ae_title, series_uid=sp.series_uid,
+            )  # fmt: skip
+        elif sp.attempts > 1:
+            index.record_event(
+                "retrieve_partial", f"{pacs.name}: complete after a retry; {history}",
+                "WARNING", pacs.ae_title, series_uid=sp.series_uid,
+            )  # fmt: skip
+    return incomplete

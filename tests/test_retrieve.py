@@ -12,6 +12,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from tests.dcmqrscp import DcmQrScp
 from tests.node_harness import ROOT, NodeProcess, copy_study
 from tests.orthanc import Orthanc, free_port
 
@@ -145,3 +146,53 @@ def test_polling_fetches_new_lge_studies_once_across_restarts(
     assert node.log().count("series_retrieved") == 1
     assert node.log().count("study_polled") == 1
     assert [j[1] for j in node.jobs(lge)] == ["done"]
+
+
+def test_partial_move_is_recorded_and_only_the_failed_instance_retried(
+    tmp_path: Path, psir_classic
+) -> None:
+    """DCMTK's dcmqrscp as the PACS: it goes on past a failed sub-operation and names the
+    failed instance. One file is hidden from it for the first attempt; the retrieve
+    records the partial move, waits, asks for that one instance again (IMAGE level), and
+    the node processes the complete series once."""
+    node_port = free_port()
+    study, lge, files = copy_study(psir_classic.out_dir / "dicom", tmp_path / "study")
+    hidden, parked = files[3], tmp_path / "parked.dcm"
+    hidden_uid = str(pydicom.dcmread(hidden, stop_before_pixels=True).SOPInstanceUID)
+    with DcmQrScp(tmp_path / "dcmqrscp", files, {"LGE_NODE": ("127.0.0.1", node_port)}) as pacs:
+        entry = {"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port}
+        node = NodeProcess(
+            tmp_path / "node", port=node_port, stable_age_s=6.0,
+            pacs=[{"name": "dcmqr", **entry, "retry_delay_s": 2.0}],
+        )  # fmt: skip
+        with node:
+            hidden.rename(parked)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "node.cli", "retrieve", "--config",
+                 str(node.config_path), "--pacs", "dcmqr", "--study", study],
+                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                env=dict(os.environ, COLUMNS="200"),
+            )  # fmt: skip
+            node.wait_for(lambda: "No such file" in pacs.log(), 60, "the failed sub-operation")
+            parked.rename(hidden)  # back before the retry
+            out, _ = proc.communicate(timeout=120)
+            said = " ".join(out.split())
+            assert proc.returncode == 0, out
+            assert "the PACS returns no SeriesDescription: judged on arrival" in said
+            assert "attempt 1 (series): 13 completed, 1 failed" in said
+            assert "retrying the 1 failed instance(s) in 2 s" in said
+            assert "attempt 2 (1 failed instance(s)): 14 completed, 0 failed" in said
+            # The retry asked for the one instance, not the series again: 13 + 1 stores.
+            qr_log = pacs.log()
+            assert qr_log.count("Move SCP Request Identifiers") == 2
+            assert "[IMAGE]" in qr_log.split("Move SCP Request Identifiers")[2]
+            assert hidden_uid in qr_log.split("Move SCP Request Identifiers")[2]
+            assert qr_log.count("Store SCU RQ") == 14
+            (message, _, _), *_ = node.events("retrieve_partial")
+            assert "complete after a retry" in message and "13 completed, 1 failed" in message
+            node.wait_done(lge, timeout=180)
+            assert node.query(
+                "SELECT COUNT(*) FROM instances i JOIN series s ON i.series_fk = s.id "
+                "WHERE s.series_uid = ?", lge
+            ) == [(14,)]  # fmt: skip
+            assert [j[1] for j in node.jobs(lge)] == ["done"]  # one job, on all 14
