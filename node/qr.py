@@ -12,7 +12,7 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, select
 
 from node.config import Config
 from node.index import Index, Instance, Series, SeriesState, Study
@@ -79,6 +79,25 @@ def _contexts(rows: list[Row]) -> list[Any]:
     return contexts
 
 
+def _clause(column: Any, pattern: Any, ranged: bool) -> ColumnElement[bool] | None:
+    """The SQL form of one key's matching (`_matches`, `_range`); never stricter."""
+    if pattern is None or pattern == "":
+        return None
+    if isinstance(pattern, (list, tuple)) or type(pattern).__name__ == "MultiValue":
+        return column.in_([str(p) for p in pattern])
+    text = str(pattern)
+    if "\\" in text:
+        return column.in_(text.split("\\"))
+    if ranged and "-" in text:
+        low, high = text.split("-", 1)
+        bounds = ([column >= low] if low else []) + ([column <= high] if high else [])
+        return and_(*bounds) if bounds else None
+    if "*" in text or "?" in text:
+        like = text.replace("%", "\\%").replace("_", "\\_").replace("*", "%").replace("?", "_")
+        return column.ilike(like, escape="\\")
+    return column == text
+
+
 def _range(pattern: Any, value: str) -> bool:
     text = str(pattern or "")
     if "-" not in text:
@@ -111,6 +130,25 @@ IMAGE_KEYS = {
     "InstanceNumber": lambda r: _str(r.instance.instance_number),
 }
 RANGED = {"StudyDate", "StudyTime", "PatientBirthDate"}
+# String keys are matched in SQL first, so a query reads only its candidates; the Python
+# matching above then decides (integer keys such as SeriesNumber are matched there only).
+COLUMNS: dict[str, Any] = {
+    "StudyInstanceUID": Study.study_uid,
+    "PatientID": Study.patient_id,
+    "PatientName": Study.patient_name,
+    "PatientBirthDate": Study.patient_birth_date,
+    "PatientSex": Study.patient_sex,
+    "AccessionNumber": Study.accession_number,
+    "StudyDate": Study.study_date,
+    "StudyTime": Study.study_time,
+    "StudyDescription": Study.study_description,
+    "StudyID": Study.study_id,
+    "SeriesInstanceUID": Series.series_uid,
+    "Modality": Series.modality,
+    "SeriesDescription": Series.description,
+    "SOPInstanceUID": Instance.sop_uid,
+    "SOPClassUID": Instance.sop_class_uid,
+}
 UNIQUE = {"STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}
 
 
@@ -121,14 +159,28 @@ class QueryRetrieve:
 
     # -- matching ----------------------------------------------------------------------
 
-    def _rows(self) -> list[Row]:
-        with self.index.read() as s:
-            q = (
-                select(Study, Series, Instance)
-                .join(Series, Series.study_fk == Study.id)
-                .join(Instance, Instance.series_fk == Series.id)
-                .where(Series.state != SeriesState.PURGED)
+    def _rows(self, identifier: Dataset, keys: dict[str, Any]) -> list[Row]:
+        q = (
+            select(Study, Series, Instance)
+            .join(Series, Series.study_fk == Study.id)
+            .join(Instance, Instance.series_fk == Series.id)
+            .where(Series.state != SeriesState.PURGED)
+        )
+        for keyword in keys:
+            if keyword in COLUMNS and keyword in identifier:
+                clause = _clause(COLUMNS[keyword], identifier.get(keyword), keyword in RANGED)
+                if clause is not None:
+                    q = q.where(clause)
+        if identifier.get("ModalitiesInStudy"):
+            other = Series.__table__.alias("other")
+            wanted = sorted(_values(identifier.ModalitiesInStudy))
+            q = q.where(
+                select(other.c.id)
+                .where(other.c.study_fk == Study.id, other.c.modality.in_(wanted))
+                .where(other.c.state != SeriesState.PURGED)
+                .exists()
             )
+        with self.index.read() as s:
             return [Row(*r) for r in s.execute(q).all()]
 
     def match(self, identifier: Dataset) -> tuple[str, list[Row]]:
@@ -141,23 +193,16 @@ class QueryRetrieve:
         if level == "IMAGE":
             keys |= IMAGE_KEYS
         # Keys we do not match on are returned empty, not an error (PS3.4 C.2.2.1.3).
-        rows = self._rows()
         out = []
-        for r in rows:
-            ok = True
+        for r in self._rows(identifier, keys):
             for keyword, getter in keys.items():
                 if keyword not in identifier:
                     continue
                 value = identifier.get(keyword)
                 test = _range if keyword in RANGED else _matches
                 if not test(value if value is not None else "", getter(r)):
-                    ok = False
                     break
-            if ok and "ModalitiesInStudy" in identifier and identifier.ModalitiesInStudy:
-                wanted = _values(identifier.ModalitiesInStudy)
-                mods = {x.series.modality for x in rows if x.study.id == r.study.id}
-                ok = bool(mods & wanted)
-            if ok:
+            else:
                 out.append(r)
         return level, out
 
