@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.evaluate import CaseResult, ccc, dice, hd95, summarize
+from pipeline.evaluate import CaseResult, ccc, dice, hd95, markdown_table, summarize, thickness_px
 
 
 def cube(shift: int = 0) -> np.ndarray:
@@ -33,7 +33,18 @@ def test_ccc() -> None:
     assert ccc(x, x + 1) < 1.0  # a bias lowers concordance, not correlation
 
 
-def _case(truth_scar: float, pred_scar: float, d: float | None) -> CaseResult:
+def test_thickness_in_pixels() -> None:
+    m = np.zeros((3, 30, 30), dtype=bool)
+    assert thickness_px(m) is None
+    m[1, 10, 5:25] = True  # a one-pixel rim
+    assert thickness_px(m) == pytest.approx(1.0)
+    m[2, 10:13, 5:25] = True  # a three-pixel band on another slice: the thickest counts
+    assert thickness_px(m) == pytest.approx(3.0)
+
+
+def _case(
+    truth_scar: float, pred_scar: float, d: float | None, thick: float | None = 3.0
+) -> CaseResult:
     return CaseResult(
         seed=0,
         kind="psir",
@@ -45,6 +56,7 @@ def _case(truth_scar: float, pred_scar: float, d: float | None) -> CaseResult:
         predicted_scar_percent=100 * pred_scar / 79,
         seconds_per_image=0.03,
         qc_flags=[],
+        scar_thickness_px=thick if truth_scar else None,
     )
 
 
@@ -54,3 +66,14 @@ def test_scar_free_cases_and_missed_infarcts_are_reported_not_hidden() -> None:
     assert summary["classes"]["scar"]["mean_dice"] == pytest.approx(0.4)  # the miss counts
     assert summary["missed_infarcts"] == 1
     assert summary["scar_free_cases"] == {"n": 1, "with_false_scar": 1, "max_false_scar_ml": 0.6}
+
+
+def test_scar_dice_is_split_by_infarct_thickness_without_changing_the_main_figure() -> None:
+    cases = [_case(5.0, 4.0, 0.9), _case(6.0, 5.0, 0.8), _case(1.0, 0.0, 0.0, thick=1.0)]
+    summary = summarize(cases)
+    assert summary["classes"]["scar"]["mean_dice"] == pytest.approx(1.7 / 3)
+    strata = summary["scar_by_thickness"]
+    assert strata["one_pixel"] == {"n": 1, "mean_dice": 0.0}
+    assert strata["thicker"]["n"] == 2
+    assert strata["thicker"]["mean_dice"] == pytest.approx(0.85)
+    assert "at most one pixel thick (n=1) 0.000; thicker (n=2) 0.850" in markdown_table(summary)
