@@ -33,7 +33,8 @@ def site(tmp_path_factory: pytest.TempPathFactory):
     entry = {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": pacs.dicom_port}
     node = NodeProcess(
         work / "node", destinations=[{"name": "pacs", **entry}], port=node_port,
-        pacs=[{"name": "orthanc", **entry}, {"name": "orthanc-get", **entry, "method": "get"}],
+        pacs=[{"name": "orthanc", **entry, "retry_delay_s": 1.0},
+              {"name": "orthanc-get", **entry, "method": "get", "retry_delay_s": 1.0}],
     )  # fmt: skip
     with pacs, node:
         yield node, pacs, work
