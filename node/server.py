@@ -56,7 +56,7 @@ class Node:
 
     def start(self) -> None:
         t0 = time.perf_counter()
-        removed = self.storage.clean_temporaries()
+        removed, restored = self.storage.clean_temporaries(locate=self._locate)
         indexed, dropped = self.reconcile()
         recovered = self.index.recover_jobs()
         journal = Journal(self.journal_path)
@@ -65,7 +65,8 @@ class Node:
         self.indexer.start()
         event(
             log, "starting", pid=os.getpid(), data_dir=self.storage.root,
-            temp_files_removed=removed, orphans_indexed=indexed, orphans_removed=dropped,
+            temp_files_removed=removed, temp_files_restored=restored,
+            orphans_indexed=indexed, orphans_removed=dropped,
             jobs_recovered=len(recovered),
         )  # fmt: skip
         for worker in self.workers:
@@ -180,6 +181,10 @@ class Node:
             job.modify(next_run_time=datetime.now(UTC))
 
     # -- crash recovery ----------------------------------------------------------------
+
+    def _locate(self, data: bytes) -> Path:
+        info = read_header(data)
+        return self.storage.instance_path(info.study_uid, info.series_uid, info.sop_uid)
 
     def reconcile(self) -> tuple[int, int]:
         """Index instance files that are on disk but not in the index.

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -67,15 +68,37 @@ class Storage:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
 
-    def clean_temporaries(self) -> int:
-        """Remove half-written temp files a crash left behind; return how many."""
-        removed = 0
-        for tmp in list(self.instances.rglob(".*.tmp")) + list(self.results.rglob(".*.tmp")):
+    def clean_temporaries(self, locate: Callable[[bytes], Path] | None = None) -> tuple[int, int]:
+        """Deal with the temp files a crash left behind; return (removed, restored).
+
+        An instance temp file is complete and fsync'ed before its rename, but the rename
+        itself reaches the disk later: after a power loss the temp file can be all that
+        is left of an acknowledged instance. ``locate`` says where an instance belongs
+        (it raises on a cut-off file); a temp file it places at the temp file's own final
+        name, not taken yet, is put there. The rest is removed.
+        """
+        removed = restored = 0
+        for tmp in list(self.instances.rglob(".*.tmp")):
+            final = tmp.with_name(tmp.name[1:].split(".dcm.", 1)[0] + ".dcm")
+            try:
+                placed = (
+                    locate is not None and ".dcm." in tmp.name and not final.exists()
+                    and locate(tmp.read_bytes()) == final
+                )  # fmt: skip
+            except Exception:  # any failure to decode: a cut-off file
+                placed = False
+            if placed:
+                os.replace(tmp, final)
+                restored += 1
+                continue
             tmp.unlink(missing_ok=True)
+            removed += 1
+        for tmp in self.results.rglob(".*.tmp"):
+            tmp.unlink(missing_ok=True)  # results are remade by the re-queued job
             removed += 1
         shutil.rmtree(self.incoming, ignore_errors=True)
         self.incoming.mkdir(parents=True, exist_ok=True)
-        return removed
+        return removed, restored
 
     def remove(self, path: Path) -> None:
         """Delete a file or folder inside the data folder (never outside it)."""

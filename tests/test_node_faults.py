@@ -3,13 +3,16 @@ receiving and while processing, TLS, retention. Real processes, real sockets."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.uid import generate_uid
 from pynetdicom import AE
 
+from node.storage import Storage
 from tests.dicom_tools import require_tool
 from tests.node_harness import NodeProcess, copy_study, echoscu, reports_for, storescu
 from tests.orthanc import Orthanc, free_port
@@ -163,3 +166,37 @@ def test_retention_purges_delivered_and_skipped_keeps_failed(tmp_path: Path, psi
     finally:
         sink.terminate()
         sink.wait()
+
+
+def test_instances_left_as_temp_files_by_a_power_loss_are_restored(
+    tmp_path: Path, psir_classic
+) -> None:
+    """An instance is fsync'ed under a temp name, then renamed and acknowledged; a power
+    loss can lose the rename. At start-up a complete temp file is put in place and
+    indexed, a cut-off one removed, so the acknowledged series is processed whole."""
+    node = NodeProcess(tmp_path / "node")
+    storage = Storage(node.data_dir)
+    study, series, files = copy_study(psir_classic.out_dir / "dicom", tmp_path / "s")
+    for i, path in enumerate(files):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        final = storage.instance_path(study, series, str(ds.SOPInstanceUID))
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.4242.{i:x}.tmp")
+        tmp.write_bytes(path.read_bytes())
+    # A 15th instance, cut off in its pixel data: never acknowledged, must not appear.
+    extra = pydicom.dcmread(files[0])
+    extra.SOPInstanceUID = extra.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    buffer = io.BytesIO()
+    extra.save_as(buffer, enforce_file_format=True)
+    final = storage.instance_path(study, series, str(extra.SOPInstanceUID))
+    final.with_name(f".{final.name}.4243.0.tmp").write_bytes(buffer.getvalue()[:-3000])
+    with node:
+        node.wait_done(series, timeout=180)
+        assert "temp_files_restored=14" in node.log()
+        assert "temp_files_removed=1" in node.log()
+        assert node.query(
+            "SELECT COUNT(*) FROM instances i JOIN series s ON i.series_fk = s.id "
+            "WHERE s.series_uid = ?", series
+        ) == [(14,)]  # fmt: skip
+        assert [j[1] for j in node.jobs(series)] == ["done"]
+    assert not list(storage.instances.rglob(".*.tmp"))
