@@ -218,6 +218,9 @@ def train_demo(
     small_infarct_every: Annotated[
         int, typer.Option(help="Make every k-th phantom a ~1 ml infarct (0: none).")
     ] = 0,
+    spacing_mm: Annotated[
+        float | None, typer.Option(help="nnU-Net in-plane spacing (default: its plan).")
+    ] = None,
 ) -> None:
     """Train the bundled demo models on phantoms (fixed seeds; CPU; see README for time)."""
     from pipeline.train import TrainSettings
@@ -229,6 +232,7 @@ def train_demo(
         nnunet_iterations=nnunet_iterations,
         yolo_epochs=yolo_epochs,
         small_infarct_every=small_infarct_every,
+        spacing_mm=spacing_mm,
     )
     if out is not None:
         settings.out_dir = out

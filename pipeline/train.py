@@ -46,6 +46,7 @@ class TrainSettings:
     nnunet_iterations: int = 50
     yolo_epochs: int = 10
     small_infarct_every: int = 0  # 0: none forced (the shipped models)
+    spacing_mm: float | None = None  # in-plane resampling; None: nnU-Net's plan (median)
     seed: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -92,8 +93,10 @@ def generate_data(settings: TrainSettings) -> tuple[Path, Path]:
     return raw, yolo
 
 
-def tiny_plans(plans: dict) -> dict:
-    """The default nnU-Net plans, reduced so CPU inference stays well under 0.05 s/slice."""
+def tiny_plans(plans: dict, spacing_mm: float | None = None) -> dict:
+    """The default nnU-Net plans, reduced so CPU inference stays well under 0.05 s/slice.
+    ``spacing_mm`` overrides the planned in-plane spacing (finer: no image is downsampled,
+    thin structures survive, at the cost of more pixels per crop)."""
     plans = json.loads(json.dumps(plans))
     plans["plans_name"] = PLANS
     cfg = plans["configurations"][CONFIGURATION]
@@ -108,6 +111,11 @@ def tiny_plans(plans: dict) -> dict:
     # every crop whole (128^2 would be ~75 % padding), so a bigger batch costs less.
     cfg["patch_size"] = [80, 80]
     cfg["batch_size"] = 16
+    if spacing_mm is not None:
+        cfg["spacing"] = [spacing_mm, spacing_mm]
+        # The largest crops (~107 x 119 mm) whole, in multiples of 16 for 4 poolings.
+        side = 16 * int(np.ceil(120.0 / spacing_mm / 16))
+        cfg["patch_size"] = [side, side]
     plans["configurations"] = {CONFIGURATION: cfg}
     return plans
 
@@ -132,7 +140,7 @@ def train_nnunet(settings: TrainSettings) -> Path:
     plan_experiments([DATASET_ID])
     pre = work / "nnUNet_preprocessed" / DATASET_NAME
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
-    (pre / f"{PLANS}.json").write_text(json.dumps(tiny_plans(plans), indent=2))
+    (pre / f"{PLANS}.json").write_text(json.dumps(tiny_plans(plans, settings.spacing_mm), indent=2))
     preprocess([DATASET_ID], PLANS, configurations=[CONFIGURATION], num_processes=[1])
 
     os.environ["nnUNet_n_proc_DA"] = "0"  # after planning, which crashes with 0

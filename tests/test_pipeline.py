@@ -18,7 +18,7 @@ from pipeline.labels import mvo_mask, myocardium_mask, scar_mask
 from pipeline.models import ModelBundle
 from pipeline.run import Pipeline
 from pipeline.series import load_series
-from pipeline.train import TRAIN_SEED_BASE
+from pipeline.train import TRAIN_SEED_BASE, tiny_plans
 
 HELD_OUT = 6_000  # < TRAIN_SEED_BASE
 
@@ -141,3 +141,20 @@ def test_train_demo_smoke_run_produces_a_loadable_bundle(phantom_factory, tmp_pa
     case = phantom_factory(seed=7, kind="psir")
     result = Pipeline(bundle).run(load_series(case.out_dir / "dicom"))
     assert result.labels.shape == case.labels.shape
+
+
+def test_tiny_plans_can_resample_finer_and_the_patch_follows() -> None:
+    planned = {
+        "plans_name": "nnUNetPlans",
+        "configurations": {
+            "2d": {"spacing": [1.68, 1.68], "patch_size": [64, 64], "batch_size": 40,
+                   "architecture": {"arch_kwargs": {}}},
+            "3d_fullres": {},
+        },
+    }  # fmt: skip
+    default = tiny_plans(planned)["configurations"]
+    assert list(default) == ["2d"]
+    assert default["2d"]["spacing"] == [1.68, 1.68] and default["2d"]["patch_size"] == [80, 80]
+    fine = tiny_plans(planned, 1.25)["configurations"]["2d"]
+    assert fine["spacing"] == [1.25, 1.25] and fine["patch_size"] == [96, 96]
+    assert planned["configurations"]["2d"]["patch_size"] == [64, 64]  # input left alone
