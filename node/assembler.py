@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 from node.config import Config
-from node.index import Index, Series, SeriesState
+from node.index import Index, Origin, Series, SeriesState
 from node.logs import event
 from node.selector import SeriesFacts, choose
 
@@ -45,7 +45,7 @@ class Assembler:
         series = self.index.study_series(study_id)
         # Series judged earlier take part, so a late magnitude series still defers to
         # the PSIR series of the same acquisition that was processed before.
-        judged = [s for s in series if s.state != SeriesState.PURGED and s.origin != "result"]
+        judged = [s for s in series if s.state != SeriesState.PURGED and s.origin != Origin.RESULT]
         facts = [facts_of(s, self.index.series_frames(s.id)) for s in judged]
         decisions = choose(facts, self.config.selection)
         queued = 0

@@ -48,6 +48,11 @@ class SeriesState:
     PURGED = "purged"  # files removed after the retention time
 
 
+class Origin:
+    RECEIVED = "received"  # sent to the node (or retrieved by it)
+    RESULT = "result"  # written by a job (SEG, SR, overlays); served to Q/R clients
+
+
 class JobState:
     QUEUED = "queued"
     RUNNING = "running"
@@ -97,7 +102,7 @@ class Series(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     kind: Mapped[str] = mapped_column(String(16), default="")  # psir | magnitude
     forced: Mapped[bool] = mapped_column(default=False)  # sent to the "process anyway" AE
-    origin: Mapped[str] = mapped_column(String(16), default="received")  # or: result
+    origin: Mapped[str] = mapped_column(String(16), default=Origin.RECEIVED)
     # For a result series: the received series it was computed from.
     derived_from: Mapped[int | None] = mapped_column(ForeignKey("series.id"), nullable=True)
     processed_instances: Mapped[int] = mapped_column(Integer, default=0)
@@ -366,7 +371,7 @@ class Index:
                     state=SeriesState.RECEIVING,
                     reason="",
                     kind="",
-                    origin="received",
+                    origin=Origin.RECEIVED,
                     processed_instances=0,
                 )
             ).inserted_primary_key[0]
@@ -590,7 +595,7 @@ class Index:
                         study_fk=source.study_fk, series_uid=o.series_uid, modality=o.modality,
                         sop_class_uid=o.sop_class_uid, description=o.description,
                         series_number=o.series_number, first_received=now, last_received=now,
-                        n_instances=0, state=SeriesState.DONE, origin="result",
+                        n_instances=0, state=SeriesState.DONE, origin=Origin.RESULT,
                         derived_from=source.id, reason=f"results of job {job_id}",
                     )  # fmt: skip
                     s.add(rs)
@@ -606,7 +611,6 @@ class Index:
                 )  # fmt: skip
             for d in deliveries:
                 for o in objects:
-                    path, sop_class, sop_uid = o.path, o.sop_class_uid, o.sop_uid
                     s.add(
                         Outbox(
                             job_fk=job_id,
@@ -614,9 +618,9 @@ class Index:
                             ae_title=d.ae_title,
                             host=d.host,
                             port=d.port,
-                            path=path,
-                            sop_class_uid=sop_class,
-                            sop_uid=sop_uid,
+                            path=o.path,
+                            sop_class_uid=o.sop_class_uid,
+                            sop_uid=o.sop_uid,
                             created_at=now,
                             next_attempt_at=now,
                         )

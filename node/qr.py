@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import ColumnElement, and_, select
 
 from node.config import Config
+from node.dimse import contexts_for, listed
 from node.index import Index, Instance, Series, SeriesState, Study
 from node.logs import event
 
@@ -39,71 +40,62 @@ class Row:
     instance: Instance
 
 
-def _matches(pattern: Any, value: str) -> bool:
-    """DICOM matching for one key: empty = universal, * and ? wildcards, a UID list
-    (backslash separated), or a date/time range ``A-B``."""
-    if pattern is None or pattern == "":
-        return True
-    if isinstance(pattern, (list, tuple)) or type(pattern).__name__ == "MultiValue":
-        return value in {str(p) for p in pattern}
-    text = str(pattern)
-    if "\\" in text:
-        return value in text.split("\\")
-    if "*" in text or "?" in text:
-        return fnmatch.fnmatchcase(value.upper(), text.upper())
-    return value == text
+@dataclass(frozen=True)
+class KeyMatch:
+    """One key of an identifier, parsed once: matched in SQL (`clause`, to narrow) and in
+    Python (`test`, to decide); the two read the same parse, so they cannot drift."""
+
+    kind: str  # list | range | wild | exact
+    values: tuple[str, ...]  # list: the values; range: (low, high); wild, exact: (text,)
+
+    @classmethod
+    def parse(cls, pattern: Any, ranged: bool) -> KeyMatch | None:
+        """None for universal matching (empty); a UID list (backslash separated or
+        multi-valued), a range ``A-B`` (open ends allowed) for dates and times, * and ?
+        wildcards, or single value matching."""
+        if pattern is None or pattern == "":
+            return None
+        values = listed(pattern)
+        text = str(pattern)
+        if values is None and "\\" in text:
+            values = text.split("\\")
+        if values is not None:
+            return cls("list", tuple(values))
+        if ranged and "-" in text:
+            return cls("range", tuple(text.split("-", 1)))
+        if "*" in text or "?" in text:
+            return cls("wild", (text,))
+        return cls("exact", (text,))
+
+    def test(self, value: str) -> bool:
+        if self.kind == "list":
+            return value in self.values
+        if self.kind == "range":
+            low, high = self.values
+            return (not low or value >= low) and (not high or value <= high)
+        if self.kind == "wild":
+            return fnmatch.fnmatchcase(value.upper(), self.values[0].upper())
+        return value == self.values[0]
+
+    def clause(self, column: Any) -> ColumnElement[bool] | None:
+        if self.kind == "list":
+            return column.in_(self.values)
+        if self.kind == "range":
+            low, high = self.values
+            bounds = ([column >= low] if low else []) + ([column <= high] if high else [])
+            return and_(*bounds) if bounds else None
+        if self.kind == "wild":
+            text = self.values[0].replace("%", "\\%").replace("_", "\\_")
+            return column.ilike(text.replace("*", "%").replace("?", "_"), escape="\\")
+        return column == self.values[0]
 
 
 def _str(value: int | None) -> str:
     return "" if value is None else str(value)
 
 
-def _values(value: Any) -> set[str]:
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return {str(v) for v in value}
-    return set(str(value).split("\\"))
-
-
 def _contexts(rows: list[Row]) -> list[Any]:
-    """Presentation contexts for sending ``rows``: each SOP class in the syntax it is
-    stored in, with explicit and implicit little endian as fallbacks."""
-    from pynetdicom import build_context
-
-    syntaxes: dict[str, set[str]] = {}
-    for r in rows:
-        syntaxes.setdefault(r.instance.sop_class_uid, set()).add(r.instance.transfer_syntax)
-    contexts = []
-    for sop, stored in sorted(syntaxes.items())[:128]:
-        ordered = [t for t in sorted(stored) if t] + ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
-        contexts.append(build_context(sop, list(dict.fromkeys(ordered))))
-    return contexts
-
-
-def _clause(column: Any, pattern: Any, ranged: bool) -> ColumnElement[bool] | None:
-    """The SQL form of one key's matching (`_matches`, `_range`); never stricter."""
-    if pattern is None or pattern == "":
-        return None
-    if isinstance(pattern, (list, tuple)) or type(pattern).__name__ == "MultiValue":
-        return column.in_([str(p) for p in pattern])
-    text = str(pattern)
-    if "\\" in text:
-        return column.in_(text.split("\\"))
-    if ranged and "-" in text:
-        low, high = text.split("-", 1)
-        bounds = ([column >= low] if low else []) + ([column <= high] if high else [])
-        return and_(*bounds) if bounds else None
-    if "*" in text or "?" in text:
-        like = text.replace("%", "\\%").replace("_", "\\_").replace("*", "%").replace("?", "_")
-        return column.ilike(like, escape="\\")
-    return column == text
-
-
-def _range(pattern: Any, value: str) -> bool:
-    text = str(pattern or "")
-    if "-" not in text:
-        return _matches(text, value)
-    low, high = text.split("-", 1)
-    return (not low or value >= low) and (not high or value <= high)
+    return contexts_for((r.instance.sop_class_uid, r.instance.transfer_syntax) for r in rows)
 
 
 STUDY_KEYS = {
@@ -149,6 +141,18 @@ COLUMNS: dict[str, Any] = {
     "SOPInstanceUID": Instance.sop_uid,
     "SOPClassUID": Instance.sop_class_uid,
 }
+
+
+def _keys(level: str) -> dict[str, Callable[[Row], str]]:
+    """The keys matched and returned at ``level`` (those of the levels above included)."""
+    keys = dict(STUDY_KEYS)
+    if level in ("SERIES", "IMAGE"):
+        keys |= SERIES_KEYS
+    if level == "IMAGE":
+        keys |= IMAGE_KEYS
+    return keys
+
+
 UNIQUE = {"STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}
 
 
@@ -159,24 +163,22 @@ class QueryRetrieve:
 
     # -- matching ----------------------------------------------------------------------
 
-    def _rows(self, identifier: Dataset, keys: dict[str, Any]) -> list[Row]:
+    def _rows(self, criteria: dict[str, KeyMatch], modalities: list[str]) -> list[Row]:
         q = (
             select(Study, Series, Instance)
             .join(Series, Series.study_fk == Study.id)
             .join(Instance, Instance.series_fk == Series.id)
             .where(Series.state != SeriesState.PURGED)
         )
-        for keyword in keys:
-            if keyword in COLUMNS and keyword in identifier:
-                clause = _clause(COLUMNS[keyword], identifier.get(keyword), keyword in RANGED)
-                if clause is not None:
-                    q = q.where(clause)
-        if identifier.get("ModalitiesInStudy"):
+        for keyword, m in criteria.items():
+            clause = m.clause(COLUMNS[keyword]) if keyword in COLUMNS else None
+            if clause is not None:
+                q = q.where(clause)
+        if modalities:
             other = Series.__table__.alias("other")
-            wanted = sorted(_values(identifier.ModalitiesInStudy))
             q = q.where(
                 select(other.c.id)
-                .where(other.c.study_fk == Study.id, other.c.modality.in_(wanted))
+                .where(other.c.study_fk == Study.id, other.c.modality.in_(modalities))
                 .where(other.c.state != SeriesState.PURGED)
                 .exists()
             )
@@ -187,35 +189,23 @@ class QueryRetrieve:
         level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
         if level not in LEVELS:
             raise QueryError(f"QueryRetrieveLevel {level!r} is not STUDY, SERIES or IMAGE")
-        keys = dict(STUDY_KEYS)
-        if level in ("SERIES", "IMAGE"):
-            keys |= SERIES_KEYS
-        if level == "IMAGE":
-            keys |= IMAGE_KEYS
+        keys = _keys(level)
         # Keys we do not match on are returned empty, not an error (PS3.4 C.2.2.1.3).
-        out = []
-        for r in self._rows(identifier, keys):
-            for keyword, getter in keys.items():
-                if keyword not in identifier:
-                    continue
-                value = identifier.get(keyword)
-                test = _range if keyword in RANGED else _matches
-                if not test(value if value is not None else "", getter(r)):
-                    break
-            else:
-                out.append(r)
-        return level, out
+        criteria = {
+            kw: m for kw in keys if kw in identifier
+            and (m := KeyMatch.parse(identifier.get(kw), kw in RANGED)) is not None
+        }  # fmt: skip
+        wanted = identifier.get("ModalitiesInStudy")
+        modalities = sorted(listed(wanted) or str(wanted).split("\\")) if wanted else []
+        rows = self._rows(criteria, modalities)
+        return level, [r for r in rows if all(m.test(keys[k](r)) for k, m in criteria.items())]
 
     def _response(self, level: str, identifier: Dataset, group: list[Row]) -> Dataset:
         r = group[0]
         ds = Dataset()
         ds.QueryRetrieveLevel = level
         ds.SpecificCharacterSet = "ISO_IR 192"
-        getters = dict(STUDY_KEYS)
-        if level in ("SERIES", "IMAGE"):
-            getters |= SERIES_KEYS
-        if level == "IMAGE":
-            getters |= IMAGE_KEYS
+        getters = _keys(level)
         for elem in identifier:
             kw = elem.keyword
             if kw in getters:

@@ -30,6 +30,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import Config
+from node.dimse import listed
 from node.index import Index, InstanceInfo, Received
 from node.logs import event
 from node.qr import QueryRetrieve
@@ -272,9 +273,8 @@ def _text(ds: Dataset, keyword: str) -> str:
     value = ds.get(keyword, "")
     if value is None:
         return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value)
-    return str(value)
+    values = listed(value)
+    return "\\".join(values) if values is not None else str(value)
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
@@ -309,7 +309,7 @@ def _frames(ds: Dataset) -> list[tuple[str | None, float | None]]:
         timing = group.get("MRTimingAndRelatedParametersSequence")
         if timing and "InversionTimes" in timing[0]:
             times = timing[0].InversionTimes
-            if isinstance(times, (list, tuple)) or type(times).__name__ == "MultiValue":
+            if listed(times) is not None:
                 times = times[0] if len(times) else None
             return _float(times)
         return None

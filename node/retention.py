@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import delete, func, select
 
 from node.config import Config
-from node.index import Index, Instance, Job, Outbox, SendState, Series, SeriesState
+from node.index import Index, Instance, Job, Origin, Outbox, SendState, Series, SeriesState
 from node.logs import event
 from node.storage import Storage
 
@@ -38,7 +38,7 @@ class Retention:
             candidates = list(
                 s.scalars(
                     select(Series.id).where(
-                        Series.origin == "received",  # results go with their source
+                        Series.origin == Origin.RECEIVED,  # results go with their source
                         Series.state.in_([SeriesState.SKIPPED, SeriesState.DONE]),
                         Series.last_received <= cutoff,
                         Series.id.not_in(undelivered),

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
@@ -21,6 +20,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from node.config import Config, Pacs
+from node.dimse import contexts_for, listed
 from node.index import Index
 from node.logs import event
 from node.selector import Decision, SeriesFacts, choose
@@ -194,7 +194,7 @@ def _failed_uids(identifier: Dataset | None) -> list[str]:
     value = identifier.get("FailedSOPInstanceUIDList") if identifier is not None else None
     if not value:
         return []
-    return [str(v) for v in (value if isinstance(value, list | MultiValue) else [value])]
+    return listed(value) or [str(value)]
 
 
 def _transfer(config: Config, pacs: Pacs, study_uid: str, sp: SeriesPlan,
@@ -278,15 +278,14 @@ def _transfer(config: Config, pacs: Pacs, study_uid: str, sp: SeriesPlan,
 
 
 def _forward(config: Config, datasets: list[Dataset]) -> None:
-    ae = _ae(config)
-    syntaxes: dict[str, str] = {}
-    for d in datasets:
-        syntaxes.setdefault(str(d.SOPClassUID), str(d.file_meta.TransferSyntaxUID))
-    for sop, syntax in sorted(syntaxes.items())[:128]:
-        ae.add_requested_context(sop, list(dict.fromkeys([syntax, "1.2.840.10008.1.2.1"])))
+    contexts = contexts_for(
+        (str(d.SOPClassUID), str(d.file_meta.TransferSyntaxUID)) for d in datasets
+    )
     bind = config.dicom.bind_address
     host = "127.0.0.1" if bind in ("0.0.0.0", "") else bind
-    assoc = ae.associate(host, config.dicom.port, ae_title=config.dicom.ae_title)
+    assoc = _ae(config).associate(
+        host, config.dicom.port, ae_title=config.dicom.ae_title, contexts=contexts
+    )
     if not assoc.is_established:
         raise RetrieveError("the node itself did not accept the retrieved instances")
     try:
