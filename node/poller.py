@@ -16,7 +16,7 @@ from sqlalchemy import select
 from node.config import Config, Pacs
 from node.index import Index, PolledStudy
 from node.logs import event
-from node.retrieve import RetrieveError, fetch, find, plan, record_outcome
+from node.retrieve import RetrieveError, fetch, find, pacs_named, plan, record_outcome
 
 log = logging.getLogger("node.poller")
 
@@ -34,9 +34,10 @@ def poll(pacs_name: str) -> int:
     config, index = _CONTEXT.get("config"), _CONTEXT.get("index")
     if not isinstance(config, Config) or not isinstance(index, Index):
         return 0
-    pacs = next((p for p in config.pacs if p.name == pacs_name), None)
-    if pacs is None:
-        return 0
+    try:
+        pacs = pacs_named(config, pacs_name)
+    except RetrieveError:
+        return 0  # a job left in the store for a PACS since removed (the node drops it)
     try:
         return _poll(config, index, pacs)
     except RetrieveError as exc:

@@ -82,6 +82,11 @@ class Node:
                                next_run_time=datetime.now(UTC))  # fmt: skip
         self._schedule_polls()
         self.scheduler.start()
+        # The store outlives the config: a PACS no longer polled loses its stored job.
+        wanted = {f"poll-{p.name}" for p in self.config.pacs if p.poll_minutes}
+        for job in self.scheduler.get_jobs(jobstore="persistent"):
+            if job.id not in wanted:
+                job.remove()
         self.receiver.start()
         event(log, "started", seconds=round(time.perf_counter() - t0, 2))
 
@@ -92,8 +97,6 @@ class Node:
         from node import poller
 
         polled = [p for p in self.config.pacs if p.poll_minutes]
-        if not polled:
-            return
         poller.bind(self.config, self.index)
         self.scheduler.add_jobstore(SQLAlchemyJobStore(engine=self.index.engine), "persistent")
         for p in polled:

@@ -148,6 +148,14 @@ def test_polling_fetches_new_lge_studies_once_across_restarts(
     assert node.log().count("study_polled") == 1
     assert [j[1] for j in node.jobs(lge)] == ["done"]
 
+    # Polling switched off in the config: the stored schedule goes with it.
+    assert node.query("SELECT id FROM apscheduler_jobs") == [("poll-orthanc",)]
+    text = node.config_path.read_text()
+    node.config_path.write_text(text.replace("poll_minutes = 0.05", ""))
+    node.start()
+    node.wait_for(lambda: not node.query("SELECT id FROM apscheduler_jobs"), 30, "no poll job")
+    node.stop()
+
 
 def test_partial_move_is_recorded_and_only_the_failed_instance_retried(
     tmp_path: Path, psir_classic
