@@ -219,7 +219,8 @@ def train_demo(
         int, typer.Option(help="Make every k-th phantom a ~1 ml infarct (0: none).")
     ] = 0,
     spacing_mm: Annotated[
-        float | None, typer.Option(help="nnU-Net in-plane spacing (default: its plan).")
+        float | None,
+        typer.Option(min=0.3, max=5.0, help="nnU-Net in-plane spacing, mm (default: its plan)."),
     ] = None,
 ) -> None:
     """Train the bundled demo models on phantoms (fixed seeds; CPU; see README for time)."""
