@@ -27,7 +27,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from node.peers import Orthanc, free_port, system_tool  # noqa: E402
+from node.demo.peers import Orthanc, free_port, system_tool  # noqa: E402
 from tests.node_harness import NodeProcess, copy_study  # noqa: E402
 
 BARE_SCP = """
@@ -80,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     console = Console()
 
-    from pipeline.phantom import PhantomSpec, make_phantom
+    from pipeline.research.phantom import PhantomSpec, make_phantom
 
     work = Path(tempfile.mkdtemp(prefix="lge-bench-ingest-"))
     case = make_phantom(work / "phantom", PhantomSpec(seed=7, kind="psir"))

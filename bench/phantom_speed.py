@@ -17,8 +17,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.phantom import PhantomSpec, make_phantom
-from pipeline.phantom.dicom import StudyInfo, write_classic, write_enhanced
+from pipeline.research.phantom import PhantomSpec, make_phantom
+from pipeline.research.phantom.dicom import StudyInfo, write_classic, write_enhanced
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 size costs: the bundled reduced nnU-Net against a default-size nnU-Net 2D network
 (random weights; only its cost is measured) on the same heart crops, in the same run.
 
-    uv run python bench/pipeline_speed.py [--cases 6] [--model-dir models/demo]
+    uv run python bench/pipeline_speed.py [--cases 6] [--model-dir pipeline/demo_models]
 
 The published pipeline (LGE-CMRnet) reports 0.05 s per image on a GPU.
 """
@@ -24,9 +24,9 @@ from pipeline import runtime
 
 runtime.prepare()
 
-from pipeline.evaluate import eval_specs  # noqa: E402
 from pipeline.models import ModelBundle  # noqa: E402
-from pipeline.phantom import make_phantom  # noqa: E402
+from pipeline.research.evaluate import eval_specs  # noqa: E402
+from pipeline.research.phantom import make_phantom  # noqa: E402
 from pipeline.run import Pipeline  # noqa: E402
 from pipeline.series import load_series  # noqa: E402
 

@@ -4,10 +4,14 @@ series a radiologist will see in the study (descriptions, numbers)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
 
 from pipeline import __version__
+
+if TYPE_CHECKING:
+    from pipeline.models import ModelBundle
 
 MANUFACTURER = "lge-node"
 MODEL_NAME = "lge-node LGE scar quantification"
@@ -23,6 +27,11 @@ class Algorithm:
     version: str = __version__
     kind: str = "AUTOMATIC"
     synthetic_trained: bool = True
+
+    @classmethod
+    def of_models(cls, bundle: ModelBundle) -> Algorithm:
+        """The pipeline with the models of ``bundle`` (its version, how it was trained)."""
+        return cls(version=bundle.version, synthetic_trained=bundle.synthetic_trained)
 
     @property
     def label(self) -> str:

@@ -22,25 +22,54 @@ from pipeline.volume import Volume
 
 
 @dataclass(frozen=True)
+class WrittenObject:
+    """One DICOM object written (SEG, SR or an overlay), described from the dataset in
+    memory, so whoever indexes or sends it need not read the file back."""
+
+    path: str
+    sop_class_uid: str
+    sop_uid: str
+    series_uid: str
+    modality: str
+    description: str
+    series_number: int | None
+    instance_number: int | None
+    transfer_syntax: str
+    size: int
+
+
+@dataclass(frozen=True)
 class OutputFiles:
     metrics: Path
     seg: Path
     sr: Path
     overlays: list[Path]
+    objects: list[WrittenObject]  # seg, sr, overlays, in that order
 
     @property
     def dicom(self) -> list[Path]:
         return [self.seg, self.sr, *self.overlays]
 
 
-def _atomic_save(ds: Dataset, path: Path) -> None:
+def _atomic_save(ds: Dataset, path: Path) -> WrittenObject:
     tmp = path.with_name(f".{path.name}.tmp")
     ds.save_as(tmp, enforce_file_format=True)
     os.replace(tmp, path)
+    number = ds.get("SeriesNumber")
+    instance = ds.get("InstanceNumber")
+    return WrittenObject(
+        path=str(path), sop_class_uid=str(ds.SOPClassUID), sop_uid=str(ds.SOPInstanceUID),
+        series_uid=str(ds.SeriesInstanceUID), modality=str(ds.get("Modality", "")),
+        description=str(ds.get("SeriesDescription", "")),
+        series_number=int(number) if number is not None else None,
+        instance_number=int(instance) if instance is not None else None,
+        transfer_syntax=str(ds.file_meta.TransferSyntaxUID), size=path.stat().st_size,
+    )  # fmt: skip
 
 
 def write_metrics(out_dir: Path, volume: Volume, metrics: Metrics, algorithm: Algorithm) -> Path:
-    """``metrics.json``: the DESIGN.md keys plus reference, qc, and who computed them."""
+    """``metrics.json``: the contract keys (docs/ARCHITECTURE.md) plus reference, qc, and
+    who computed them."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "metrics.json"
     document = metrics.to_dict()
@@ -74,13 +103,12 @@ def write_outputs(
 
     metrics_path = write_metrics(out_dir, volume, metrics, algorithm)
     seg_path, sr_path = out_dir / "seg.dcm", out_dir / "sr.dcm"
-    _atomic_save(seg, seg_path)
-    _atomic_save(sr, sr_path)
+    objects = [_atomic_save(seg, seg_path), _atomic_save(sr, sr_path)]
     overlay_dir = out_dir / "overlay"
     overlay_dir.mkdir(exist_ok=True)
     overlay_paths = []
     for sc in overlays:
         path = overlay_dir / f"SC_{int(sc.InstanceNumber):04d}.dcm"
-        _atomic_save(sc, path)
+        objects.append(_atomic_save(sc, path))
         overlay_paths.append(path)
-    return OutputFiles(metrics=metrics_path, seg=seg_path, sr=sr_path, overlays=overlay_paths)
+    return OutputFiles(metrics_path, seg_path, sr_path, overlay_paths, objects)

@@ -1,8 +1,8 @@
-"""The running node: receiver, assembler, workers, dispatcher and retention wired together.
+"""The running node: DICOM service, indexer, assembler, workers, dispatcher and retention
+wired together.
 
-Start-up order makes a crash harmless: temp files are removed, instance files that were
-written but not indexed are indexed, jobs a crash left running are queued again, and
-only then does the port open.
+Start-up order makes a crash harmless: the store is recovered (`node.store.recovery`),
+jobs a crash left running are queued again, and only then does the port open.
 """
 
 from __future__ import annotations
@@ -16,18 +16,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import select
 
-from node.assembler import Assembler
 from node.config import Config
-from node.dispatch import Dispatcher
-from node.index import Index, Received, Series, SeriesState, StoreOutcome
-from node.ingest import Indexer, Journal
+from node.dimse.dispatch import Dispatcher
+from node.dimse.scp import DicomService
 from node.logs import event
-from node.processor import Worker
-from node.receiver import Receiver, read_header
-from node.retention import Retention
-from node.storage import Storage
+from node.store.ingest import Indexer, Journal
+from node.store.records import Received, StoreOutcome
+from node.store.recovery import recover
+from node.store.repository import Repository
+from node.store.retention import Retention
+from node.store.storage import Storage
+from node.workflow.assembler import Assembler
+from node.workflow.worker import Worker
 
 log = logging.getLogger("node.server")
 
@@ -36,17 +37,17 @@ class Node:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.storage = Storage(config.storage.data_dir, fsync=config.storage.fsync)
-        self.index = Index(config.database_url)
+        self.repository = Repository(config.database_url)
         self.journal_path = self.storage.root / "ingest.journal"
         self.indexer: Indexer | None = None
-        self.receiver = Receiver(config, self.storage, self.index, self._submit)
-        self.assembler = Assembler(config, self.index)
-        self.dispatcher = Dispatcher(config, self.index)
-        self.retention = Retention(config, self.storage, self.index)
+        self.dicom = DicomService(config, self.storage, self.repository, self._submit)
+        self.assembler = Assembler(config, self.repository)
+        self.dispatcher = Dispatcher(config, self.repository)
+        self.retention = Retention(config, self.storage, self.repository)
         self.wake_workers = threading.Event()
         wake, done = self.wake_workers, self._results_ready
         self.workers = [
-            Worker(config, self.storage, self.index, wake, done, f"worker-{i}")
+            Worker(config, self.storage, self.repository, wake, done, f"worker-{i}")
             for i in range(1, config.jobs.workers + 1)
         ]
         self.scheduler = BackgroundScheduler(timezone="UTC")
@@ -56,17 +57,17 @@ class Node:
 
     def start(self) -> None:
         t0 = time.perf_counter()
-        removed, restored = self.storage.clean_temporaries(locate=self._locate)
-        indexed, dropped = self.reconcile()
-        recovered = self.index.recover_jobs()
+        store = recover(self.storage, self.repository, self.journal_path)
+        recovered = self.repository.recover_jobs()
         journal = Journal(self.journal_path)
         journal.truncate_if(lambda: True)  # everything in it is indexed now
-        self.indexer = Indexer(self.index, journal, self._indexed)
+        self.indexer = Indexer(self.repository, journal, self._indexed)
         self.indexer.start()
         event(
             log, "starting", pid=os.getpid(), data_dir=self.storage.root,
-            temp_files_removed=removed, temp_files_restored=restored,
-            orphans_indexed=indexed, orphans_removed=dropped,
+            temp_files_removed=store.temp_files_removed,
+            temp_files_restored=store.temp_files_restored,
+            orphans_indexed=store.orphans_indexed, orphans_removed=store.orphans_removed,
             jobs_recovered=len(recovered),
         )  # fmt: skip
         for worker in self.workers:
@@ -87,21 +88,19 @@ class Node:
         for job in self.scheduler.get_jobs(jobstore="persistent"):
             if job.id not in wanted:
                 job.remove()
-        self.receiver.start()
+        self.dicom.start()
         event(log, "started", seconds=round(time.perf_counter() - t0, 2))
 
     def _schedule_polls(self) -> None:
         """PACS polling jobs in a persistent store (the node's database)."""
-        from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
-
-        from node import poller
+        from node.dimse import poller
 
         polled = [p for p in self.config.pacs if p.poll_minutes]
-        poller.bind(self.config, self.index)
-        self.scheduler.add_jobstore(SQLAlchemyJobStore(engine=self.index.engine), "persistent")
+        poller.bind(self.config, self.repository)
+        self.scheduler.add_jobstore(self.repository.job_store(), "persistent")
         for p in polled:
             self.scheduler.add_job(
-                "node.poller:poll", "interval", args=[p.name], minutes=p.poll_minutes,
+                "node.dimse.poller:poll", "interval", args=[p.name], minutes=p.poll_minutes,
                 id=f"poll-{p.name}", jobstore="persistent", replace_existing=True,
                 max_instances=1, coalesce=True, next_run_time=datetime.now(UTC),
             )  # fmt: skip
@@ -114,7 +113,7 @@ class Node:
         if self.stopped.is_set():
             return
         self.stopped.set()
-        self.receiver.stop()
+        self.dicom.stop()
         if self.indexer is not None:
             self.indexer.stop()
         for worker in self.workers:
@@ -122,7 +121,7 @@ class Node:
         self.scheduler.shutdown(wait=True)
         for worker in self.workers:
             worker.join(timeout=120)
-        self.index.close()
+        self.repository.close()
         event(log, "stopped")
 
     def serve_forever(self) -> None:
@@ -171,7 +170,7 @@ class Node:
         assert self.indexer is not None, "the receiver starts after the indexer"
         self.indexer.submit(received)
 
-    def _indexed(self, r: Received, outcome: object) -> None:
+    def _indexed(self, r: Received, outcome: StoreOutcome | ValueError) -> None:
         if isinstance(outcome, StoreOutcome) and (outcome.duplicate or outcome.reopened):
             event(
                 log, "instance_indexed", series=r.info.series_uid, sop=r.info.sop_uid,
@@ -182,58 +181,6 @@ class Node:
         job = self.scheduler.get_job("dispatch")
         if job is not None:
             job.modify(next_run_time=datetime.now(UTC))
-
-    # -- crash recovery ----------------------------------------------------------------
-
-    def _locate(self, data: bytes) -> Path:
-        info = read_header(data)
-        return self.storage.instance_path(info.study_uid, info.series_uid, info.sop_uid)
-
-    def reconcile(self) -> tuple[int, int]:
-        """Index instance files that are on disk but not in the index.
-
-        They are instances acknowledged just before a crash (the indexer had not
-        committed them yet; their sender is in the ingest journal) or, rarely, files a
-        crash left while retention was deleting a purged series (not in the journal:
-        removed).
-        """
-        known = self.index.reconcile_paths()
-        senders = Journal.read(self.journal_path)
-        indexed = dropped = 0
-        for path in self.storage.instances.rglob("*.dcm"):
-            if str(path) in known:
-                continue
-            try:
-                data = path.read_bytes()
-                info = read_header(data)
-            except Exception as exc:
-                event(log, "orphan_unreadable", logging.WARNING, path=path, error=str(exc))
-                self.storage.remove(path)
-                dropped += 1
-                continue
-            sender = senders.get(str(path))
-            if sender is None:
-                with self.index.read() as s:
-                    state = s.scalar(
-                        select(Series.state).where(Series.series_uid == info.series_uid)
-                    )
-                if state == SeriesState.PURGED:
-                    self.storage.remove(path)
-                    dropped += 1
-                    continue
-            sender = sender or {}
-            try:
-                self.index.record_instance(
-                    info, str(path), len(data), sender.get("ae", ""), sender.get("address", ""),
-                    bool(sender.get("forced", False)), now=path.stat().st_mtime,
-                )  # fmt: skip
-            except ValueError as exc:
-                event(log, "orphan_conflict", logging.WARNING, path=path, error=str(exc))
-                self.storage.remove(path)
-                dropped += 1
-                continue
-            indexed += 1
-        return indexed, dropped
 
 
 def run(config: Config) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import runtime
-from pipeline.dataset import HEART_MARGIN_MM, Box, to_uint8, union
+from pipeline.roi import HEART_MARGIN_MM, Box, to_uint8, union
 from pipeline.volume import Volume
 
 OUTLIER_MM = 45.0  # a box this far from the stack's median centre is a false positive

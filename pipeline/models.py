@@ -8,9 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.runtime import ROOT
-
-BUNDLED = ROOT / "models" / "demo"
+from pipeline.runtime import BUNDLED_MODELS as BUNDLED
 
 
 class ModelError(RuntimeError):

@@ -1,7 +1,7 @@
 """Quantification of a label map: volumes, masses, percents and the AHA 17 segments.
 
 The same code makes the phantom's ``truth.json`` and the pipeline's ``metrics.json``, so
-the two are comparable key for key (DESIGN.md).
+the two are comparable key for key (docs/ARCHITECTURE.md, Contracts).
 
 AHA segmentation, as implemented here:
 - slices holding LV myocardium are ordered base -> apex; those with a blood pool are split
@@ -106,7 +106,7 @@ class Metrics:
 
 
 def quantify(labels: np.ndarray, geometry: Geometry) -> Metrics:
-    """Metrics of a (z, y, x) label map (DESIGN.md convention) in ``geometry``."""
+    """Metrics of a (z, y, x) label map (`pipeline.labels` convention) in ``geometry``."""
     if labels.shape != geometry.shape:
         raise ValueError(f"labels {labels.shape} do not match geometry {geometry.shape}")
     voxel = geometry.voxel_volume_ml

@@ -12,13 +12,24 @@ import shutil
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-NNUNET_EXT = Path(__file__).resolve().parent / "nnunet_ext"  # custom trainers live here
+import platformdirs
+
+PACKAGE = Path(__file__).resolve().parent
+NNUNET_EXT = PACKAGE / "nnunet_ext"  # custom trainers live here
+BUNDLED_MODELS = PACKAGE / "demo_models"  # the phantom-trained demo models, in the wheel
+
+
+def cache_dir() -> Path:
+    """Where library caches go: ``LGE_NODE_CACHE_DIR``, else the user's cache folder
+    (``~/.cache/lge-node``); never next to the installed package, which may be read-only."""
+    path = Path(os.environ.get("LGE_NODE_CACHE_DIR") or platformdirs.user_cache_dir("lge-node"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def yolo_config_dir() -> Path:
-    """Project-local ultralytics config dir, holding a font so none is fetched."""
-    path = Path(os.environ.get("YOLO_CONFIG_DIR", ROOT / ".yolo"))
+    """ultralytics' config dir, holding a font so none is fetched."""
+    path = Path(os.environ.get("YOLO_CONFIG_DIR") or cache_dir() / "ultralytics")
     path.mkdir(parents=True, exist_ok=True)
     font = path / "Arial.ttf"
     if not font.exists():
@@ -48,7 +59,7 @@ def prepare(training: bool = False) -> None:
         os.environ["nnUNet_n_proc_DA"] = "0"
     # nnU-Net warns at import when these are unset; inference passes folders explicitly.
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.environ.setdefault(name, str(ROOT / ".nnunet" / name))
+        os.environ.setdefault(name, str(cache_dir() / "nnunet" / name))
 
 
 def set_threads(n: int | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Segmentation with nnU-Net v2 on the heart crop (labels per DESIGN.md)."""
+"""Segmentation with nnU-Net v2 on the heart crop (labels per `pipeline.labels`)."""
 
 from __future__ import annotations
 

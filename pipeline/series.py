@@ -31,6 +31,7 @@ from pipeline.errors import (
     SingleSliceError,
     UnsupportedImageError,
 )
+from pipeline.instance import frame_value
 from pipeline.volume import FrameRef, Geometry, Volume
 
 # Beyond these the input is not a cardiac MR stack but a mistake or an attack on memory.
@@ -207,14 +208,6 @@ def _vector(value: object, n: int, what: str, name: str) -> np.ndarray:
     return arr
 
 
-def _find(ds: Dataset, frame_group: Dataset | None, seq: str, attr: str) -> object | None:
-    """An attribute from the per-frame group, else the shared group, else the top level."""
-    for group in (frame_group, (ds.get("SharedFunctionalGroupsSequence") or [None])[0]):
-        if group is not None and seq in group and len(group[seq].value) and attr in group[seq][0]:
-            return group[seq][0][attr].value
-    return ds.get(attr)
-
-
 def _slices_of(index: int, name: str, ds: Dataset) -> list[_Slice]:
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
@@ -227,9 +220,9 @@ def _slices_of(index: int, name: str, ds: Dataset) -> list[_Slice]:
     for f in range(n_frames):
         group = per_frame[f] if per_frame is not None else None
         where = f"{name} frame {f + 1}" if multiframe else name
-        ipp = _find(ds, group, "PlanePositionSequence", "ImagePositionPatient")
-        iop = _find(ds, group, "PlaneOrientationSequence", "ImageOrientationPatient")
-        spacing = _find(ds, group, "PixelMeasuresSequence", "PixelSpacing")
+        ipp = frame_value(ds, group, "PlanePositionSequence", "ImagePositionPatient")
+        iop = frame_value(ds, group, "PlaneOrientationSequence", "ImageOrientationPatient")
+        spacing = frame_value(ds, group, "PixelMeasuresSequence", "PixelSpacing")
         missing = [
             n
             for n, v in (
@@ -252,9 +245,9 @@ def _slices_of(index: int, name: str, ds: Dataset) -> list[_Slice]:
         ps = _vector(spacing, 2, "PixelSpacing", where)
         if np.any(ps <= 0):
             raise MissingGeometryError(f"{where}: PixelSpacing must be positive, got {ps}")
-        slope = _find(ds, group, "PixelValueTransformationSequence", "RescaleSlope")
-        intercept = _find(ds, group, "PixelValueTransformationSequence", "RescaleIntercept")
-        thickness = _find(ds, group, "PixelMeasuresSequence", "SliceThickness")
+        slope = frame_value(ds, group, "PixelValueTransformationSequence", "RescaleSlope")
+        intercept = frame_value(ds, group, "PixelValueTransformationSequence", "RescaleIntercept")
+        thickness = frame_value(ds, group, "PixelMeasuresSequence", "SliceThickness")
         out.append(
             _Slice(
                 dataset_index=index,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.phantom import PhantomCase, PhantomSpec, make_phantom
+from pipeline.research.phantom import PhantomCase, PhantomSpec, make_phantom
 
 
 @pytest.fixture(scope="session")

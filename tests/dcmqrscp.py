@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from node.peers import free_port
+from node.demo.peers import free_port
 from tests.dicom_tools import require_tool
 
 

@@ -7,7 +7,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.peers import system_tool
+from node.demo.peers import system_tool
 
 
 def require_tool(name: str) -> str:

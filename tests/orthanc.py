@@ -1,5 +1,5 @@
 """Tests use the same Orthanc launcher as ``lge-node demo``."""
 
-from node.peers import Orthanc, free_port
+from node.demo.peers import Orthanc, free_port
 
 __all__ = ["Orthanc", "free_port"]

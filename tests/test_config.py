@@ -77,7 +77,7 @@ def test_selection_patterns_and_destination_names_are_checked(tmp_path: Path) ->
 
 
 def test_destinations_map_calling_ae_titles(tmp_path: Path) -> None:
-    from node.processor import deliveries_for
+    from node.dimse.dispatch import deliveries_for
 
     path = tmp_path / "node.toml"
     path.write_text(

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.evaluate import CaseResult, ccc, dice, hd95, markdown_table, summarize, thickness_px
+from pipeline.research.evaluate import (
+    CaseResult,
+    ccc,
+    dice,
+    hd95,
+    markdown_table,
+    summarize,
+    thickness_px,
+)
 
 
 def cube(shift: int = 0) -> np.ndarray:

@@ -6,8 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from node.index import Delivery, Index, InstanceInfo, JobState, ResultObject, SeriesState
-from node.storage import InvalidUidError, Storage, check_uid
+from node.store.records import (
+    Delivery,
+    InstanceInfo,
+    JobState,
+    ResultObject,
+    SeriesState,
+)
+from node.store.repository import Repository as Index
+from node.store.storage import InvalidUidError, Storage, check_uid
 
 
 def info(sop: str, series: str = "1.2.3.1", study: str = "1.2.3") -> InstanceInfo:
@@ -24,6 +31,11 @@ def result(sop: str) -> ResultObject:
                         "LGE scar report", 9902, 1, "1.2.840.10008.1.2.1", 100)  # fmt: skip
 
 
+def claimed(index: Index) -> tuple[int, int] | None:
+    claim = index.claim_job()
+    return None if claim is None else (claim.job_id, claim.series.id)
+
+
 @pytest.fixture()
 def index(tmp_path: Path) -> Index:
     ix = Index(f"sqlite:///{tmp_path / 'index.db'}")
@@ -32,8 +44,7 @@ def index(tmp_path: Path) -> Index:
 
 
 def test_sqlite_runs_in_wal_mode(index: Index) -> None:
-    with index.engine.connect() as con:
-        assert con.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    assert index.journal_mode() == "wal"
 
 
 def test_same_instance_twice_is_one_instance(index: Index) -> None:
@@ -46,9 +57,9 @@ def test_same_instance_twice_is_one_instance(index: Index) -> None:
 def test_failed_attempts_retry_then_stop_with_the_error(index: Index) -> None:
     sid = index.record_instance(info("1.2.3.1.1"), "/x", 1, "S", "a").series_id
     job = index.enqueue(sid, "psir", "LGE", max_attempts=2)
-    assert index.claim_job() == (job, sid)
+    assert claimed(index) == (job, sid)
     assert index.fail_job(job, "boom 1", retry_delay_s=0.0) is True
-    assert index.claim_job() == (job, sid)
+    assert claimed(index) == (job, sid)
     assert index.fail_job(job, "boom 2", retry_delay_s=0.0) is False
     assert index.claim_job() is None
     assert (index.job(job).state, index.job(job).error) == (JobState.FAILED, "boom 2")
@@ -93,7 +104,7 @@ def test_one_job_per_series_at_a_time(index: Index) -> None:
     j2 = index.enqueue(sid, "psir", "LGE", max_attempts=3)
     assert index.claim_job() is None  # j2 waits for j1
     index.finish_job(j1, "/r", "{}", [], [], 1.0)
-    assert index.claim_job() == (j2, sid)
+    assert claimed(index) == (j2, sid)
 
 
 def test_send_failures_back_off_exponentially_up_to_the_cap(index: Index) -> None:
@@ -132,12 +143,10 @@ def test_acknowledged_but_unindexed_instances_are_indexed_at_start_with_their_se
     """What a crash between Success and the indexer's commit leaves: files + journal."""
     import json as _json
 
-    from node.config import Config
-    from node.receiver import read_header
-    from node.server import Node
+    from node.store.ingest import describe as read_header
+    from node.store.recovery import reconcile
 
-    cfg = Config(storage={"data_dir": tmp_path / "data"}, jobs={"workers": 1})
-    storage = Storage(cfg.storage.data_dir)
+    storage = Storage(tmp_path / "data")
     journal = []
     files = sorted((psir_classic.out_dir / "dicom").glob("*.dcm"))
     for f in files:
@@ -150,21 +159,17 @@ def test_acknowledged_but_unindexed_instances_are_indexed_at_start_with_their_se
     (storage.root / "ingest.journal").write_text(
         "\n".join(_json.dumps(j) for j in journal) + '\n{"path": "cut by the cra'
     )
-    node = Node(cfg)
-    node.workers = []  # no models needed to look at the index
-    indexed, dropped = node.reconcile()
+    index = Index(f"sqlite:///{storage.root / 'index.db'}")
+    journal_path = storage.root / "ingest.journal"
+    indexed, dropped = reconcile(storage, index, journal_path)
     assert (indexed, dropped) == (len(files), 0)
     series = read_header(files[0].read_bytes()).series_uid
-    with node.index.read() as s:
-        from sqlalchemy import select
-
-        from node.index import Series
-
-        row = s.scalar(select(Series).where(Series.series_uid == series))
+    row = index.series_by_uid(series)
+    assert row is not None
     assert (row.n_instances, row.calling_ae, row.calling_address) == (
         len(files),
         "SCANNER_MR1",
         "10.0.0.7",
     )
-    assert node.reconcile() == (0, 0)  # idempotent
-    node.index.close()
+    assert reconcile(storage, index, journal_path) == (0, 0)  # idempotent
+    index.close()

@@ -20,7 +20,7 @@ import pydicom
 import pytest
 from pynetdicom import AE
 
-from node.storage import uid_hash
+from node.store.storage import uid_hash
 from tests.dicom_tools import dsr_numbers
 from tests.node_harness import ROOT, NodeProcess, copy_study, echoscu, reports_for, storescu
 from tests.orthanc import Orthanc, free_port

@@ -12,7 +12,7 @@ import pytest
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
-from node.storage import Storage
+from node.store.storage import Storage
 from tests.dicom_tools import require_tool
 from tests.node_harness import NodeProcess, copy_study, echoscu, reports_for, storescu
 from tests.orthanc import Orthanc, free_port

@@ -15,8 +15,8 @@ from dicom_templates import codes
 from dicom_templates.identity import Algorithm
 from dicom_templates.outputs import OutputFiles, write_outputs
 from dicom_templates.seg import segment_masks
-from pipeline.phantom import PhantomCase
 from pipeline.quantify import quantify
+from pipeline.research.phantom import PhantomCase
 from pipeline.series import load_series
 from tests.dicom_tools import dciodvfy, dsr_numbers, dsrdump, run_tool
 from tests.orthanc import Orthanc

@@ -13,9 +13,9 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from pipeline.labels import Label
-from pipeline.phantom import PhantomSpec, make_phantom
-from pipeline.phantom.anatomy import Tissue
-from pipeline.phantom.render import sample_case, tissue_signal
+from pipeline.research.phantom import PhantomSpec, make_phantom
+from pipeline.research.phantom.anatomy import Tissue
+from pipeline.research.phantom.render import sample_case, tissue_signal
 from tests.dicom_tools import dciodvfy
 
 TERRITORY_SEGMENTS = {

@@ -13,12 +13,12 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipeline.evaluate import dice
 from pipeline.labels import mvo_mask, myocardium_mask, scar_mask
 from pipeline.models import ModelBundle
+from pipeline.research.evaluate import dice
+from pipeline.research.train import TRAIN_SEED_BASE, tiny_plans
 from pipeline.run import Pipeline
 from pipeline.series import load_series
-from pipeline.train import TRAIN_SEED_BASE, tiny_plans
 
 HELD_OUT = 6_000  # < TRAIN_SEED_BASE
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.dataset import Box
 from pipeline.labels import Label
 from pipeline.localize import combine
 from pipeline.postprocess import postprocess
+from pipeline.roi import Box
 from tests.test_quantify import axial_geometry, ring_stack
 
 

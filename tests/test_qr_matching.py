@@ -11,8 +11,9 @@ import pytest
 from pydicom.dataset import Dataset
 
 from node.config import Config
-from node.index import Index, InstanceInfo
-from node.qr import QueryRetrieve
+from node.dimse.qr_scp import QueryRetrieveScp as QueryRetrieve
+from node.store.records import InstanceInfo
+from node.store.repository import Repository as Index
 
 BASE = InstanceInfo(
     study_uid="1.2.1", series_uid="1.2.1.1", sop_uid="1.2.1.1.1",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from pydicom.uid import EnhancedMRImageStorage as ENHANCED_MR_IMAGE_STORAGE
+from pydicom.uid import MRImageStorage as MR_IMAGE_STORAGE
 
 from node.config import SelectionSection
-from node.selector import ENHANCED_MR_IMAGE_STORAGE, MR_IMAGE_STORAGE, SeriesFacts, choose, judge
+from node.workflow.selector import SeriesFacts, choose, judge
 
 STACK = [(f"0.0\\0.0\\{z:.1f}", 300.0) for z in range(0, 100, 10)]  # 10 positions, one TI
 

@@ -4,38 +4,13 @@ nnU-Net raw dataset (heart-region crops of each stack with labels)."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from pipeline.roi import HEART_MARGIN_MM, Box, to_uint8, union
 from pipeline.volume import Geometry
-
-HEART_MARGIN_MM = 15.0
-
-
-@dataclass(frozen=True)
-class Box:
-    """Pixel box [y0, y1) x [x0, x1)."""
-
-    y0: int
-    x0: int
-    y1: int
-    x1: int
-
-    def expand(self, mm: float, spacing: tuple[float, float], shape: tuple[int, int]) -> Box:
-        dy, dx = round(mm / spacing[0]), round(mm / spacing[1])
-        return Box(
-            max(self.y0 - dy, 0),
-            max(self.x0 - dx, 0),
-            min(self.y1 + dy, shape[0]),
-            min(self.x1 + dx, shape[1]),
-        )
-
-    @property
-    def slices(self) -> tuple[slice, slice]:
-        return slice(self.y0, self.y1), slice(self.x0, self.x1)
 
 
 def heart_box(labels2d: np.ndarray) -> Box | None:
@@ -44,22 +19,6 @@ def heart_box(labels2d: np.ndarray) -> Box | None:
     if ys.size == 0:
         return None
     return Box(int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
-
-
-def union(boxes: list[Box]) -> Box:
-    return Box(
-        min(b.y0 for b in boxes),
-        min(b.x0 for b in boxes),
-        max(b.y1 for b in boxes),
-        max(b.x1 for b in boxes),
-    )
-
-
-def to_uint8(volume: np.ndarray) -> np.ndarray:
-    """Whole-stack percentile window to uint8: the detector's input, in training and use."""
-    lo, hi = np.percentile(volume, [1.0, 99.5])
-    scaled = (volume.astype(np.float32) - lo) / max(float(hi - lo), 1e-6)
-    return (np.clip(scaled, 0, 1) * 255).astype(np.uint8)
 
 
 def crop_geometry(geometry: Geometry, box: Box) -> Geometry:

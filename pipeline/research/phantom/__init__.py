@@ -1,8 +1,9 @@
 """Synthetic LGE studies with ground truth: test data, demo-model training data, demo input.
 
 ``make_phantom(out, PhantomSpec(seed=7))`` writes ``out/dicom/`` (the series as a scanner
-would send it), ``out/truth.json`` (DESIGN.md metric keys) and ``out/truth_labels.nii.gz``
-(labels on the DICOM series' exact geometry). Everything is a pure function of the spec.
+would send it), ``out/truth.json`` (the metric keys of docs/ARCHITECTURE.md) and
+``out/truth_labels.nii.gz`` (labels on the DICOM series' exact geometry). Everything is a
+pure function of the spec.
 """
 
 from __future__ import annotations
@@ -15,16 +16,16 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from pipeline.phantom.anatomy import TERRITORIES, Anatomy
-from pipeline.phantom.dicom import (
+from pipeline.quantify import Metrics, quantify
+from pipeline.research.phantom.anatomy import TERRITORIES, Anatomy
+from pipeline.research.phantom.dicom import (
     StudyInfo,
     stored_offset,
     stored_pixels,
     write_classic,
     write_enhanced,
 )
-from pipeline.phantom.render import Acquisition, add_noise, render, sample_case
-from pipeline.quantify import Metrics, quantify
+from pipeline.research.phantom.render import Acquisition, add_noise, render, sample_case
 from pipeline.volume import Geometry
 
 KINDS = ("magnitude", "psir")

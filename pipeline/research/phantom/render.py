@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from pipeline.phantom.anatomy import (
+from pipeline.research.phantom.anatomy import (
     LPS_LEFT,
     LPS_POSTERIOR,
     LPS_SUPERIOR,

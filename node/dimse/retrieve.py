@@ -20,10 +20,12 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from node.config import Config, Pacs
-from node.dimse import contexts_for, listed
-from node.index import Index
+from node.dimse.common import Dimse, contexts_for
+from node.events import Event, notify
 from node.logs import event
-from node.selector import Decision, SeriesFacts, choose
+from node.store.repository import Repository
+from node.workflow.selector import Decision, SeriesFacts, choose
+from pipeline.instance import listed
 
 log = logging.getLogger("node.retrieve")
 
@@ -94,9 +96,9 @@ def find(config: Config, pacs: Pacs, identifier: Dataset) -> list[Dataset]:
                     f"allow queries from {config.dicom.ae_title}?)"
                 )
             code = int(status.Status)
-            if code in (0xFF00, 0xFF01) and ds is not None:
+            if code in (Dimse.PENDING, Dimse.PENDING_WARNING) and ds is not None:
                 found.append(ds)
-            elif code != 0x0000:
+            elif code != Dimse.SUCCESS:
                 raise RetrieveError(f"PACS {pacs.name} refused the C-FIND (status 0x{code:04X})")
     finally:
         assoc.release()
@@ -249,7 +251,7 @@ def _transfer(config: Config, pacs: Pacs, study_uid: str, sp: SeriesPlan,
                 sp.warning = base[1] + done[2] + counts[2]
                 progress(sp, int(status.get("NumberOfRemainingSuboperations", 0) or 0))
             completed, failed, warning = counts
-            if final not in (0x0000, 0xB000):
+            if final not in (Dimse.SUCCESS, Dimse.SUBOPERATIONS_WARNING):
                 if q.QueryRetrieveLevel == "IMAGE":
                     failed = max(failed, 1)
                 elif completed or failed or warning:
@@ -291,7 +293,7 @@ def _forward(config: Config, datasets: list[Dataset]) -> None:
     try:
         for ds in datasets:
             status = assoc.send_c_store(ds)
-            if not status or int(status.Status) != 0:
+            if not status or int(status.Status) != Dimse.SUCCESS:
                 raise RetrieveError(f"the node refused instance {ds.SOPInstanceUID}")
     finally:
         assoc.release()
@@ -333,7 +335,9 @@ def fetch(
                 sp.error = f"{sp.failed} sub-operation(s) failed (attempt {sp.attempts})"
 
 
-def record_outcome(index: Index, pacs: Pacs, plans: list[StudyPlan]) -> list[SeriesPlan]:
+def record_outcome(
+    repository: Repository | None, pacs: Pacs, plans: list[StudyPlan]
+) -> list[SeriesPlan]:
     """Events for the operator: series still incomplete, and partial moves that a retry
     mended. Returns the incomplete series."""
     incomplete = []
@@ -341,13 +345,14 @@ def record_outcome(index: Index, pacs: Pacs, plans: list[StudyPlan]) -> list[Ser
         history = "; ".join(sp.history)
         if sp.failed:
             incomplete.append(sp)
-            index.record_event(
-                "retrieve_incomplete", f"{pacs.name}: {sp.error}; {history}", "WARNING",
-                pacs.ae_title, series_uid=sp.series_uid,
+            notify(
+                repository, Event.RETRIEVE_INCOMPLETE, f"{pacs.name}: {sp.error}; {history}",
+                peer_ae=pacs.ae_title, series_uid=sp.series_uid,
             )  # fmt: skip
         elif sp.attempts > 1:
-            index.record_event(
-                "retrieve_partial", f"{pacs.name}: complete after a retry; {history}",
-                "WARNING", pacs.ae_title, series_uid=sp.series_uid,
+            notify(
+                repository, Event.RETRIEVE_PARTIAL,
+                f"{pacs.name}: complete after a retry; {history}", peer_ae=pacs.ae_title,
+                series_uid=sp.series_uid,
             )  # fmt: skip
     return incomplete

@@ -6,7 +6,7 @@ indexes what arrived, many instances per transaction. The per-instance database 
 leaves the C-STORE round trip, which is what limits ingest (see ``bench/ingest.py``).
 
 If the node dies in between, nothing is lost: at start-up every instance file that is
-not in the index is indexed from disk (`node.server.Node.reconcile`), with its sender
+not in the index is indexed from disk (`node.store.recovery`), with its sender
 taken from the journal.
 """
 
@@ -19,11 +19,92 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from node.index import Index, Received
+from pydicom.dataset import Dataset
+
+from node.events import Event, notify
 from node.logs import event
+from node.store.records import InstanceInfo, Received, StoreOutcome
+from node.store.repository import Repository
+from node.store.storage import check_uid
+from pipeline.instance import (
+    frame_value,
+    inversion_time,
+    listed,
+    per_frame_groups,
+    read_header,
+)
 
 log = logging.getLogger("node.ingest")
+
+
+def describe(data: bytes, affected_sop_uid: str | None = None) -> InstanceInfo:
+    """What the index needs from an encoded instance; raises ValueError (`InvalidUidError`
+    for a UID that is not one) when the instance is unusable, before it is acknowledged."""
+    ds = read_header(data)
+    sop_uid = check_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
+    if affected_sop_uid is not None and affected_sop_uid.strip() != sop_uid:
+        raise ValueError(
+            f"the request's Affected SOP Instance UID {affected_sop_uid!r} differs from the "
+            f"dataset's SOPInstanceUID {sop_uid!r}"
+        )
+    return InstanceInfo(
+        study_uid=check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID"),
+        series_uid=check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID"),
+        sop_uid=sop_uid,
+        sop_class_uid=check_uid(ds.get("SOPClassUID"), "SOPClassUID"),
+        transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
+        modality=_text(ds, "Modality")[:16],
+        series_description=_text(ds, "SeriesDescription")[:64],
+        series_number=_int(ds, "SeriesNumber"),
+        instance_number=_int(ds, "InstanceNumber"),
+        image_type=_text(ds, "ImageType")[:256],
+        scanning_sequence=_text(ds, "ScanningSequence")[:64],
+        frames=_frames(ds),
+        patient={
+            k: _text(ds, k) for k in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex")
+        },
+        study={
+            k: _text(ds, k)
+            for k in ("AccessionNumber", "StudyDate", "StudyTime", "StudyDescription", "StudyID")
+        },
+    )
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword, "")
+    if value is None:
+        return ""
+    values = listed(value)
+    return "\\".join(values) if values is not None else str(value)
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _pos_key(ipp: Any) -> str | None:
+    try:
+        return "\\".join(f"{float(v):.1f}" for v in ipp)
+    except (TypeError, ValueError):
+        return None
+
+
+def _frames(ds: Dataset) -> list[tuple[str | None, float | None]]:
+    """(slice position, inversion time) per frame, for classic and enhanced MR: tells a TI
+    scout (many inversion times per position) from an LGE stack (one)."""
+    return [
+        (
+            _pos_key(frame_value(ds, group, "PlanePositionSequence", "ImagePositionPatient")),
+            inversion_time(ds, group),
+        )
+        for group in per_frame_groups(ds)
+    ]
 
 
 class Journal:
@@ -72,9 +153,9 @@ class Indexer(threading.Thread):
 
     def __init__(
         self,
-        index: Index,
+        index: Repository,
         journal: Journal,
-        on_indexed: Callable[[Received, object], None],
+        on_indexed: Callable[[Received, StoreOutcome | ValueError], None],
         batch: int = 500,
     ) -> None:
         super().__init__(name="indexer", daemon=True)
@@ -137,13 +218,9 @@ class Indexer(threading.Thread):
                 delay = min(delay * 2, 30.0)
         for r, outcome in zip(items, outcomes, strict=True):
             if isinstance(outcome, ValueError):
-                event(
-                    log, "instance_not_indexed", logging.ERROR, sop=r.info.sop_uid,
-                    peer_ae=r.calling_ae, reason=str(outcome),
-                )  # fmt: skip
-                self.index.record_event(
-                    "instance_not_indexed", str(outcome), "ERROR", r.calling_ae, r.address,
-                    r.info.series_uid,
+                notify(
+                    self.index, Event.INSTANCE_NOT_INDEXED, str(outcome), peer_ae=r.calling_ae,
+                    address=r.address, series_uid=r.info.series_uid, sop=r.info.sop_uid,
                 )  # fmt: skip
                 # A conflicting object (a series UID reused by another study...): not part
                 # of any series here; its file goes, the event stays.

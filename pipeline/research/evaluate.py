@@ -26,7 +26,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from pipeline.labels import mvo_mask, myocardium_mask, scar_mask
-from pipeline.phantom import PhantomSpec, make_phantom
+from pipeline.research.phantom import PhantomSpec, make_phantom
 from pipeline.run import Pipeline
 from pipeline.series import load_series
 

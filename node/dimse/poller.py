@@ -8,15 +8,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-import time
 
 from pydicom.dataset import Dataset
-from sqlalchemy import select
 
 from node.config import Config, Pacs
-from node.index import Index, PolledStudy
+from node.dimse.retrieve import RetrieveError, fetch, find, pacs_named, plan, record_outcome
+from node.events import Event, notify
 from node.logs import event
-from node.retrieve import RetrieveError, fetch, find, pacs_named, plan, record_outcome
+from node.store.repository import Repository
 
 log = logging.getLogger("node.poller")
 
@@ -25,14 +24,14 @@ log = logging.getLogger("node.poller")
 _CONTEXT: dict[str, object] = {}
 
 
-def bind(config: Config, index: Index) -> None:
-    _CONTEXT.update(config=config, index=index)
+def bind(config: Config, repository: Repository) -> None:
+    _CONTEXT.update(config=config, repository=repository)
 
 
 def poll(pacs_name: str) -> int:
     """One poll of ``pacs_name``; returns the number of studies fetched."""
-    config, index = _CONTEXT.get("config"), _CONTEXT.get("index")
-    if not isinstance(config, Config) or not isinstance(index, Index):
+    config, index = _CONTEXT.get("config"), _CONTEXT.get("repository")
+    if not isinstance(config, Config) or not isinstance(index, Repository):
         return 0
     try:
         pacs = pacs_named(config, pacs_name)
@@ -41,12 +40,11 @@ def poll(pacs_name: str) -> int:
     try:
         return _poll(config, index, pacs)
     except RetrieveError as exc:
-        event(log, "poll_failed", logging.WARNING, pacs=pacs.name, error=str(exc))
-        index.record_event("poll_failed", f"{pacs.name}: {exc}", "WARNING", pacs.ae_title)
+        notify(index, Event.POLL_FAILED, f"{pacs.name}: {exc}", peer_ae=pacs.ae_title)
         return 0
 
 
-def _poll(config: Config, index: Index, pacs: Pacs) -> int:
+def _poll(config: Config, index: Repository, pacs: Pacs) -> int:
     since = (dt.date.today() - dt.timedelta(days=pacs.poll_days)).strftime("%Y%m%d")
     q = Dataset()
     q.QueryRetrieveLevel = "STUDY"
@@ -55,8 +53,7 @@ def _poll(config: Config, index: Index, pacs: Pacs) -> int:
     q.ModalitiesInStudy = "MR"
     q.StudyDescription = ""
     studies = find(config, pacs, q)
-    with index.read() as s:
-        seen = set(s.scalars(select(PolledStudy.study_uid).where(PolledStudy.pacs == pacs.name)))
+    seen = index.polled_studies(pacs.name)
     pattern = re.compile(pacs.poll_description, re.I) if pacs.poll_description else None
     fetched = 0
     for st in studies:
@@ -80,7 +77,5 @@ def _poll(config: Config, index: Index, pacs: Pacs) -> int:
     return fetched
 
 
-def _mark(index: Index, pacs: Pacs, study_uid: str, outcome: str) -> None:
-    with index.write() as s:
-        s.add(PolledStudy(pacs=pacs.name, study_uid=study_uid, seen_at=time.time(),
-                          outcome=outcome))  # fmt: skip
+def _mark(index: Repository, pacs: Pacs, study_uid: str, outcome: str) -> None:
+    index.mark_polled(pacs.name, study_uid, outcome)

@@ -11,18 +11,28 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    PYDICOM_ROOT_UID,
+    UID,
     EnhancedMRImageStorage,
     ExplicitVRLittleEndian,
     MRImageStorage,
+    generate_uid,
 )
 from pydicom.valuerep import format_number_as_ds
 
-from dicom_templates.uids import derived_uid
-from pipeline.phantom.render import Acquisition
+from pipeline.research.phantom.render import Acquisition
 
 BITS_STORED = 12
 PSIR_INTERCEPT = -2048.0  # PSIR is signed; stored unsigned with an offset, like scanners do
 GIVEN_NAMES = ("Zoë", "Jörg", "Ana", "Chloé", "Björn", "Amélie", "Søren", "Inês")
+
+
+def derived_uid(*parts: object) -> UID:
+    """Phantom UIDs are a pure function of the seed, like the pixels: a study is
+    reproducible UIDs included (a scanner's UIDs, not lge-node's output UIDs)."""
+    return generate_uid(prefix=PYDICOM_ROOT_UID, entropy_srcs=["lge-node", *map(str, parts)])
+
+
 IMPLEMENTATION_UID = derived_uid("implementation")
 
 

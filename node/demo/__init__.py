@@ -1,4 +1,4 @@
-"""``lge-node demo``: the whole product on one machine, over real DICOM.
+"""`lge-node demo`: the whole product on one machine, over real DICOM.
 
 A synthetic LGE study is made, the node starts (in this process), a receiving peer
 starts (Orthanc when installed, else a pynetdicom storage SCP), the study is sent to the
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from node.config import Config, Destination
-from node.peers import Orthanc, free_port, orthanc_binary, system_tool
+from node.demo.peers import Orthanc, free_port, orthanc_binary, system_tool
 
 
 @dataclass
@@ -91,9 +91,9 @@ def run_demo(
     hold: Callable[[str], None] | None = None,
 ) -> DemoResult:  # fmt: skip
     """Run the demo in ``workdir``; ``hold(peer)``, if given, runs before tear-down."""
-    from node.index import JobState
     from node.server import Node
-    from pipeline.phantom import PhantomSpec, make_phantom
+    from node.store.records import JobState
+    from pipeline.research.phantom import PhantomSpec, make_phantom
 
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -140,7 +140,7 @@ def run_demo(
             series_uid = _uids(files[0])[1]
             deadline = time.monotonic() + timeout_s
             while True:
-                job, pending = node.index.latest_result(series_uid)
+                job, pending = node.repository.latest_result(series_uid)
                 if job is not None and job.state == JobState.FAILED:
                     raise RuntimeError(f"the job failed: {job.error}")
                 if job is not None and pending == 0:

@@ -11,11 +11,11 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from pydicom.uid import EnhancedMRImageStorage, MRImageStorage
+
 from node.config import SelectionSection
 
-MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
-ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
-MR_CLASSES = {MR_IMAGE_STORAGE, ENHANCED_MR_IMAGE_STORAGE}
+MR_CLASSES = {MRImageStorage, EnhancedMRImageStorage}
 
 
 @dataclass(frozen=True)

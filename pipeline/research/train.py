@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline import __version__, runtime
-from pipeline.dataset import (
+from pipeline.research.dataset import (
     export_nnunet_case,
     export_yolo_case,
     write_nnunet_dataset_json,
@@ -34,13 +34,13 @@ TRAINER = "nnUNetTrainer_LGEDemo"
 CONFIGURATION = "2d"
 MODEL_SUBDIR = f"{TRAINER}__{PLANS}__{CONFIGURATION}"
 TRAIN_SEED_BASE = 10_000  # evaluation uses seeds below 10_000: never seen in training
-DEFAULT_MODEL_DIR = runtime.ROOT / "models" / "demo"
+DEFAULT_MODEL_DIR = runtime.BUNDLED_MODELS  # train-demo regenerates what ships
 
 
 @dataclass
 class TrainSettings:
     out_dir: Path = DEFAULT_MODEL_DIR
-    work_dir: Path = runtime.ROOT / "models-work"
+    work_dir: Path = Path("models-work")  # scratch, under the current folder
     cases: int = 100
     nnunet_epochs: int = 200
     nnunet_iterations: int = 50
@@ -52,7 +52,7 @@ class TrainSettings:
 
 
 def _phantom_specs(n: int, small_infarct_every: int = 0):
-    from pipeline.phantom import PhantomSpec
+    from pipeline.research.phantom import PhantomSpec
 
     specs = []
     for i in range(n):
@@ -70,7 +70,7 @@ def _phantom_specs(n: int, small_infarct_every: int = 0):
 
 def generate_data(settings: TrainSettings) -> tuple[Path, Path]:
     """Phantoms -> nnU-Net raw dataset and YOLO dataset under ``work_dir``."""
-    from pipeline.phantom import make_phantom
+    from pipeline.research.phantom import make_phantom
 
     work = settings.work_dir
     raw = work / "nnUNet_raw" / DATASET_NAME

@@ -1,4 +1,4 @@
-"""The job worker: takes queued jobs from the index, runs the pipeline and the output
+"""The job worker: claims queued jobs from the index, runs the pipeline and the output
 builders, and hands the results to the outbox, one job per series at a time.
 
 A job's results and its outbox rows are committed together, so a crash mid-job leaves
@@ -7,7 +7,7 @@ the job to run again after restart and nothing half-done is ever sent.
 
 from __future__ import annotations
 
-import fnmatch
+import dataclasses
 import logging
 import shutil
 import threading
@@ -15,37 +15,22 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-
-import pydicom
+from typing import TYPE_CHECKING
 
 from node.config import Config
-from node.index import Delivery, Index, ResultObject
+from node.dimse.dispatch import deliveries_for
+from node.events import Event, notify
 from node.logs import event
-from node.storage import Storage
+from node.store.records import Claim, ResultObject
+from node.store.repository import Repository
+from node.store.storage import Storage
 from pipeline.errors import SeriesLoadError
 
-log = logging.getLogger("node.processor")
+if TYPE_CHECKING:
+    from dicom_templates.identity import Algorithm
+    from pipeline.run import Pipeline
 
-
-def deliveries_for(config: Config, calling_ae: str) -> list[Delivery]:
-    """Destinations whose ``sources`` patterns match the AE title the study came from."""
-    return [
-        Delivery(d.name, d.ae_title, d.host, d.port)
-        for d in config.destinations
-        if any(fnmatch.fnmatchcase(calling_ae, pattern) for pattern in d.sources)
-    ]
-
-
-def result_object(path: Path) -> ResultObject:
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    return ResultObject(
-        path=str(path), sop_class_uid=str(ds.SOPClassUID), sop_uid=str(ds.SOPInstanceUID),
-        series_uid=str(ds.SeriesInstanceUID), modality=str(ds.get("Modality", "")),
-        description=str(ds.get("SeriesDescription", "")),
-        series_number=int(ds.SeriesNumber) if ds.get("SeriesNumber") is not None else None,
-        instance_number=int(ds.InstanceNumber) if ds.get("InstanceNumber") is not None else None,
-        transfer_syntax=str(ds.file_meta.TransferSyntaxUID), size=path.stat().st_size,
-    )  # fmt: skip
+log = logging.getLogger("node.worker")
 
 
 class Worker(threading.Thread):
@@ -55,7 +40,7 @@ class Worker(threading.Thread):
         self,
         config: Config,
         storage: Storage,
-        index: Index,
+        repository: Repository,
         wake: threading.Event,
         on_done: Callable[[], None] | None = None,
         name: str = "worker-1",
@@ -63,13 +48,13 @@ class Worker(threading.Thread):
         super().__init__(name=name, daemon=True)
         self.config = config
         self.storage = storage
-        self.index = index
+        self.repository = repository
         self.wake = wake
         self.on_done = on_done
         self.stopping = threading.Event()
         self.ready = threading.Event()
-        self.pipeline = None
-        self.algorithm = None
+        self.pipeline: Pipeline | None = None
+        self.algorithm: Algorithm | None = None
         self.load_error: str | None = None
 
     def load_models(self) -> None:
@@ -83,11 +68,7 @@ class Worker(threading.Thread):
         self.pipeline = Pipeline(
             bundle, PipelineSettings(device=cfg.device, mirroring=cfg.mirroring, nsd=cfg.nsd)
         )
-        self.algorithm = Algorithm(
-            name="lge-node YOLOv8+nnU-Net",
-            version=bundle.version,
-            synthetic_trained=bundle.synthetic_trained,
-        )
+        self.algorithm = Algorithm.of_models(bundle)
         event(
             log, "models_loaded", worker=self.name, model=bundle.name, version=bundle.version,
             seconds=round(time.perf_counter() - t0, 2),
@@ -98,53 +79,50 @@ class Worker(threading.Thread):
             self.load_models()
         except Exception as exc:  # the node keeps receiving; jobs wait for a fixed config
             self.load_error = f"{type(exc).__name__}: {exc}"
-            event(log, "models_failed", logging.ERROR, worker=self.name, error=self.load_error)
-            self.index.record_event("models_failed", self.load_error)
+            notify(self.repository, Event.MODELS_FAILED, self.load_error, worker=self.name)
             self.ready.set()
             return
         self.ready.set()
         while not self.stopping.is_set():
-            claim = self.index.claim_job()
+            claim = self.repository.claim_job()
             if claim is None:
                 self.wake.wait(1.0)
                 self.wake.clear()
                 continue
-            self.process(*claim)
+            self.process(claim)
 
     def stop(self) -> None:
         self.stopping.set()
         self.wake.set()
 
-    def process(self, job_id: int, series_id: int) -> None:
+    def process(self, claim: Claim) -> None:
         from dicom_templates.outputs import write_outputs
         from pipeline.series import load_series
 
         assert self.pipeline is not None and self.algorithm is not None
         t0 = time.perf_counter()
-        series = self.index.series(series_id)
-        job = self.index.job(job_id)
+        job_id, series = claim.job_id, claim.series
         event(
-            log, "job_started", job=job_id, series=series.series_uid, attempt=job.attempts,
+            log, "job_started", job=job_id, series=series.series_uid, attempt=claim.attempt,
             instances=series.n_instances,
         )  # fmt: skip
         out = self.storage.results_dir(series.series_uid, job_id)
         try:
             shutil.rmtree(out, ignore_errors=True)  # leftovers of an interrupted attempt
-            paths = self.index.series_paths(series_id)
-            volume = load_series([Path(p) for p in paths], series.series_uid)
+            volume = load_series([Path(p) for p in claim.paths], series.series_uid)
             result = self.pipeline.run(volume)
-            previous = self.index.previous_results(job_id)
-            predecessor = Path(previous) / "sr.dcm" if previous else None
-            if predecessor is not None and not predecessor.exists():
-                predecessor = None
+            predecessor = None
+            if claim.previous_results is not None:
+                predecessor = Path(claim.previous_results) / "sr.dcm"
+                predecessor = predecessor if predecessor.exists() else None
             files = write_outputs(
                 out, volume, result.labels, result.metrics, self.algorithm,
                 predecessor_sr=predecessor,
             )  # fmt: skip
-            objects = [result_object(path) for path in files.dicom]
+            objects = [ResultObject(**dataclasses.asdict(o)) for o in files.objects]
             deliveries = deliveries_for(self.config, series.calling_ae)
             seconds = time.perf_counter() - t0
-            self.index.finish_job(
+            self.repository.finish_job(
                 job_id, str(out), files.metrics.read_text(), objects, deliveries, seconds
             )
         except SeriesLoadError as exc:
@@ -166,9 +144,8 @@ class Worker(threading.Thread):
             self.on_done()
 
     def _fail(self, job_id: int, series_uid: str, error: str, final: bool) -> None:
-        again = self.index.fail_job(job_id, error, self.config.jobs.retry_delay_s, final)
-        event(
-            log, "job_failed", logging.ERROR, job=job_id, series=series_uid, error=error,
+        again = self.repository.fail_job(job_id, error, self.config.jobs.retry_delay_s, final)
+        notify(
+            self.repository, Event.JOB_FAILED, error, series_uid=series_uid, job_id=job_id,
             retry=again,
         )  # fmt: skip
-        self.index.record_event("job_failed", error, "ERROR", series_uid=series_uid, job_id=job_id)

@@ -7,14 +7,15 @@ from __future__ import annotations
 import logging
 
 from node.config import Config
-from node.index import Index, Origin, Series, SeriesState
 from node.logs import event
-from node.selector import SeriesFacts, choose
+from node.store.records import Origin, SeriesRecord, SeriesState
+from node.store.repository import Repository
+from node.workflow.selector import SeriesFacts, choose
 
 log = logging.getLogger("node.assembler")
 
 
-def facts_of(series: Series, frames: list[tuple[str | None, float | None]]) -> SeriesFacts:
+def facts_of(series: SeriesRecord, frames: list[tuple[str | None, float | None]]) -> SeriesFacts:
     return SeriesFacts(
         series_uid=series.series_uid,
         modality=series.modality,
@@ -30,23 +31,26 @@ def facts_of(series: Series, frames: list[tuple[str | None, float | None]]) -> S
 
 
 class Assembler:
-    def __init__(self, config: Config, index: Index) -> None:
+    def __init__(self, config: Config, repository: Repository) -> None:
         self.config = config
-        self.index = index
+        self.repository = repository
 
     def check(self) -> int:
         """Judge every quiet study; returns the number of jobs queued."""
         queued = 0
-        for study_id in self.index.quiet_studies(self.config.storage.stable_age_s):
+        for study_id in self.repository.quiet_studies(self.config.storage.stable_age_s):
             queued += self._judge_study(study_id)
         return queued
 
     def _judge_study(self, study_id: int) -> int:
-        series = self.index.study_series(study_id)
+        repo = self.repository
         # Series judged earlier take part, so a late magnitude series still defers to
         # the PSIR series of the same acquisition that was processed before.
-        judged = [s for s in series if s.state != SeriesState.PURGED and s.origin != Origin.RESULT]
-        facts = [facts_of(s, self.index.series_frames(s.id)) for s in judged]
+        judged = [
+            s for s in repo.study_series(study_id)
+            if s.state != SeriesState.PURGED and s.origin != Origin.RESULT
+        ]  # fmt: skip
+        facts = [facts_of(s, repo.series_frames(s.id)) for s in judged]
         decisions = choose(facts, self.config.selection)
         queued = 0
         for s in judged:
@@ -54,7 +58,7 @@ class Assembler:
                 continue
             decision = decisions[s.series_uid]
             if decision.process:
-                job_id = self.index.enqueue(
+                job_id = repo.enqueue(
                     s.id, decision.kind, decision.reason, self.config.jobs.max_attempts
                 )
                 if job_id is not None:
@@ -63,7 +67,7 @@ class Assembler:
                         log, "series_queued", series=s.series_uid, job=job_id,
                         instances=s.n_instances, kind=decision.kind, reason=decision.reason,
                     )  # fmt: skip
-            elif self.index.skip_series(s.id, decision.reason, decision.kind):
+            elif repo.skip_series(s.id, decision.reason, decision.kind):
                 event(
                     log, "series_skipped", series=s.series_uid, instances=s.n_instances,
                     reason=decision.reason,

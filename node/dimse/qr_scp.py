@@ -4,28 +4,25 @@ received series within retention), so a workstation can pull results."""
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
-from sqlalchemy import ColumnElement, and_, select
 
 from node.config import Config
-from node.dimse import contexts_for, listed
-from node.index import Index, Instance, Series, SeriesState, Study
+from node.dimse.common import Dimse, contexts_for
+from node.events import Event, notify
 from node.logs import event
+from node.store.query import KeyMatch, Query
+from node.store.records import QrRow
+from node.store.repository import Repository
+from pipeline.instance import listed
 
 log = logging.getLogger("node.qr")
 
-# C-FIND / C-MOVE / C-GET statuses (PS3.4 C.4)
-PENDING = 0xFF00
-IDENTIFIER_MISMATCH = 0xA900
-UNABLE_TO_PROCESS = 0xC000
-MOVE_DESTINATION_UNKNOWN = 0xA801
+
 LEVELS = ("STUDY", "SERIES", "IMAGE")
 
 
@@ -33,68 +30,11 @@ class QueryError(ValueError):
     """The identifier cannot be answered; the message says why."""
 
 
-@dataclass(frozen=True)
-class Row:
-    study: Study
-    series: Series
-    instance: Instance
-
-
-@dataclass(frozen=True)
-class KeyMatch:
-    """One key of an identifier, parsed once: matched in SQL (`clause`, to narrow) and in
-    Python (`test`, to decide); the two read the same parse, so they cannot drift."""
-
-    kind: str  # list | range | wild | exact
-    values: tuple[str, ...]  # list: the values; range: (low, high); wild, exact: (text,)
-
-    @classmethod
-    def parse(cls, pattern: Any, ranged: bool) -> KeyMatch | None:
-        """None for universal matching (empty); a UID list (backslash separated or
-        multi-valued), a range ``A-B`` (open ends allowed) for dates and times, * and ?
-        wildcards, or single value matching."""
-        if pattern is None or pattern == "":
-            return None
-        values = listed(pattern)
-        text = str(pattern)
-        if values is None and "\\" in text:
-            values = text.split("\\")
-        if values is not None:
-            return cls("list", tuple(values))
-        if ranged and "-" in text:
-            return cls("range", tuple(text.split("-", 1)))
-        if "*" in text or "?" in text:
-            return cls("wild", (text,))
-        return cls("exact", (text,))
-
-    def test(self, value: str) -> bool:
-        if self.kind == "list":
-            return value in self.values
-        if self.kind == "range":
-            low, high = self.values
-            return (not low or value >= low) and (not high or value <= high)
-        if self.kind == "wild":
-            return fnmatch.fnmatchcase(value.upper(), self.values[0].upper())
-        return value == self.values[0]
-
-    def clause(self, column: Any) -> ColumnElement[bool] | None:
-        if self.kind == "list":
-            return column.in_(self.values)
-        if self.kind == "range":
-            low, high = self.values
-            bounds = ([column >= low] if low else []) + ([column <= high] if high else [])
-            return and_(*bounds) if bounds else None
-        if self.kind == "wild":
-            text = self.values[0].replace("%", "\\%").replace("_", "\\_")
-            return column.ilike(text.replace("*", "%").replace("?", "_"), escape="\\")
-        return column == self.values[0]
-
-
 def _str(value: int | None) -> str:
     return "" if value is None else str(value)
 
 
-def _contexts(rows: list[Row]) -> list[Any]:
+def _contexts(rows: list[QrRow]) -> list[Any]:
     return contexts_for((r.instance.sop_class_uid, r.instance.transfer_syntax) for r in rows)
 
 
@@ -122,28 +62,9 @@ IMAGE_KEYS = {
     "InstanceNumber": lambda r: _str(r.instance.instance_number),
 }
 RANGED = {"StudyDate", "StudyTime", "PatientBirthDate"}
-# String keys are matched in SQL first, so a query reads only its candidates; the Python
-# matching above then decides (integer keys such as SeriesNumber are matched there only).
-COLUMNS: dict[str, Any] = {
-    "StudyInstanceUID": Study.study_uid,
-    "PatientID": Study.patient_id,
-    "PatientName": Study.patient_name,
-    "PatientBirthDate": Study.patient_birth_date,
-    "PatientSex": Study.patient_sex,
-    "AccessionNumber": Study.accession_number,
-    "StudyDate": Study.study_date,
-    "StudyTime": Study.study_time,
-    "StudyDescription": Study.study_description,
-    "StudyID": Study.study_id,
-    "SeriesInstanceUID": Series.series_uid,
-    "Modality": Series.modality,
-    "SeriesDescription": Series.description,
-    "SOPInstanceUID": Instance.sop_uid,
-    "SOPClassUID": Instance.sop_class_uid,
-}
 
 
-def _keys(level: str) -> dict[str, Callable[[Row], str]]:
+def _keys(level: str) -> dict[str, Callable[[QrRow], str]]:
     """The keys matched and returned at ``level`` (those of the levels above included)."""
     keys = dict(STUDY_KEYS)
     if level in ("SERIES", "IMAGE"):
@@ -156,36 +77,16 @@ def _keys(level: str) -> dict[str, Callable[[Row], str]]:
 UNIQUE = {"STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}
 
 
-class QueryRetrieve:
-    def __init__(self, config: Config, index: Index) -> None:
+class QueryRetrieveScp:
+    """C-FIND, C-MOVE and C-GET handlers (registered by `node.dimse.scp`)."""
+
+    def __init__(self, config: Config, repository: Repository) -> None:
         self.config = config
-        self.index = index
+        self.repository = repository
 
     # -- matching ----------------------------------------------------------------------
 
-    def _rows(self, criteria: dict[str, KeyMatch], modalities: list[str]) -> list[Row]:
-        q = (
-            select(Study, Series, Instance)
-            .join(Series, Series.study_fk == Study.id)
-            .join(Instance, Instance.series_fk == Series.id)
-            .where(Series.state != SeriesState.PURGED)
-        )
-        for keyword, m in criteria.items():
-            clause = m.clause(COLUMNS[keyword]) if keyword in COLUMNS else None
-            if clause is not None:
-                q = q.where(clause)
-        if modalities:
-            other = Series.__table__.alias("other")
-            q = q.where(
-                select(other.c.id)
-                .where(other.c.study_fk == Study.id, other.c.modality.in_(modalities))
-                .where(other.c.state != SeriesState.PURGED)
-                .exists()
-            )
-        with self.index.read() as s:
-            return [Row(*r) for r in s.execute(q).all()]
-
-    def match(self, identifier: Dataset) -> tuple[str, list[Row]]:
+    def match(self, identifier: Dataset) -> tuple[str, list[QrRow]]:
         level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
         if level not in LEVELS:
             raise QueryError(f"QueryRetrieveLevel {level!r} is not STUDY, SERIES or IMAGE")
@@ -197,10 +98,10 @@ class QueryRetrieve:
         }  # fmt: skip
         wanted = identifier.get("ModalitiesInStudy")
         modalities = sorted(listed(wanted) or str(wanted).split("\\")) if wanted else []
-        rows = self._rows(criteria, modalities)
+        rows = self.repository.qr_rows(Query(criteria, modalities))
         return level, [r for r in rows if all(m.test(keys[k](r)) for k, m in criteria.items())]
 
-    def _response(self, level: str, identifier: Dataset, group: list[Row]) -> Dataset:
+    def _response(self, level: str, identifier: Dataset, group: list[QrRow]) -> Dataset:
         r = group[0]
         ds = Dataset()
         ds.QueryRetrieveLevel = level
@@ -230,8 +131,8 @@ class QueryRetrieve:
         return ds
 
     @staticmethod
-    def _group(level: str, rows: list[Row]) -> list[list[Row]]:
-        groups: dict[str, list[Row]] = {}
+    def _group(level: str, rows: list[QrRow]) -> list[list[QrRow]]:
+        groups: dict[str, list[QrRow]] = {}
         for r in rows:
             key = {"STUDY": r.study.study_uid, "SERIES": r.series.series_uid,
                    "IMAGE": r.instance.sop_uid}[level]  # fmt: skip
@@ -246,36 +147,37 @@ class QueryRetrieve:
             identifier = ev.identifier
             level, rows = self.match(identifier)
         except QueryError as exc:
-            yield from self._fail(peer, "find", IDENTIFIER_MISMATCH, str(exc))
+            yield from self._fail(peer, Event.FIND_REFUSED, Dimse.IDENTIFIER_MISMATCH, str(exc))
             return
         except Exception as exc:  # an identifier pydicom cannot decode
-            yield from self._fail(peer, "find", UNABLE_TO_PROCESS, f"bad identifier: {exc}")
+            yield from self._fail(
+                peer, Event.FIND_REFUSED, Dimse.UNABLE_TO_PROCESS, f"bad identifier: {exc}"
+            )
             return
         groups = self._group(level, rows)
         event(log, "find", peer_ae=peer, query_level=level, matches=len(groups))
         for group in groups:
             if ev.is_cancelled:
-                yield 0xFE00, None
+                yield Dimse.CANCEL, None
                 return
-            yield PENDING, self._response(level, identifier, group)
+            yield Dimse.PENDING, self._response(level, identifier, group)
 
-    def _fail(self, peer: str, what: str, status: int, reason: str) -> Iterator[tuple[int, None]]:
-        event(log, f"{what}_refused", logging.WARNING, peer_ae=peer, reason=reason)
-        self.index.record_event(f"{what}_refused", reason, "WARNING", peer)
+    def _fail(self, peer: str, what: Event, status: int, reason: str) -> Iterator[tuple[int, None]]:
+        notify(self.repository, what, reason, peer_ae=peer)
         yield status, None
 
-    def _instances(self, ev: Any, peer: str, what: str) -> list[Row] | int:
+    def _instances(self, ev: Any, peer: str, what: Event) -> list[QrRow] | int:
         try:
             level, rows = self.match(ev.identifier)
         except QueryError as exc:
-            list(self._fail(peer, what, IDENTIFIER_MISMATCH, str(exc)))
-            return IDENTIFIER_MISMATCH
+            list(self._fail(peer, what, Dimse.IDENTIFIER_MISMATCH, str(exc)))
+            return Dimse.IDENTIFIER_MISMATCH
         except Exception as exc:
-            list(self._fail(peer, what, UNABLE_TO_PROCESS, f"bad identifier: {exc}"))
-            return UNABLE_TO_PROCESS
+            list(self._fail(peer, what, Dimse.UNABLE_TO_PROCESS, f"bad identifier: {exc}"))
+            return Dimse.UNABLE_TO_PROCESS
         if not any(k in ev.identifier for k in (UNIQUE[level],)):
-            list(self._fail(peer, what, IDENTIFIER_MISMATCH, f"{UNIQUE[level]} is required"))
-            return IDENTIFIER_MISMATCH
+            list(self._fail(peer, what, Dimse.IDENTIFIER_MISMATCH, f"{UNIQUE[level]} is required"))
+            return Dimse.IDENTIFIER_MISMATCH
         return rows
 
     def on_move(self, ev: Any) -> Iterator[Any]:
@@ -284,11 +186,10 @@ class QueryRetrieve:
         dest = next((d for d in self.config.destinations if d.ae_title == target), None)
         if dest is None:
             reason = f"move destination {target!r} is not a configured destination"
-            event(log, "move_refused", logging.WARNING, peer_ae=peer, reason=reason)
-            self.index.record_event("move_refused", reason, "WARNING", peer)
+            notify(self.repository, Event.MOVE_REFUSED, reason, peer_ae=peer)
             yield None, None
             return
-        rows = self._instances(ev, peer, "move")
+        rows = self._instances(ev, peer, Event.MOVE_REFUSED)
         if isinstance(rows, int):
             # pynetdicom answers an exception before the destination with a failure
             # status (0xC511); after it, it could only say Success with zero sub-ops.
@@ -300,7 +201,7 @@ class QueryRetrieve:
 
     def on_get(self, ev: Any) -> Iterator[Any]:
         peer = str(ev.assoc.requestor.ae_title).strip()
-        rows = self._instances(ev, peer, "get")
+        rows = self._instances(ev, peer, Event.GET_REFUSED)
         if isinstance(rows, int):
             yield 0
             yield rows, None
@@ -310,12 +211,12 @@ class QueryRetrieve:
         yield from self._datasets(ev, rows)
 
     @staticmethod
-    def _datasets(ev: Any, rows: list[Row]) -> Iterator[tuple[int, Dataset | None]]:
+    def _datasets(ev: Any, rows: list[QrRow]) -> Iterator[tuple[int, Dataset | None]]:
         for r in rows:
             if ev.is_cancelled:
-                yield 0xFE00, None
+                yield Dimse.CANCEL, None
                 return
             try:
-                yield PENDING, pydicom.dcmread(r.instance.path)
+                yield Dimse.PENDING, pydicom.dcmread(r.instance.path)
             except OSError:
-                yield PENDING, None  # counted as a failed sub-operation
+                yield Dimse.PENDING, None  # counted as a failed sub-operation

@@ -1,0 +1,255 @@
+"""Verbs for the researcher: phantoms, the pipeline on a folder, quantifying a label map,
+training the demo models and evaluating them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from node.cli.common import console, exit_on, fail, load_series_or_exit
+
+if TYPE_CHECKING:
+    from pipeline.quantify import Metrics
+
+app = typer.Typer(rich_markup_mode="rich")
+
+
+@app.command()
+def phantom(
+    out: Annotated[Path, typer.Argument(help="Output folder (DICOM under OUT/dicom/).")],
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same study.")] = 0,
+    kind: Annotated[str, typer.Option(help="magnitude or psir")] = "psir",
+    enhanced: Annotated[
+        bool, typer.Option("--enhanced", help="One Enhanced MR multi-frame file.")
+    ] = False,
+    slices: Annotated[int | None, typer.Option(help="8..14; default drawn by seed.")] = None,
+    scar: Annotated[
+        bool | None, typer.Option("--scar/--no-scar", help="Force an infarct or none.")
+    ] = None,
+    mvo: Annotated[bool | None, typer.Option("--mvo/--no-mvo", help="Force MVO or none.")] = None,
+    territory: Annotated[str | None, typer.Option(help="LAD, LCx or RCA.")] = None,
+    small_infarct: Annotated[
+        bool, typer.Option("--small-infarct", help="A narrow, thin infarct (~1-2 ml), no MVO.")
+    ] = False,
+) -> None:
+    """Write a synthetic LGE study with ground truth (truth.json, truth_labels.nii.gz)."""
+    from pipeline.research.phantom import PhantomSpec, make_phantom
+
+    with exit_on(ValueError, code=2):
+        spec = PhantomSpec(
+            seed=seed, kind=kind, enhanced=enhanced, slices=slices, scar=scar, mvo=mvo,
+            territory=territory, small_infarct=small_infarct,
+        )  # fmt: skip
+    case = make_phantom(out, spec, progress=sys.stderr.isatty())
+    t = case.truth
+    table = Table(title=f"phantom seed {seed} ({kind}{', enhanced' if enhanced else ''})")
+    table.add_column("quantity")
+    table.add_column("truth", justify="right")
+    for name, value, unit in (
+        ("LV myocardium", t.myocardium_ml, "ml"),
+        ("LV myocardial mass", t.myocardium_mass_g, "g"),
+        ("scar", t.scar_ml, "ml"),
+        ("scar", t.scar_percent, "% LV"),
+        ("MVO", t.mvo_ml, "ml"),
+        ("MVO", t.mvo_percent, "% LV"),
+    ):
+        table.add_row(name, f"{value:.2f} {unit}")
+    console.print(table)
+    console.print(
+        f"{len(case.files)} file(s) in {out / 'dicom'}; truth in {out / 'truth.json'} "
+        f"({case.seconds:.1f} s)"
+    )
+
+
+@app.command()
+def inspect(
+    folder: Annotated[Path, typer.Argument(help="Folder or file(s) of one DICOM series.")],
+    series: Annotated[str | None, typer.Option(help="SeriesInstanceUID to pick.")] = None,
+) -> None:
+    """Load a series as the pipeline would and print its geometry, or why it is unusable."""
+    vol = load_series_or_exit(folder, series)
+    g = vol.geometry
+    ds = vol.datasets[0]
+    console.print_json(
+        json.dumps(
+            {
+                "series_instance_uid": vol.series_instance_uid,
+                "series_description": str(ds.get("SeriesDescription", "")),
+                "sop_class": ds.SOPClassUID.name,
+                "shape_zyx": list(g.shape),
+                "spacing_zyx_mm": [round(v, 4) for v in g.spacing_zyx],
+                "slice_thickness_mm": g.slice_thickness,
+                "origin": [round(v, 4) for v in g.origin],
+                "slice_direction": [round(v, 5) for v in g.slice_direction],
+                "value_range": [float(vol.array.min()), float(vol.array.max())],
+            }
+        )
+    )
+
+
+@app.command()
+def analyze(
+    in_dir: Annotated[Path, typer.Argument(help="Folder with one LGE series (DICOM).")],
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    series: Annotated[str | None, typer.Option(help="SeriesInstanceUID to pick.")] = None,
+    model_dir: Annotated[Path | None, typer.Option(help="Model bundle folder.")] = None,
+    nnunet_model: Annotated[
+        Path | None, typer.Option(help="An nnU-Net trainer folder (overrides the bundle's).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    mirroring: Annotated[bool, typer.Option("--mirroring", help="Test-time mirroring.")] = False,
+    nsd: Annotated[float, typer.Option(help="n for the n-SD reference threshold.")] = 5.0,
+    dicom: Annotated[
+        bool, typer.Option("--dicom/--no-dicom", help="Write SEG, SR and overlays.")
+    ] = True,
+) -> None:
+    """Run the pipeline on a folder of DICOM files; write metrics.json (+ SEG/SR/overlays)."""
+    from dicom_templates.identity import Algorithm
+    from dicom_templates.outputs import write_metrics, write_outputs
+    from pipeline.models import ModelBundle, ModelError
+    from pipeline.run import Pipeline, PipelineSettings
+
+    with console.status("loading series") as status:
+        volume = load_series_or_exit(in_dir, series, "not a usable LGE series")
+        modality = str(volume.datasets[0].get("Modality", ""))
+        if modality != "MR":
+            raise fail(f"not a usable LGE series: modality is {modality!r}, not MR")
+        status.update("loading models")
+        with exit_on(ModelError, code=2, what="model error"):
+            bundle = ModelBundle.load(model_dir, nnunet_model)
+        pipeline = Pipeline(bundle, PipelineSettings(device=device, mirroring=mirroring, nsd=nsd))
+        result = pipeline.run(volume, progress=lambda s: status.update(s))
+        algorithm = Algorithm.of_models(bundle)
+        if dicom:
+            status.update("writing SEG, SR and overlays")
+            write_outputs(out, volume, result.labels, result.metrics, algorithm)
+        else:
+            write_metrics(out, volume, result.metrics, algorithm)
+    _print_metrics(result.metrics, result.timings, volume.array.shape[0])
+    console.print(f"outputs in {out}")
+
+
+def _print_metrics(m: Metrics, timings: dict[str, float], n_slices: int) -> None:
+    table = Table(title="LGE quantification (research only, not for clinical use)")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for name, value in (
+        ("LV myocardium", f"{m.myocardium_ml:.1f} ml / {m.myocardium_mass_g:.1f} g"),
+        ("scar", f"{m.scar_ml:.1f} ml / {m.scar_mass_g:.1f} g / {m.scar_percent:.1f} %"),
+        ("MVO", f"{m.mvo_ml:.2f} ml / {m.mvo_percent:.1f} %"),
+        *((f"reference {r.method}", f"{r.scar_percent:.1f} %") for r in m.reference),
+        (
+            "transmural > 50 %",
+            ", ".join(str(s.id) for s in m.segments if s.transmurality_percent > 50) or "none",
+        ),
+        ("QC flags", ", ".join(m.qc.flags) or "none"),
+        ("time", f"{timings['total']:.2f} s ({timings['total'] / n_slices:.3f} s/image)"),
+    ):
+        table.add_row(name, value)
+    console.print(table)
+
+
+@app.command()
+def evaluate(
+    out: Annotated[Path, typer.Option(help="Where the table, JSON and plot go.")],
+    cases: Annotated[int, typer.Option(help="Held-out phantoms (>= 20 for the README).")] = 24,
+    model_dir: Annotated[Path | None, typer.Option(help="Model bundle folder.")] = None,
+) -> None:
+    """Accuracy on held-out phantoms: Dice, HD95, volume agreement, Bland-Altman plot."""
+    from pipeline.models import ModelBundle
+    from pipeline.research.evaluate import evaluate as run_evaluation
+    from pipeline.research.evaluate import markdown_table
+    from pipeline.run import Pipeline
+
+    pipeline = Pipeline(ModelBundle.load(model_dir))
+    summary = run_evaluation(pipeline, cases, out)
+    console.print(markdown_table(summary))
+    console.print(f"details in {out}")
+
+
+@app.command("train-demo")
+def train_demo(
+    out: Annotated[Path | None, typer.Option(help="Where the models go.")] = None,
+    cases: Annotated[int, typer.Option(help="Training phantoms.")] = 100,
+    nnunet_epochs: Annotated[int, typer.Option(help="nnU-Net epochs.")] = 200,
+    nnunet_iterations: Annotated[int, typer.Option(help="Iterations per epoch.")] = 50,
+    yolo_epochs: Annotated[int, typer.Option(help="YOLO epochs.")] = 10,
+    work: Annotated[Path | None, typer.Option(help="Scratch folder.")] = None,
+    small_infarct_every: Annotated[
+        int, typer.Option(help="Make every k-th phantom a ~1 ml infarct (0: none).")
+    ] = 0,
+    spacing_mm: Annotated[
+        float | None,
+        typer.Option(min=0.3, max=5.0, help="nnU-Net in-plane spacing, mm (default: its plan)."),
+    ] = None,
+) -> None:
+    """Train the bundled demo models on phantoms (fixed seeds; CPU; see README for time)."""
+    from pipeline.research.train import TrainSettings
+    from pipeline.research.train import train_demo as run
+
+    settings = TrainSettings(
+        cases=cases,
+        nnunet_epochs=nnunet_epochs,
+        nnunet_iterations=nnunet_iterations,
+        yolo_epochs=yolo_epochs,
+        small_infarct_every=small_infarct_every,
+        spacing_mm=spacing_mm,
+    )
+    if out is not None:
+        settings.out_dir = out
+    if work is not None:
+        settings.work_dir = work
+    path = run(settings)
+    timings = ", ".join(f"{k} {v:.0f}" for k, v in settings.timings.items())
+    console.print(f"models written to {path} ({timings})")
+
+
+@app.command()
+def report(
+    series_dir: Annotated[Path, typer.Argument(help="Folder of the source LGE series.")],
+    labels: Annotated[
+        Path,
+        typer.Option(
+            help="Label map (NIfTI, labels 0-5 as in the README) on the series' geometry."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    predecessor: Annotated[
+        Path | None, typer.Option(help="Earlier sr.dcm this report supersedes.")
+    ] = None,
+    blood_pools: Annotated[
+        bool, typer.Option("--blood-pools", help="Add LV/RV blood pool SEG segments.")
+    ] = False,
+    algorithm_name: Annotated[
+        str, typer.Option(help="Who made the labels (SEG/SR algorithm name).")
+    ] = "supplied labels",
+) -> None:
+    """Quantify a label map and write metrics.json, seg.dcm, sr.dcm and overlay/*.dcm."""
+    import SimpleITK as sitk
+
+    from dicom_templates.identity import Algorithm
+    from dicom_templates.outputs import write_outputs
+    from pipeline.quantify import quantify
+    from pipeline.volume import Geometry
+
+    volume = load_series_or_exit(series_dir)
+    with exit_on(RuntimeError, what=f"cannot read {labels}"):
+        image = sitk.ReadImage(str(labels))
+    why = volume.geometry.mismatch(Geometry.from_sitk(image))
+    if why:
+        raise fail(f"error: {labels} is not on the series' geometry: {why}")
+    label_array = sitk.GetArrayFromImage(image).astype("uint8")
+    metrics = quantify(label_array, volume.geometry)
+    algorithm = Algorithm(name=algorithm_name, kind="MANUAL", synthetic_trained=False)
+    files = write_outputs(
+        out, volume, label_array, metrics, algorithm, predecessor, include_blood_pools=blood_pools
+    )
+    console.print(
+        f"metrics: {files.metrics}\nSEG: {files.seg}\nSR: {files.sr}\n"
+        f"overlays: {len(files.overlays)} in {files.overlays[0].parent}"
+    )

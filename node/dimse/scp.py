@@ -1,0 +1,183 @@
+"""The node's DICOM service: one pynetdicom AE with its presentation contexts, access
+control and optional TLS, and the handlers of the Verification, Storage
+(`node.dimse.store_scp`) and Query/Retrieve (`node.dimse.qr_scp`) SCPs registered on it
+(the wiring / handlers split of pynetdicom's own ``apps/qrscp``)."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+from pynetdicom.transport import ThreadedAssociationServer
+
+from node.config import Config
+from node.dimse.common import MR_TRANSFER_SYNTAXES, Dimse, Peer, peer_of
+from node.dimse.qr_scp import QueryRetrieveScp
+from node.dimse.store_scp import StoreScp
+from node.events import Event, notify
+from node.logs import event
+from node.store.records import Received
+from node.store.repository import Repository
+from node.store.storage import Storage
+from node.workflow.selector import MR_CLASSES
+
+log = logging.getLogger("node.dimse")
+
+QR_CLASSES = [
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
+]
+
+
+class DicomService:
+    """Owns the AE; `start` returns once the port is listening."""
+
+    def __init__(
+        self,
+        config: Config,
+        storage: Storage,
+        repository: Repository,
+        submit: Callable[[Received], None],
+    ) -> None:
+        self.config = config
+        self.repository = repository
+        self.store = StoreScp(config, storage, repository, submit)
+        self.qr = QueryRetrieveScp(config, repository)
+        self.ae = self._build_ae()
+        self.server: ThreadedAssociationServer | None = None
+
+    # -- set-up ------------------------------------------------------------------------
+
+    def _build_ae(self) -> AE:
+        cfg = self.config.dicom
+        ae = AE(ae_title=cfg.ae_title)
+        ae.maximum_associations = cfg.max_associations
+        ae.network_timeout = cfg.network_timeout_s
+        ae.acse_timeout = cfg.network_timeout_s
+        ae.dimse_timeout = cfg.network_timeout_s
+        ae.maximum_pdu_size = 0  # no limit: fewer, larger PDUs are faster to receive
+        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        for cx in AllStoragePresentationContexts:
+            uid = str(cx.abstract_syntax)
+            syntaxes = MR_TRANSFER_SYNTAXES if uid in MR_CLASSES else ALL_TRANSFER_SYNTAXES
+            # both roles: we store what peers send, and send what a C-GET asks for
+            ae.add_supported_context(uid, syntaxes, scu_role=True, scp_role=True)
+        for sop in QR_CLASSES:
+            ae.add_supported_context(sop, ALL_TRANSFER_SYNTAXES[:4])
+        return ae
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        tls = self.config.tls
+        if not tls.enabled:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        assert tls.certificate and tls.private_key
+        ctx.load_cert_chain(str(tls.certificate), str(tls.private_key))
+        if tls.ca_certificates:
+            ctx.load_verify_locations(str(tls.ca_certificates))
+        ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_NONE
+        return ctx
+
+    def start(self) -> None:
+        cfg = self.config.dicom
+        handlers = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_RELEASED, self._on_released),
+            (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_CONN_CLOSE, self._on_conn_close),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self.store.on_store),
+            (evt.EVT_C_FIND, self.qr.on_find),
+            (evt.EVT_C_MOVE, self.qr.on_move),
+            (evt.EVT_C_GET, self.qr.on_get),
+        ]
+        self.server = self.ae.start_server(
+            (cfg.bind_address, cfg.port),
+            block=False,
+            ssl_context=self.ssl_context(),
+            evt_handlers=handlers,
+        )
+        event(
+            log, "listening", ae_title=cfg.ae_title, address=cfg.bind_address, port=cfg.port,
+            tls=self.config.tls.enabled,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+        event(log, "stopped")
+
+    # -- associations ------------------------------------------------------------------
+
+    def allowed(self, peer: Peer) -> str | None:
+        """None if the peer may associate, else the reason it may not."""
+        allowed = self.config.access.allowed_peers
+        if not allowed:
+            return None
+        titles = [p for p in allowed if p.ae_title == peer.ae_title]
+        if not titles:
+            return f"calling AE title {peer.ae_title!r} is not in access.allowed_peers"
+        if all(p.address is not None and p.address != peer.address for p in titles):
+            return f"calling AE title {peer.ae_title!r} is not allowed from {peer.address}"
+        return None
+
+    def _on_requested(self, ev: Any) -> None:
+        calling = str(ev.assoc.requestor.primitive.calling_ae_title).strip()
+        peer = Peer(calling, str(ev.assoc.requestor.address))
+        reason = self.allowed(peer)
+        if reason is None:
+            return
+        notify(
+            self.repository, Event.ASSOCIATION_REJECTED, reason, peer_ae=peer.ae_title,
+            address=peer.address,
+        )  # fmt: skip
+        # rejected-permanent, service-user, calling-AE-title-not-recognized
+        ev.assoc.acse.send_reject(0x01, 0x01, 0x03)
+        ev.assoc.is_rejected = True
+        ev.assoc.kill()
+
+    def _on_established(self, ev: Any) -> None:
+        peer = peer_of(ev.assoc)
+        event(log, "association_accepted", peer_ae=peer.ae_title, address=peer.address)
+
+    def _finish(self, ev: Any, how: str) -> None:
+        peer = peer_of(ev.assoc)
+        stored = self.store.stored_in(ev.assoc)
+        level = logging.INFO if how == "released" else logging.WARNING
+        event(log, f"association_{how}", level, peer_ae=peer.ae_title, stored=stored)
+
+    def _on_released(self, ev: Any) -> None:
+        self._finish(ev, "released")
+
+    def _on_aborted(self, ev: Any) -> None:
+        self._finish(ev, "aborted")
+
+    def _on_conn_close(self, ev: Any) -> None:
+        assoc = ev.assoc
+        if assoc.is_established or assoc.is_released or assoc.is_rejected:
+            return
+        # Closed before any association was agreed: garbage bytes, a port scanner, or a
+        # peer that gave up. Recorded, because an operator debugging routing wants it.
+        reason = "connection closed before a valid association (not DICOM, or aborted)"
+        notify(
+            self.repository, Event.CONNECTION_DROPPED, reason,
+            address=str(assoc.requestor.address or ""),
+        )  # fmt: skip
+
+    def _on_echo(self, ev: Any) -> int:
+        peer = peer_of(ev.assoc)
+        event(log, "echo", peer_ae=peer.ae_title, address=peer.address)
+        return Dimse.SUCCESS

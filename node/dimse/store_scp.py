@@ -1,0 +1,84 @@
+"""The Storage SCP: C-STORE handling.
+
+Each instance is checked (UIDs, truncation: `node.store.ingest.describe`), written to
+disk as received (no re-encoding), atomically under a hashed path, and journalled; only
+then does the peer get Success. The indexer (`node.store.ingest`) indexes it moments
+later. Anything unreadable gets a failure status and an event, and the association (and
+the node) carry on.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from node.config import Config
+from node.dimse.common import Dimse, Peer, peer_of
+from node.events import Event, notify
+from node.store.ingest import describe
+from node.store.records import Received
+from node.store.repository import Repository
+from node.store.storage import InvalidUidError, Storage
+
+
+class StoreScp:
+    def __init__(
+        self,
+        config: Config,
+        storage: Storage,
+        repository: Repository,
+        submit: Callable[[Received], None],
+    ) -> None:
+        self.config = config
+        self.storage = storage
+        self.repository = repository
+        self.submit = submit  # hands a stored instance to the indexer
+        self.received = Counter[str]()  # per association: instances stored
+        self._lock = threading.Lock()
+
+    def on_store(self, ev: Any) -> int:
+        peer = peer_of(ev.assoc)
+        try:
+            data = ev.encoded_dataset(include_meta=True)
+            info = describe(data, str(ev.request.AffectedSOPInstanceUID))
+        except (InvalidUidError, ValueError) as exc:
+            return self._refuse(peer, Dimse.CANNOT_UNDERSTAND, f"unusable instance: {exc}")
+        except Exception as exc:  # pydicom raises many types for broken data
+            return self._refuse(
+                peer, Dimse.CANNOT_UNDERSTAND,
+                f"dataset cannot be decoded: {type(exc).__name__}: {exc}",
+            )  # fmt: skip
+        path = self.storage.instance_path(info.study_uid, info.series_uid, info.sop_uid)
+        try:
+            self.storage.write_atomic(path, data)
+        except OSError as exc:
+            return self._refuse(peer, Dimse.OUT_OF_RESOURCES, f"cannot write instance: {exc}")
+        self.submit(
+            Received(info, str(path), len(data), peer.ae_title, peer.address, self._forced(ev),
+                     time.time())
+        )  # fmt: skip
+        with self._lock:
+            self.received[str(id(ev.assoc))] += 1
+        return Dimse.SUCCESS
+
+    def stored_in(self, assoc: Any) -> int:
+        """Instances stored in ``assoc`` (forgotten once asked: the association ended)."""
+        with self._lock:
+            return self.received.pop(str(id(assoc)), 0)
+
+    def _forced(self, ev: Any) -> bool:
+        force = self.config.dicom.force_ae_title
+        if not force:
+            return False
+        called = str(ev.assoc.requestor.primitive.called_ae_title).strip()
+        return called == force
+
+    def _refuse(self, peer: Peer, status: int, reason: str) -> int:
+        notify(
+            self.repository, Event.INSTANCE_REFUSED, reason, peer_ae=peer.ae_title,
+            address=peer.address, status=f"0x{status:04X}",
+        )  # fmt: skip
+        return status

@@ -1,0 +1,781 @@
+"""The node's index: every read and write of its state, and the only module (with the
+tables in `node.store.schema`) that speaks SQL.
+
+SQLAlchemy, SQLite in WAL mode by default (any SQLAlchemy URL works). Every state change
+of the node is a committed row here, so a restart continues where a crash left off; each
+change of a series' or a job's state is checked against `node.workflow.transitions`.
+Methods return frozen records (`node.store.records`), never ORM rows. Writers in one
+process are serialised by a lock: SQLite allows one writer anyway, and this avoids
+"database is locked" on upgrade from read.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, create_engine, event, func, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from node.store.query import KeyMatch, Query
+from node.store.records import (
+    Claim,
+    Delivery,
+    EventView,
+    InstanceInfo,
+    InstanceRecord,
+    JobRecord,
+    JobRow,
+    JobState,
+    Origin,
+    OutboxRecord,
+    Purge,
+    QrRow,
+    Received,
+    ResultObject,
+    SendRow,
+    SendState,
+    SeriesRecord,
+    SeriesRow,
+    SeriesState,
+    Snapshot,
+    StoreOutcome,
+    StudyRecord,
+)
+from node.store.schema import (
+    Base,
+    EventRow,
+    Instance,
+    Job,
+    Outbox,
+    PolledStudy,
+    Series,
+    Study,
+)
+from node.workflow.transitions import (
+    JobEvent,
+    SeriesEvent,
+    job_after,
+    series_after,
+    series_may,
+)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+# -- ORM rows to records -----------------------------------------------------------------
+
+
+def _series(s: Series) -> SeriesRecord:
+    return SeriesRecord(
+        id=s.id, study_id=s.study_fk, series_uid=s.series_uid, modality=s.modality,
+        sop_class_uid=s.sop_class_uid, description=s.description,
+        series_number=s.series_number, image_type=s.image_type,
+        scanning_sequence=s.scanning_sequence, calling_ae=s.calling_ae,
+        calling_address=s.calling_address, n_instances=s.n_instances,
+        first_received=s.first_received, last_received=s.last_received,
+        state=SeriesState(s.state), reason=s.reason, kind=s.kind, forced=bool(s.forced),
+        origin=Origin(s.origin), derived_from=s.derived_from,
+        processed_instances=s.processed_instances,
+    )  # fmt: skip
+
+
+def _study(s: Study) -> StudyRecord:
+    return StudyRecord(
+        id=s.id, study_uid=s.study_uid, patient_id=s.patient_id, patient_name=s.patient_name,
+        patient_birth_date=s.patient_birth_date, patient_sex=s.patient_sex,
+        accession_number=s.accession_number, study_date=s.study_date,
+        study_time=s.study_time, study_description=s.study_description, study_id=s.study_id,
+    )  # fmt: skip
+
+
+def _instance(i: Instance) -> InstanceRecord:
+    return InstanceRecord(
+        id=i.id, series_id=i.series_fk, sop_uid=i.sop_uid, sop_class_uid=i.sop_class_uid,
+        transfer_syntax=i.transfer_syntax, instance_number=i.instance_number, path=i.path,
+        size=i.size,
+    )  # fmt: skip
+
+
+def _job(j: Job) -> JobRecord:
+    return JobRecord(
+        id=j.id, series_id=j.series_fk, state=JobState(j.state), attempts=j.attempts,
+        max_attempts=j.max_attempts, n_instances=j.n_instances, created_at=j.created_at,
+        started_at=j.started_at, finished_at=j.finished_at, error=j.error,
+        results_dir=j.results_dir, metrics=j.metrics, supersedes=j.supersedes,
+        seconds=j.seconds,
+    )  # fmt: skip
+
+
+def _outbox(o: Outbox) -> OutboxRecord:
+    return OutboxRecord(
+        id=o.id, job_id=o.job_fk, destination=o.destination, ae_title=o.ae_title,
+        host=o.host, port=o.port, path=o.path, sop_class_uid=o.sop_class_uid,
+        sop_uid=o.sop_uid, state=SendState(o.state), attempts=o.attempts,
+        next_attempt_at=o.next_attempt_at, last_error=o.last_error,
+    )  # fmt: skip
+
+
+# C-FIND keys matched in SQL first, so a query reads only its candidates; the DICOM rule
+# (`KeyMatch.test`, in the Q/R SCP) then decides. Integer keys are matched there only.
+QR_COLUMNS: dict[str, Any] = {
+    "StudyInstanceUID": Study.study_uid,
+    "PatientID": Study.patient_id,
+    "PatientName": Study.patient_name,
+    "PatientBirthDate": Study.patient_birth_date,
+    "PatientSex": Study.patient_sex,
+    "AccessionNumber": Study.accession_number,
+    "StudyDate": Study.study_date,
+    "StudyTime": Study.study_time,
+    "StudyDescription": Study.study_description,
+    "StudyID": Study.study_id,
+    "SeriesInstanceUID": Series.series_uid,
+    "Modality": Series.modality,
+    "SeriesDescription": Series.description,
+    "SOPInstanceUID": Instance.sop_uid,
+    "SOPClassUID": Instance.sop_class_uid,
+}
+
+
+def _clause(m: KeyMatch, column: Any) -> ColumnElement[bool] | None:
+    """``m`` as SQL: never stricter than the DICOM rule, which decides afterwards."""
+    if m.kind == "list":
+        return column.in_(m.values)
+    if m.kind == "range":
+        low, high = m.values
+        bounds = ([column >= low] if low else []) + ([column <= high] if high else [])
+        return and_(*bounds) if bounds else None
+    if m.kind == "wild":
+        text = m.values[0].replace("%", "\\%").replace("_", "\\_")
+        return column.ilike(text.replace("*", "%").replace("?", "_"), escape="\\")
+    return column == m.values[0]
+
+
+class Repository:
+    """All reads and writes of the node's state."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        self.engine: Engine = create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = threading.RLock()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def journal_mode(self) -> str:
+        with self.engine.connect() as con:
+            return str(con.exec_driver_sql("PRAGMA journal_mode").scalar())
+
+    def job_store(self) -> Any:
+        """An apscheduler job store in this database (the PACS polling schedule)."""
+        from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+
+        return SQLAlchemyJobStore(engine=self.engine)
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with self._sessions() as session:
+            yield session
+
+    @contextmanager
+    def _writing(self) -> Iterator[Session]:
+        with self._write, self._sessions() as session, session.begin():
+            yield session
+
+    # -- receiving -------------------------------------------------------------------
+
+    def record_instance(
+        self, info: InstanceInfo, path: str, size: int, calling_ae: str, address: str,
+        forced: bool = False, now: float | None = None,
+    ) -> StoreOutcome:  # fmt: skip
+        """Index one received instance."""
+        with self._write, self.engine.begin() as con:
+            return self._record(con, info, path, size, calling_ae, address, forced, now)
+
+    def record_batch(self, items: list[Received]) -> list[StoreOutcome | ValueError]:
+        """Index many instances in one transaction; an item that conflicts with what is
+        indexed (a series UID reused by another study...) gets its ValueError back."""
+        results: list[StoreOutcome | ValueError] = []
+        with self._write, self.engine.begin() as con:
+            for r in items:
+                try:
+                    results.append(
+                        self._record(con, r.info, r.path, r.size, r.calling_ae, r.address,
+                                     r.forced, r.received_at)
+                    )  # fmt: skip
+                except ValueError as exc:
+                    results.append(exc)
+        return results
+
+    def _record(
+        self, con: Connection, info: InstanceInfo, path: str, size: int, calling_ae: str,
+        address: str, forced: bool, now: float | None,
+    ) -> StoreOutcome:  # fmt: skip
+        # The hot path of ingest: Core SQL, three to four statements, no ORM objects.
+        now = time.time() if now is None else now
+        studies, series_t, instances = Study.__table__, Series.__table__, Instance.__table__
+        study_id = con.execute(
+            select(studies.c.id).where(studies.c.study_uid == info.study_uid)
+        ).scalar()
+        if study_id is None:
+            study_id = con.execute(
+                studies.insert().values(
+                    study_uid=info.study_uid, created_at=now, **_study_fields(info)
+                )
+            ).inserted_primary_key[0]
+        row = con.execute(
+            select(series_t.c.id, series_t.c.study_fk, series_t.c.state).where(
+                series_t.c.series_uid == info.series_uid
+            )
+        ).first()
+        if row is None:
+            series_id = con.execute(
+                series_t.insert().values(
+                    study_fk=study_id, series_uid=info.series_uid, modality=info.modality,
+                    sop_class_uid=info.sop_class_uid, description=info.series_description,
+                    series_number=info.series_number, image_type=info.image_type,
+                    scanning_sequence=info.scanning_sequence, calling_ae=calling_ae,
+                    calling_address=address, first_received=now, last_received=now,
+                    n_instances=0, forced=forced, state=SeriesState.RECEIVING, reason="",
+                    kind="", origin=Origin.RECEIVED, processed_instances=0,
+                )
+            ).inserted_primary_key[0]  # fmt: skip
+            state = SeriesState.RECEIVING
+        else:
+            series_id, owner, state = row
+            if owner != study_id:
+                raise ValueError(
+                    f"series {info.series_uid} already belongs to another study; "
+                    f"instance {info.sop_uid} refused"
+                )
+        existing = con.execute(
+            select(instances.c.series_fk).where(instances.c.sop_uid == info.sop_uid)
+        ).first()
+        if existing is None:
+            con.execute(
+                instances.insert().values(
+                    series_fk=series_id, sop_uid=info.sop_uid,
+                    sop_class_uid=info.sop_class_uid, transfer_syntax=info.transfer_syntax,
+                    instance_number=info.instance_number, path=path, size=size,
+                    received_at=now, frames=json.dumps(info.frames),
+                )
+            )  # fmt: skip
+        elif existing[0] != series_id:
+            raise ValueError(f"instance {info.sop_uid} already belongs to another series")
+        else:
+            con.execute(
+                instances.update()
+                .where(instances.c.sop_uid == info.sop_uid)
+                .values(size=size, received_at=now)
+            )
+        values: dict[str, Any] = {"last_received": now}
+        if existing is None:
+            values["n_instances"] = series_t.c.n_instances + 1
+        if forced:
+            values["forced"] = True
+        reopened = False
+        if existing is None and state != SeriesState.RECEIVING:
+            # New data for a series already judged: judge (and maybe process) it again
+            # once it is quiet; a job still waiting would see a half-updated series.
+            if state == SeriesState.QUEUED:
+                con.execute(
+                    update(Job)
+                    .where(Job.series_fk == series_id, Job.state == JobState.QUEUED)
+                    .values(state=job_after(JobState.QUEUED, JobEvent.SERIES_CHANGED),
+                            finished_at=now, error="cancelled: more instances arrived")
+                )  # fmt: skip
+            reopened = state in (SeriesState.DONE, SeriesState.FAILED, SeriesState.PROCESSING)
+            values.update(state=series_after(state, SeriesEvent.INSTANCE_ADDED), reason="")
+        con.execute(series_t.update().where(series_t.c.id == series_id).values(**values))
+        return StoreOutcome(existing is not None, reopened, series_id)
+
+    def known_paths(self) -> set[str]:
+        """Paths of every indexed instance (start-up reconciliation)."""
+        with self._read() as s:
+            return set(s.scalars(select(Instance.path)))
+
+    def series_state(self, series_uid: str) -> SeriesState | None:
+        with self._read() as s:
+            state = s.scalar(select(Series.state).where(Series.series_uid == series_uid))
+            return SeriesState(state) if state is not None else None
+
+    def series_by_uid(self, series_uid: str) -> SeriesRecord | None:
+        with self._read() as s:
+            row = s.scalar(select(Series).where(Series.series_uid == series_uid))
+            return _series(row) if row is not None else None
+
+    # -- completion and selection ----------------------------------------------------
+
+    def quiet_studies(self, stable_age_s: float, now: float | None = None) -> list[int]:
+        """Studies with a receiving series where no series received anything for a while."""
+        now = time.time() if now is None else now
+        with self._read() as s:
+            receiving = select(Series.study_fk).where(Series.state == SeriesState.RECEIVING)
+            latest = (
+                select(Series.study_fk, func.max(Series.last_received).label("last"))
+                .where(Series.study_fk.in_(receiving))
+                .group_by(Series.study_fk)
+                .subquery()
+            )
+            rows = s.execute(select(latest.c.study_fk).where(latest.c.last <= now - stable_age_s))
+            return [r[0] for r in rows]
+
+    def study_series(self, study_id: int) -> list[SeriesRecord]:
+        with self._read() as s:
+            return [
+                _series(r) for r in s.scalars(select(Series).where(Series.study_fk == study_id))
+            ]
+
+    def series(self, series_id: int) -> SeriesRecord:
+        with self._read() as s:
+            row = s.get(Series, series_id)
+            if row is None:
+                raise KeyError(f"no series {series_id}")
+            return _series(row)
+
+    def series_frames(self, series_id: int) -> list[tuple[str | None, float | None]]:
+        with self._read() as s:
+            frames: list[tuple[str | None, float | None]] = []
+            for text in s.scalars(select(Instance.frames).where(Instance.series_fk == series_id)):
+                frames.extend((pos, ti) for pos, ti in json.loads(text))
+            return frames
+
+    def skip_series(self, series_id: int, reason: str, kind: str = "") -> bool:
+        """Mark a quiet series as not to be processed; False if it changed meanwhile."""
+        with self._writing() as s:
+            series = s.get(Series, series_id)
+            if series is None or series.state != SeriesState.RECEIVING:
+                return False
+            series.state = series_after(series.state, SeriesEvent.SKIPPED)
+            series.reason, series.kind = reason, kind
+            return True
+
+    def enqueue(
+        self, series_id: int, kind: str, reason: str, max_attempts: int, now: float | None = None
+    ) -> int | None:
+        """Queue a job for a quiet series; None if the series changed meanwhile."""
+        now = time.time() if now is None else now
+        with self._writing() as s:
+            series = s.get(Series, series_id)
+            if series is None or series.state != SeriesState.RECEIVING:
+                return None
+            job = Job(
+                series_fk=series_id, max_attempts=max_attempts,
+                n_instances=series.n_instances, created_at=now, state=JobState.QUEUED,
+            )  # fmt: skip
+            s.add(job)
+            series.state = series_after(series.state, SeriesEvent.QUEUED)
+            series.reason, series.kind = reason, kind
+            s.flush()
+            return job.id
+
+    # -- jobs --------------------------------------------------------------------------
+
+    def recover_jobs(self, now: float | None = None) -> list[int]:
+        """At start-up: jobs a crash left running go back to the queue (or fail, if used
+        up; or are cancelled, if their series moved on meanwhile)."""
+        now = time.time() if now is None else now
+        recovered = []
+        with self._writing() as s:
+            for job in s.scalars(select(Job).where(Job.state == JobState.RUNNING)):
+                series = s.get(Series, job.series_fk)
+                assert series is not None
+                if series.state != SeriesState.PROCESSING:
+                    job.state = job_after(job.state, JobEvent.SERIES_CHANGED)
+                    job.finished_at, job.error = now, "cancelled: the series changed"
+                elif job.attempts >= job.max_attempts:
+                    job.state, job.finished_at = job_after(job.state, JobEvent.GAVE_UP), now
+                    job.error = (job.error + "\n" if job.error else "") + (
+                        f"node stopped during attempt {job.attempts} of {job.max_attempts}"
+                    )
+                    series.state = series_after(series.state, SeriesEvent.JOB_FAILED)
+                else:
+                    job.state = job_after(job.state, JobEvent.NODE_RESTARTED)
+                    job.not_before = now
+                    series.state = series_after(series.state, SeriesEvent.NODE_RESTARTED)
+                recovered.append(job.id)
+        return recovered
+
+    def claim_job(self, now: float | None = None) -> Claim | None:
+        """Take the oldest due job, with all a worker needs to run it."""
+        now = time.time() if now is None else now
+        with self._writing() as s:
+            running = select(Job.series_fk).where(Job.state == JobState.RUNNING)
+            job = s.scalar(
+                select(Job)
+                .where(
+                    Job.state == JobState.QUEUED,
+                    Job.not_before <= now,
+                    Job.series_fk.not_in(running),  # one job per series at a time
+                )
+                .order_by(Job.id)
+                .limit(1)
+            )
+            if job is None:
+                return None
+            job.state, job.started_at = job_after(job.state, JobEvent.CLAIMED), now
+            job.attempts += 1
+            job.supersedes = s.scalar(
+                select(Job.id)
+                .where(Job.series_fk == job.series_fk, Job.state == JobState.DONE)
+                .order_by(Job.id.desc())
+                .limit(1)
+            )
+            series = s.get(Series, job.series_fk)
+            assert series is not None
+            series.state = series_after(series.state, SeriesEvent.JOB_STARTED)
+            paths = list(s.scalars(select(Instance.path).where(Instance.series_fk == series.id)))
+            previous = s.get(Job, job.supersedes) if job.supersedes is not None else None
+            return Claim(
+                job_id=job.id,
+                attempt=job.attempts,
+                series=_series(series),
+                paths=paths,
+                previous_results=previous.results_dir if previous and previous.results_dir
+                else None,
+            )  # fmt: skip
+
+    def job(self, job_id: int) -> JobRecord:
+        with self._read() as s:
+            row = s.get(Job, job_id)
+            if row is None:
+                raise KeyError(f"no job {job_id}")
+            return _job(row)
+
+    def finish_job(
+        self, job_id: int, results_dir: str, metrics: str, objects: list[ResultObject],
+        deliveries: list[Delivery], seconds: float, now: float | None = None,
+    ) -> None:  # fmt: skip
+        """Job done, its results indexed (as series of origin ``result``, so Q/R clients
+        can find them) and its outbox rows, in one transaction: a crash gives all or none.
+        """
+        now = time.time() if now is None else now
+        with self._writing() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            job.state = job_after(job.state, JobEvent.FINISHED)
+            job.finished_at, job.seconds = now, seconds
+            job.results_dir, job.metrics, job.error = results_dir, metrics, ""
+            source = s.get(Series, job.series_fk)
+            assert source is not None
+            result_series: dict[str, Series] = {}
+            for o in objects:
+                rs = result_series.get(o.series_uid)
+                if rs is None:
+                    rs = Series(
+                        study_fk=source.study_fk, series_uid=o.series_uid, modality=o.modality,
+                        sop_class_uid=o.sop_class_uid, description=o.description,
+                        series_number=o.series_number, first_received=now, last_received=now,
+                        n_instances=0, state=SeriesState.DONE, origin=Origin.RESULT,
+                        derived_from=source.id, reason=f"results of job {job_id}",
+                    )  # fmt: skip
+                    s.add(rs)
+                    s.flush()
+                    result_series[o.series_uid] = rs
+                rs.n_instances += 1
+                s.add(
+                    Instance(
+                        series_fk=rs.id, sop_uid=o.sop_uid, sop_class_uid=o.sop_class_uid,
+                        transfer_syntax=o.transfer_syntax, instance_number=o.instance_number,
+                        path=o.path, size=o.size, received_at=now, frames="[]",
+                    )
+                )  # fmt: skip
+            for d in deliveries:
+                for o in objects:
+                    s.add(
+                        Outbox(
+                            job_fk=job_id, destination=d.name, ae_title=d.ae_title, host=d.host,
+                            port=d.port, path=o.path, sop_class_uid=o.sop_class_uid,
+                            sop_uid=o.sop_uid, created_at=now, next_attempt_at=now,
+                            state=SendState.PENDING,
+                        )
+                    )  # fmt: skip
+            source.processed_instances = job.n_instances
+            was = source.state
+            source.state = series_after(was, SeriesEvent.JOB_DONE)
+            if was == SeriesState.PROCESSING:
+                source.reason = source.reason or "processed"
+
+    def fail_job(
+        self, job_id: int, error: str, retry_delay_s: float, final: bool = False,
+        now: float | None = None,
+    ) -> bool:  # fmt: skip
+        """Record a failed attempt; True when the job will be tried again.
+
+        ``final``: trying again cannot help (the data is unusable); no further attempts.
+        """
+        now = time.time() if now is None else now
+        with self._writing() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            series = s.get(Series, job.series_fk)
+            assert series is not None
+            job.error = error
+            again = not final and job.attempts < job.max_attempts
+            moved_on = series.state != SeriesState.PROCESSING
+            if again and moved_on:
+                # New instances came while it ran: the series is judged again and gets a
+                # job of its own with every instance; this one would be a duplicate.
+                job.state, job.finished_at = job_after(job.state, JobEvent.SERIES_CHANGED), now
+                return False
+            if again:
+                job.state = job_after(job.state, JobEvent.RETRY)
+                job.not_before = now + retry_delay_s
+                series.state = series_after(series.state, SeriesEvent.JOB_RETRY)
+            else:
+                job.state, job.finished_at = job_after(job.state, JobEvent.GAVE_UP), now
+                series.state = series_after(series.state, SeriesEvent.JOB_FAILED)
+                if not moved_on:
+                    series.reason = error.splitlines()[0][:500]
+            return again
+
+    def latest_result(self, series_uid: str) -> tuple[JobRecord | None, int]:
+        """The series' newest finished (done or failed) job and its undelivered objects."""
+        with self._read() as s:
+            job = s.scalar(
+                select(Job)
+                .join(Series, Series.id == Job.series_fk)
+                .where(
+                    Series.series_uid == series_uid,
+                    Job.state.in_([JobState.DONE, JobState.FAILED]),
+                )
+                .order_by(Job.id.desc())
+                .limit(1)
+            )
+            if job is None:
+                return None, 0
+            pending = s.scalar(
+                select(func.count())
+                .select_from(Outbox)
+                .where(Outbox.job_fk == job.id, Outbox.state != SendState.SENT)
+            )
+            return _job(job), int(pending or 0)
+
+    # -- dispatch ----------------------------------------------------------------------
+
+    def due_sends(self, now: float | None = None, limit: int = 1000) -> list[OutboxRecord]:
+        now = time.time() if now is None else now
+        with self._read() as s:
+            rows = s.scalars(
+                select(Outbox)
+                .where(Outbox.state == SendState.PENDING, Outbox.next_attempt_at <= now)
+                .order_by(Outbox.id)
+                .limit(limit)
+            )
+            return [_outbox(r) for r in rows]
+
+    def mark_sent(self, outbox_ids: list[int], now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        if not outbox_ids:
+            return
+        with self._writing() as s:
+            s.execute(
+                update(Outbox)
+                .where(Outbox.id.in_(outbox_ids))
+                .values(state=SendState.SENT, sent_at=now, last_error="")
+            )
+
+    def mark_send_failed(
+        self, outbox_ids: list[int], error: str, initial_s: float, max_s: float,
+        now: float | None = None,
+    ) -> float:  # fmt: skip
+        """Count a failed attempt and schedule the next one (exponential backoff)."""
+        now = time.time() if now is None else now
+        delay = initial_s
+        with self._writing() as s:
+            for row in s.scalars(select(Outbox).where(Outbox.id.in_(outbox_ids))):
+                row.attempts += 1
+                delay = min(initial_s * 2 ** (row.attempts - 1), max_s)
+                row.next_attempt_at, row.last_error = now + delay, error
+        return delay
+
+    # -- retention ---------------------------------------------------------------------
+
+    def purge_candidates(self, cutoff: float) -> list[int]:
+        """Received series, finished before ``cutoff``, whose results were all delivered."""
+        with self._read() as s:
+            undelivered = (
+                select(Job.series_fk)
+                .join(Outbox, Outbox.job_fk == Job.id)
+                .where(Outbox.state != SendState.SENT)
+            )
+            return list(
+                s.scalars(
+                    select(Series.id).where(
+                        Series.origin == Origin.RECEIVED,  # results go with their source
+                        Series.state.in_([SeriesState.SKIPPED, SeriesState.DONE]),
+                        Series.last_received <= cutoff,
+                        Series.id.not_in(undelivered),
+                    )
+                )
+            )
+
+    def purge_series(self, series_id: int, cutoff: float) -> Purge | None:
+        """Mark a series (and its result series) purged; returns the files to delete, or
+        None when it changed since `purge_candidates` (an instance arrived...)."""
+        with self._writing() as s:
+            series = s.get(Series, series_id)
+            if series is None or not series_may(series.state, SeriesEvent.PURGED):
+                return None
+            if series.last_received > cutoff:
+                return None
+            paths = list(s.scalars(select(Instance.path).where(Instance.series_fk == series_id)))
+            results = list(
+                s.scalars(
+                    select(Job.results_dir).where(Job.series_fk == series_id, Job.results_dir != "")
+                )
+            )
+            for d in s.scalars(select(Series).where(Series.derived_from == series_id)):
+                s.execute(Instance.__table__.delete().where(Instance.series_fk == d.id))
+                d.state, d.n_instances = SeriesState.PURGED, 0
+            s.execute(Instance.__table__.delete().where(Instance.series_fk == series_id))
+            series.state = series_after(series.state, SeriesEvent.PURGED)
+            series.reason = (series.reason + "; " if series.reason else "") + "files purged"
+            return Purge(series.series_uid, len(paths), paths, results)
+
+    # -- Query/Retrieve ----------------------------------------------------------------
+
+    def qr_rows(self, query: Query) -> list[QrRow]:
+        """Candidate instances for a C-FIND/C-MOVE/C-GET identifier (narrowed in SQL)."""
+        q = (
+            select(Study, Series, Instance)
+            .join(Series, Series.study_fk == Study.id)
+            .join(Instance, Instance.series_fk == Series.id)
+            .where(Series.state != SeriesState.PURGED)
+        )
+        for keyword, m in query.criteria.items():
+            clause = _clause(m, QR_COLUMNS[keyword]) if keyword in QR_COLUMNS else None
+            if clause is not None:
+                q = q.where(clause)
+        if query.modalities:
+            other = Series.__table__.alias("other")
+            q = q.where(
+                select(other.c.id)
+                .where(other.c.study_fk == Study.id, other.c.modality.in_(query.modalities))
+                .where(other.c.state != SeriesState.PURGED)
+                .exists()
+            )
+        with self._read() as s:
+            return [
+                QrRow(_study(st), _series(se), _instance(i)) for st, se, i in s.execute(q).all()
+            ]
+
+    # -- polling -----------------------------------------------------------------------
+
+    def polled_studies(self, pacs: str) -> set[str]:
+        with self._read() as s:
+            return set(s.scalars(select(PolledStudy.study_uid).where(PolledStudy.pacs == pacs)))
+
+    def mark_polled(self, pacs: str, study_uid: str, outcome: str) -> None:
+        with self._writing() as s:
+            s.add(PolledStudy(pacs=pacs, study_uid=study_uid, seen_at=time.time(),
+                              outcome=outcome))  # fmt: skip
+
+    # -- events and the operator's view ------------------------------------------------
+
+    def record_event(
+        self, kind: str, message: str, level: str = "ERROR", peer_ae: str = "",
+        peer_address: str = "", series_uid: str = "", job_id: int | None = None,
+    ) -> None:  # fmt: skip
+        try:
+            with self._writing() as s:
+                s.add(
+                    EventRow(
+                        time=time.time(), level=level, kind=kind, message=message[:4000],
+                        peer_ae=peer_ae[:16], peer_address=peer_address[:64],
+                        series_uid=series_uid[:64], job_fk=job_id,
+                    )
+                )  # fmt: skip
+        except IntegrityError:  # pragma: no cover - an event is best effort by nature
+            pass
+
+    def snapshot(self, limit: int = 20) -> Snapshot:
+        """Recent series, jobs, sends per destination and events (``lge-node status``)."""
+        snap = Snapshot(taken_at=time.time())
+        with self._read() as s:
+            rows = s.execute(
+                select(Series, Study)
+                .join(Study, Study.id == Series.study_fk)
+                .order_by(Series.last_received.desc())
+                .limit(limit)
+            )
+            for series, study in rows:
+                snap.series.append(
+                    SeriesRow(
+                        study.study_uid, study.accession_number, series.series_uid,
+                        series.description, series.n_instances, series.state, series.reason,
+                        series.calling_ae, series.last_received,
+                    )
+                )  # fmt: skip
+            for job, uid in s.execute(
+                select(Job, Series.series_uid)
+                .join(Series, Series.id == Job.series_fk)
+                .order_by(Job.id.desc())
+                .limit(limit)
+            ):
+                scar = json.loads(job.metrics).get("scar_percent") if job.metrics else None
+                snap.jobs.append(
+                    JobRow(
+                        job.id, uid, job.state, job.attempts, job.max_attempts, job.seconds,
+                        scar, job.error.splitlines()[0] if job.error else "", job.created_at,
+                    )
+                )  # fmt: skip
+            for dest in s.scalars(select(Outbox.destination).distinct()):
+                counts = dict(
+                    s.execute(
+                        select(Outbox.state, func.count())
+                        .where(Outbox.destination == dest)
+                        .group_by(Outbox.state)
+                    ).all()
+                )
+                last = s.execute(
+                    select(Outbox.last_error, Outbox.next_attempt_at)
+                    .where(Outbox.destination == dest, Outbox.state == SendState.PENDING)
+                    .order_by(Outbox.attempts.desc())
+                    .limit(1)
+                ).first()
+                snap.sends.append(
+                    SendRow(
+                        dest, counts.get(SendState.PENDING, 0), counts.get(SendState.SENT, 0),
+                        last[0] if last else "", last[1] if last else None,
+                    )
+                )  # fmt: skip
+            for ev in s.scalars(select(EventRow).order_by(EventRow.id.desc()).limit(limit)):
+                peer = f"{ev.peer_ae}@{ev.peer_address}" if ev.peer_ae else ev.peer_address
+                snap.events.append(EventView(ev.time, ev.level, ev.kind, peer, ev.message))
+        return snap
+
+
+def _study_fields(info: InstanceInfo) -> dict[str, str]:
+    p, st = info.patient, info.study
+    return {
+        "patient_id": p.get("PatientID", "")[:64],
+        "patient_name": p.get("PatientName", "")[:324],
+        "patient_birth_date": p.get("PatientBirthDate", "")[:8],
+        "patient_sex": p.get("PatientSex", "")[:16],
+        "accession_number": st.get("AccessionNumber", "")[:16],
+        "study_date": st.get("StudyDate", "")[:8],
+        "study_time": st.get("StudyTime", "")[:16],
+        "study_description": st.get("StudyDescription", "")[:64],
+        "study_id": st.get("StudyID", "")[:16],
+    }

@@ -1,0 +1,52 @@
+"""The heart's region of interest: pixel boxes, and the detector's uint8 input.
+
+Shared by inference (`pipeline.localize`) and the training-set export
+(`pipeline.research.dataset`), so detector input is made the same way in both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+HEART_MARGIN_MM = 15.0
+
+
+@dataclass(frozen=True)
+class Box:
+    """Pixel box [y0, y1) x [x0, x1)."""
+
+    y0: int
+    x0: int
+    y1: int
+    x1: int
+
+    def expand(self, mm: float, spacing: tuple[float, float], shape: tuple[int, int]) -> Box:
+        dy, dx = round(mm / spacing[0]), round(mm / spacing[1])
+        return Box(
+            max(self.y0 - dy, 0),
+            max(self.x0 - dx, 0),
+            min(self.y1 + dy, shape[0]),
+            min(self.x1 + dx, shape[1]),
+        )
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.y0, self.y1), slice(self.x0, self.x1)
+
+
+def union(boxes: list[Box]) -> Box:
+    return Box(
+        min(b.y0 for b in boxes),
+        min(b.x0 for b in boxes),
+        max(b.y1 for b in boxes),
+        max(b.x1 for b in boxes),
+    )
+
+
+def to_uint8(volume: np.ndarray) -> np.ndarray:
+    """Whole-stack percentile window to uint8: the detector's input, in training and use."""
+    lo, hi = np.percentile(volume, [1.0, 99.5])
+    scaled = (volume.astype(np.float32) - lo) / max(float(hi - lo), 1e-6)
+    return (np.clip(scaled, 0, 1) * 255).astype(np.uint8)
