@@ -84,7 +84,7 @@ def build_seg(
     masks = segment_masks(labels, include_blood_pools).astype(np.uint8)
     if volume.is_multiframe:
         # One enhanced source: SEG frames follow the source's frame order, not slice order.
-        order = np.argsort([f.frame_number for f in volume.frames])
+        order = np.argsort([f.frame_number or 0 for f in volume.frames])
         masks = masks[order]
         sources = [volume.datasets[0]]
     else:

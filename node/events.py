@@ -56,7 +56,7 @@ def notify(
 ) -> None:
     """Log ``what`` and record it in the index (when there is one; best effort: an index
     that cannot be written must not stop the work that raised the event)."""
-    extra = {
+    extra: dict[str, Any] = {
         k: v for k, v in (("peer_ae", peer_ae), ("address", address), ("series", series_uid)) if v
     }
     if job_id is not None:

@@ -9,7 +9,7 @@ the same file differently.
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, Literal
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -43,7 +43,7 @@ def _pixel_element(data: bytes, offset: int, ds: Dataset) -> tuple[int, int] | N
     tsyntax = ds.file_meta.get("TransferSyntaxUID")
     if tsyntax is None or offset + 8 > len(data):
         return None
-    order = "big" if tsyntax == ExplicitVRBigEndian else "little"
+    order: Literal["big", "little"] = "big" if tsyntax == ExplicitVRBigEndian else "little"
     if tsyntax == ImplicitVRLittleEndian:  # tag, 4-byte length
         return int.from_bytes(data[offset + 4 : offset + 8], order), len(data) - offset - 8
     if offset + 12 > len(data):
@@ -58,8 +58,9 @@ def check_pixel_data(data: bytes, offset: int | None, ds: Dataset) -> None:
         return
     if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
         full = pydicom.dcmread(io.BytesIO(data))  # deflated: offsets are not in the bytes
-        value = full.get_item("PixelData")
-        length, available = (value.length, len(value.value or b"")) if value else (0, 0)
+        value = full.get_item("PixelData")  # raw: its declared length is kept
+        available = len(value.value or b"") if value is not None else 0
+        length = int(getattr(value, "length", available))
     else:
         found = _pixel_element(data, offset, ds)
         if found is None:

@@ -20,6 +20,7 @@ AHA segmentation, as implemented here:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -221,7 +222,7 @@ def aha_segments(labels: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Ah
         with_myo = with_myo[::-1]
     cavity = [k for k in with_myo if pool[k].any()]
     cap = [k for k in with_myo if not pool[k].any()]
-    thirds = np.array_split(np.array(cavity, dtype=int), 3) if cavity else [[], [], []]
+    thirds: list[Any] = np.array_split(np.array(cavity, dtype=int), 3) if cavity else [[], [], []]
     levels = {
         "basal": [int(k) for k in thirds[0]],
         "mid": [int(k) for k in thirds[1]],

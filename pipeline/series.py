@@ -71,7 +71,7 @@ class _Slice:
 
 def read_datasets(paths: Iterable[Path]) -> list[tuple[str, Dataset]]:
     """Read files as DICOM, raising `NotDicomError` naming the first that is not."""
-    out = []
+    out: list[tuple[str, Dataset]] = []
     for path in paths:
         try:
             ds = pydicom.dcmread(path)
@@ -182,8 +182,8 @@ def _named_datasets(
         return read_datasets(dicom_files(path))
     items = list(source)
     if items and all(isinstance(x, Dataset) for x in items):
-        return [(f"dataset[{i}]", ds) for i, ds in enumerate(items)]  # type: ignore[misc]
-    return read_datasets(Path(x) for x in items)  # type: ignore[arg-type]
+        return [(f"dataset[{i}]", ds) for i, ds in enumerate(items) if isinstance(ds, Dataset)]
+    return read_datasets(Path(x) for x in items if isinstance(x, str | Path))
 
 
 def _require_image(name: str, ds: Dataset) -> None:
@@ -200,7 +200,7 @@ def _require_image(name: str, ds: Dataset) -> None:
 
 def _vector(value: object, n: int, what: str, name: str) -> np.ndarray:
     try:
-        arr = np.array([float(v) for v in value], dtype=float)  # type: ignore[attr-defined]
+        arr = np.array([float(v) for v in value], dtype=float)  # type: ignore[attr-defined,type-var]
     except (TypeError, ValueError) as exc:
         raise MissingGeometryError(f"{name}: {what} is not numeric ({value!r})") from exc
     if arr.shape != (n,) or not np.all(np.isfinite(arr)):
@@ -284,7 +284,7 @@ def _stack_geometry(slices: list[_Slice]) -> tuple[Geometry, list[_Slice]]:
     )
     if angle > MIXED_DEG:
         n_orient = len(
-            {tuple(np.round(np.r_[s.row_direction, s.column_direction], 2)) for s in slices}
+            {np.round(np.r_[s.row_direction, s.column_direction], 2).tobytes() for s in slices}
         )
         raise MixedOrientationError(
             f"slices have {n_orient} orientations ({ref.source} and {worst.source} differ by "

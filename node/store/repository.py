@@ -16,9 +16,9 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, create_engine, event, func, select, update
+from sqlalchemy import ColumnElement, Table, and_, create_engine, event, func, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -65,6 +65,16 @@ from node.workflow.transitions import (
     series_after,
     series_may,
 )
+
+
+def _table(entity: type[Base]) -> Table:
+    return cast(Table, entity.__table__)
+
+
+def _insert(con: Connection, table: Table, **values: Any) -> int:
+    key = con.execute(table.insert().values(**values)).inserted_primary_key
+    assert key is not None
+    return int(key[0])
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -233,24 +243,22 @@ class Repository:
     ) -> StoreOutcome:  # fmt: skip
         # The hot path of ingest: Core SQL, three to four statements, no ORM objects.
         now = time.time() if now is None else now
-        studies, series_t, instances = Study.__table__, Series.__table__, Instance.__table__
+        studies, series_t, instances = _table(Study), _table(Series), _table(Instance)
         study_id = con.execute(
             select(studies.c.id).where(studies.c.study_uid == info.study_uid)
         ).scalar()
         if study_id is None:
-            study_id = con.execute(
-                studies.insert().values(
-                    study_uid=info.study_uid, created_at=now, **_study_fields(info)
-                )
-            ).inserted_primary_key[0]
+            study_id = _insert(
+                con, studies, study_uid=info.study_uid, created_at=now, **_study_fields(info)
+            )
         row = con.execute(
             select(series_t.c.id, series_t.c.study_fk, series_t.c.state).where(
                 series_t.c.series_uid == info.series_uid
             )
         ).first()
         if row is None:
-            series_id = con.execute(
-                series_t.insert().values(
+            series_id = _insert(
+                con, series_t,
                     study_fk=study_id, series_uid=info.series_uid, modality=info.modality,
                     sop_class_uid=info.sop_class_uid, description=info.series_description,
                     series_number=info.series_number, image_type=info.image_type,
@@ -258,8 +266,7 @@ class Repository:
                     calling_address=address, first_received=now, last_received=now,
                     n_instances=0, forced=forced, state=SeriesState.RECEIVING, reason="",
                     kind="", origin=Origin.RECEIVED, processed_instances=0,
-                )
-            ).inserted_primary_key[0]  # fmt: skip
+            )  # fmt: skip
             state = SeriesState.RECEIVING
         else:
             series_id, owner, state = row
@@ -646,9 +653,9 @@ class Repository:
                 )
             )
             for d in s.scalars(select(Series).where(Series.derived_from == series_id)):
-                s.execute(Instance.__table__.delete().where(Instance.series_fk == d.id))
+                s.execute(_table(Instance).delete().where(Instance.series_fk == d.id))
                 d.state, d.n_instances = SeriesState.PURGED, 0
-            s.execute(Instance.__table__.delete().where(Instance.series_fk == series_id))
+            s.execute(_table(Instance).delete().where(Instance.series_fk == series_id))
             series.state = series_after(series.state, SeriesEvent.PURGED)
             series.reason = (series.reason + "; " if series.reason else "") + "files purged"
             return Purge(series.series_uid, len(paths), paths, results)
@@ -668,7 +675,7 @@ class Repository:
             if clause is not None:
                 q = q.where(clause)
         if query.modalities:
-            other = Series.__table__.alias("other")
+            other = _table(Series).alias("other")
             q = q.where(
                 select(other.c.id)
                 .where(other.c.study_fk == Study.id, other.c.modality.in_(query.modalities))

@@ -155,8 +155,8 @@ def evaluate_case(
 def summarize(cases: list[CaseResult]) -> dict:
     out: dict = {"cases": len(cases), "classes": {}}
     for name in CLASSES:
-        d = [c.dice[name] for c in cases if c.dice[name] is not None]
-        h = [c.hd95_mm[name] for c in cases if c.hd95_mm[name] is not None]
+        d = [v for c in cases if (v := c.dice[name]) is not None]
+        h = [v for c in cases if (v := c.hd95_mm[name]) is not None]
         t = np.array([c.truth_ml[name] for c in cases])
         p = np.array([c.predicted_ml[name] for c in cases])
         diff = p - t
@@ -188,8 +188,8 @@ def summarize(cases: list[CaseResult]) -> dict:
         ("thicker", lambda t: t >= THIN_PX),
     ):
         d = [
-            c.dice["scar"] for c in cases
-            if c.dice["scar"] is not None and c.scar_thickness_px is not None
+            v for c in cases
+            if (v := c.dice["scar"]) is not None and c.scar_thickness_px is not None
             and keep(c.scar_thickness_px)
         ]  # fmt: skip
         out["scar_by_thickness"][stratum] = {

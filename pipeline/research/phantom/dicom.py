@@ -148,7 +148,7 @@ def _common(ds: Dataset, info: StudyInfo, series_uid: str, kind: str, acq: Acqui
     ds.PixelRepresentation = 0
 
 
-def _file_meta(sop_class: str, sop_instance: str) -> FileMetaDataset:
+def _file_meta(sop_class: UID, sop_instance: UID) -> FileMetaDataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = sop_instance
