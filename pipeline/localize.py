@@ -30,7 +30,9 @@ class Localization:
 
 
 class HeartLocator:
-    def __init__(self, weights: Path, conf: float = 0.25, imgsz: int = 256) -> None:
+    def __init__(
+        self, weights: Path, conf: float = 0.25, imgsz: int = 256, device: str = "cpu"
+    ) -> None:
         runtime.prepare()
         from ultralytics import YOLO
 
@@ -38,12 +40,13 @@ class HeartLocator:
         self.model = YOLO(str(weights), task="detect")
         self.conf = conf
         self.imgsz = imgsz
+        self.device = device  # "cpu" or "cuda" (ultralytics picks the GPU)
 
     def detect(self, volume: Volume) -> tuple[list[Box | None], list[float]]:
         u8 = to_uint8(volume.array)
         images = [np.repeat(u8[k][..., None], 3, axis=-1) for k in range(u8.shape[0])]
         results = self.model.predict(
-            images, imgsz=self.imgsz, conf=self.conf, device="cpu", verbose=False
+            images, imgsz=self.imgsz, conf=self.conf, device=self.device, verbose=False
         )
         boxes: list[Box | None] = []
         confs: list[float] = []

@@ -44,7 +44,7 @@ class Pipeline:
     def __init__(self, bundle: ModelBundle, settings: PipelineSettings | None = None) -> None:
         self.bundle = bundle
         self.settings = settings or PipelineSettings()
-        self.locator = HeartLocator(bundle.yolo_weights)
+        self.locator = HeartLocator(bundle.yolo_weights, device=self.settings.device)
         self.segmenter = Segmenter(bundle, self.settings.device, self.settings.mirroring)
 
     def run(self, volume: Volume, progress: Callable[[str], None] | None = None) -> Result:

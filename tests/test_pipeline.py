@@ -38,6 +38,20 @@ def test_bundled_weights_load_through_the_real_apis(pipeline: Pipeline) -> None:
     assert size < 30e6, "the demo models together stay under 30 MB"
 
 
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="shows the device reaches YOLO by failing"
+)
+def test_the_device_setting_reaches_the_heart_detector(psir_classic) -> None:
+    """--device cuda must reach YOLO, not only nnU-Net: on a machine without a GPU the
+    detector then refuses, where a hard-coded "cpu" would silently run."""
+    from pipeline.localize import HeartLocator
+
+    volume = load_series(psir_classic.out_dir / "dicom")
+    locator = HeartLocator(ModelBundle.load().yolo_weights, device="cuda")
+    with pytest.raises(ValueError, match=r"(?i)cuda"):
+        locator.detect(volume)
+
+
 @pytest.mark.parametrize(
     ("seed", "kind", "enhanced"),
     [(HELD_OUT + 1, "psir", False), (HELD_OUT + 2, "magnitude", True)],
