@@ -27,7 +27,7 @@ class Event(Enum):
     CONNECTION_DROPPED = ("connection_dropped", logging.WARNING)
     INSTANCE_REFUSED = ("instance_refused", logging.WARNING)
     INSTANCE_NOT_INDEXED = ("instance_not_indexed", logging.ERROR)
-    ORPHAN_REMOVED = ("orphan_removed", logging.WARNING)
+    ORPHAN_QUARANTINED = ("orphan_quarantined", logging.WARNING)
     MODELS_FAILED = ("models_failed", logging.ERROR)
     JOB_FAILED = ("job_failed", logging.ERROR)
     FIND_REFUSED = ("find_refused", logging.WARNING)

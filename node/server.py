@@ -61,7 +61,7 @@ class Node:
         recovered = self.repository.recover_jobs()
         journal = Journal(self.journal_path)
         journal.truncate_if(lambda: True)  # everything in it is indexed now
-        self.indexer = Indexer(self.repository, journal, self._indexed)
+        self.indexer = Indexer(self.repository, journal, self._indexed, storage=self.storage)
         self.indexer.start()
         event(
             log, "starting", pid=os.getpid(), data_dir=self.storage.root,

@@ -200,3 +200,71 @@ def test_instances_left_as_temp_files_by_a_power_loss_are_restored(
         ) == [(14,)]  # fmt: skip
         assert [j[1] for j in node.jobs(series)] == ["done"]
     assert not list(storage.instances.rglob(".*.tmp"))
+
+
+def test_a_header_value_too_big_for_the_index_stops_neither_ingest_nor_restart(
+    tmp_path: Path, psir_classic
+) -> None:
+    """An InstanceNumber of 20 digits (not a valid IS, beyond any integer column) once
+    stopped the indexer for good and then the node's start-up. Now the instance is
+    stored and indexed without the unusable number, the next instances are indexed too,
+    the series is processed, and a restart is clean."""
+    node = NodeProcess(tmp_path / "node")
+    _study, series, files = copy_study(psir_classic.out_dir / "dicom", tmp_path / "s")
+    poisoned = pydicom.dcmread(files[0])
+    poisoned["InstanceNumber"].value = "99999999999999999999"  # 20 digits, as sent
+    poisoned.save_as(files[0], enforce_file_format=True)
+    with node:
+        storescu(node.port, files[:1])
+        storescu(node.port, files[1:])  # after it: must be indexed as well
+        node.wait_done(series, timeout=180)
+        count = "SELECT COUNT(*) FROM instances i JOIN series s ON i.series_fk = s.id "
+        assert node.query(count + "WHERE s.series_uid = ?", series) == [(len(files),)]
+        assert node.query(
+            "SELECT instance_number FROM instances WHERE sop_uid = ?", str(poisoned.SOPInstanceUID)
+        ) == [(None,)]  # fmt: skip
+        assert node.stop() == 0
+        node.start()  # the restart that used to fail with OverflowError
+        assert node.alive() and echoscu(node.port).returncode == 0
+        assert node.query(count + "WHERE s.series_uid = ?", series) == [(len(files),)]
+        assert [j[1] for j in node.jobs(series)] == ["done"]
+
+
+def test_a_row_the_index_refuses_is_quarantined_not_lost_and_the_rest_is_indexed(
+    tmp_path: Path, psir_classic
+) -> None:
+    """Defence in depth below the header checks: if the database refuses one instance's
+    row, that instance alone is set aside (file moved to quarantine/, event recorded),
+    and the others of the same batch are indexed."""
+    from dataclasses import replace
+
+    from node.store.ingest import Indexer, Journal, describe
+    from node.store.records import Received
+    from node.store.repository import Repository
+
+    storage = Storage(tmp_path / "data")
+    repo = Repository(f"sqlite:///{tmp_path / 'data' / 'index.db'}")
+    received = []
+    for f in sorted((psir_classic.out_dir / "dicom").glob("*.dcm"))[:3]:
+        data = f.read_bytes()
+        info = describe(data)
+        path = storage.instance_path(info.study_uid, info.series_uid, info.sop_uid)
+        storage.write_atomic(path, data)
+        received.append(Received(info, str(path), len(data), "SCANNER", "127.0.0.1", False, 0.0))
+    # A value no integer column holds: what a header check that lets one through would give.
+    received[1] = replace(received[1], info=replace(received[1].info, instance_number=2**70))
+    indexer = Indexer(repo, Journal(storage.root / "ingest.journal"), lambda r, o: None,
+                      storage=storage)  # fmt: skip
+    indexer.start()
+    for r in received:
+        indexer.submit(r)
+    assert indexer.flush(30)
+    indexer.stop()
+    assert repo.known_paths() == {received[0].path, received[2].path}
+    assert not Path(received[1].path).exists()
+    (kept,) = (storage.root / "quarantine").iterdir()
+    assert kept.read_bytes() == (sorted((psir_classic.out_dir / "dicom").glob("*.dcm"))[1]
+                                 .read_bytes())  # fmt: skip
+    (ev,) = [e for e in repo.snapshot().events if e.kind == "instance_not_indexed"]
+    assert "cannot be indexed" in ev.message and "quarantine" in ev.message
+    repo.close()

@@ -27,7 +27,7 @@ from node.events import Event, notify
 from node.logs import event
 from node.store.records import InstanceInfo, Received, StoreOutcome
 from node.store.repository import Repository
-from node.store.storage import check_uid
+from node.store.storage import Storage, check_uid
 from pipeline.instance import (
     frame_value,
     inversion_time,
@@ -80,12 +80,19 @@ def _text(ds: Dataset, keyword: str) -> str:
     return "\\".join(values) if values is not None else str(value)
 
 
+IS_RANGE = 2**31 - 1  # an Integer String (IS) holds -2^31 .. 2^31-1 (PS3.5 6.2)
+
+
 def _int(ds: Dataset, keyword: str) -> int | None:
+    """An IS value, or None when absent or not a valid IS (the instance is kept as sent;
+    its index row just lacks the number, which nothing depends on: slices are ordered
+    by geometry)."""
     try:
         value = ds.get(keyword)
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+        number = int(value) if value not in (None, "") else None
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if number is None or -IS_RANGE - 1 <= number <= IS_RANGE else None
 
 
 def _pos_key(ipp: Any) -> str | None:
@@ -157,9 +164,11 @@ class Indexer(threading.Thread):
         journal: Journal,
         on_indexed: Callable[[Received, StoreOutcome | ValueError], None],
         batch: int = 500,
+        storage: Storage | None = None,
     ) -> None:
         super().__init__(name="indexer", daemon=True)
         self.index = index
+        self.storage = storage  # where an instance the index refuses is quarantined
         self.journal = journal
         self.on_indexed = on_indexed
         self.batch = batch
@@ -218,13 +227,15 @@ class Indexer(threading.Thread):
                 delay = min(delay * 2, 30.0)
         for r, outcome in zip(items, outcomes, strict=True):
             if isinstance(outcome, ValueError):
+                # A conflicting object (a series UID reused by another study...) or a row
+                # the database refuses: not part of any series here. It was acknowledged,
+                # so its file is set aside for the operator, never deleted.
+                where = self.storage.quarantine(Path(r.path)) if self.storage else r.path
                 notify(
-                    self.index, Event.INSTANCE_NOT_INDEXED, str(outcome), peer_ae=r.calling_ae,
-                    address=r.address, series_uid=r.info.series_uid, sop=r.info.sop_uid,
+                    self.index, Event.INSTANCE_NOT_INDEXED, f"{outcome}; file kept in {where}",
+                    peer_ae=r.calling_ae, address=r.address, series_uid=r.info.series_uid,
+                    sop=r.info.sop_uid,
                 )  # fmt: skip
-                # A conflicting object (a series UID reused by another study...): not part
-                # of any series here; its file goes, the event stays.
-                Path(r.path).unlink(missing_ok=True)
             self.on_indexed(r, outcome)
         with self._pending_lock:
             self.pending -= len(items)

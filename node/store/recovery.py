@@ -5,7 +5,9 @@ in the index before the port opens, so nothing acknowledged is ever lost.
   cut-off ones are removed (`Storage.clean_temporaries`);
 - instance files on disk but not in the index (acknowledged just before a crash, the
   indexer had not committed them) are indexed, with their sender from the ingest journal;
-- files a crash left while retention was deleting a purged series are removed.
+- files a crash left while retention was deleting a purged series are removed;
+- a file that cannot be read or indexed is moved to ``quarantine/`` with an event: one
+  bad file never stops the start-up.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from node.events import Event, notify
 from node.store.ingest import Journal, describe
-from node.store.records import SeriesState
+from node.store.records import Received, SeriesState
 from node.store.repository import Repository
 from node.store.storage import Storage
 
@@ -65,13 +67,17 @@ def reconcile(storage: Storage, repository: Repository, journal_path: Path) -> t
             dropped += 1
             continue
         sender = sender or {}
-        try:
-            repository.record_instance(
-                info, str(path), len(data), sender.get("ae", ""), sender.get("address", ""),
-                bool(sender.get("forced", False)), now=path.stat().st_mtime,
+        received = Received(
+            info, str(path), len(data), sender.get("ae", ""), sender.get("address", ""),
+            bool(sender.get("forced", False)), path.stat().st_mtime,
+        )  # fmt: skip
+        (outcome,) = repository.record_batch([received])  # one bad file stops nothing
+        if isinstance(outcome, ValueError):
+            where = storage.quarantine(path)
+            notify(
+                repository, Event.ORPHAN_QUARANTINED, f"not indexable: {outcome}; kept in {where}",
+                series_uid=info.series_uid,
             )  # fmt: skip
-        except ValueError as exc:
-            _drop(storage, repository, path, f"conflicts with the index: {exc}")
             dropped += 1
             continue
         indexed += 1
@@ -79,5 +85,5 @@ def reconcile(storage: Storage, repository: Repository, journal_path: Path) -> t
 
 
 def _drop(storage: Storage, repository: Repository, path: Path, reason: str) -> None:
-    notify(repository, Event.ORPHAN_REMOVED, reason, path=path.name)
-    storage.remove(path)
+    where = storage.quarantine(path)  # kept for the operator, out of the instances folder
+    notify(repository, Event.ORPHAN_QUARANTINED, f"{reason}; kept in {where}")

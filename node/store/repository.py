@@ -20,7 +20,7 @@ from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Table, and_, create_engine, event, func, select, update
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from node.store.query import KeyMatch, Query
@@ -224,18 +224,30 @@ class Repository:
 
     def record_batch(self, items: list[Received]) -> list[StoreOutcome | ValueError]:
         """Index many instances in one transaction; an item that conflicts with what is
-        indexed (a series UID reused by another study...) gets its ValueError back."""
-        results: list[StoreOutcome | ValueError] = []
-        with self._write, self.engine.begin() as con:
-            for r in items:
-                try:
-                    results.append(
-                        self._record(con, r.info, r.path, r.size, r.calling_ae, r.address,
-                                     r.forced, r.received_at)
-                    )  # fmt: skip
-                except ValueError as exc:
-                    results.append(exc)
-        return results
+        indexed (a series UID reused by another study...) gets its ValueError back.
+
+        A row the database itself refuses (a value no column holds...) must not block the
+        rest: the batch is then indexed one instance per transaction, and that instance
+        alone gets a ValueError. A database that cannot be reached (OperationalError)
+        fails the whole batch, for the caller to try again.
+        """
+        try:
+            with self._write, self.engine.begin() as con:
+                return [self._record_or_conflict(con, r) for r in items]
+        except OperationalError:
+            raise
+        except (SQLAlchemyError, OverflowError, TypeError) as exc:
+            if len(items) > 1:
+                return [self.record_batch([r])[0] for r in items]
+            return [ValueError(f"instance {items[0].info.sop_uid} cannot be indexed: {exc}")]
+
+    def _record_or_conflict(self, con: Connection, r: Received) -> StoreOutcome | ValueError:
+        try:
+            return self._record(
+                con, r.info, r.path, r.size, r.calling_ae, r.address, r.forced, r.received_at
+            )
+        except ValueError as exc:
+            return exc
 
     def _record(
         self, con: Connection, info: InstanceInfo, path: str, size: int, calling_ae: str,

@@ -46,6 +46,7 @@ class Storage:
         self.instances = self.root / "instances"
         self.results = self.root / "results"
         self.incoming = self.root / "incoming"  # temp files; emptied at start-up
+        self.quarantined = self.root / "quarantine"  # acknowledged, but not indexable
         for folder in (self.instances, self.results, self.incoming):
             folder.mkdir(parents=True, exist_ok=True)
 
@@ -99,6 +100,17 @@ class Storage:
         shutil.rmtree(self.incoming, ignore_errors=True)
         self.incoming.mkdir(parents=True, exist_ok=True)
         return removed, restored
+
+    def quarantine(self, path: Path) -> Path:
+        """Move an instance file that cannot join the index out of ``instances/`` into
+        ``quarantine/`` (kept for the operator; start-up recovery no longer sees it)."""
+        path = Path(path).resolve()
+        if self.instances not in path.parents:
+            raise ValueError(f"{path} is not an instance file of {self.root}")
+        self.quarantined.mkdir(parents=True, exist_ok=True)
+        target = self.quarantined / f"{path.stem}.{os.getpid()}.{id(path):x}.dcm"
+        os.replace(path, target)
+        return target
 
     def remove(self, path: Path) -> None:
         """Delete a file or folder inside the data folder (never outside it)."""
