@@ -17,25 +17,9 @@ from dicom_templates.identity import Algorithm
 from dicom_templates.overlay import build_overlays
 from dicom_templates.seg import build_seg
 from dicom_templates.sr import build_sr
+from dicom_templates.written import WrittenObject
 from pipeline.quantify import Metrics
 from pipeline.volume import Volume
-
-
-@dataclass(frozen=True)
-class WrittenObject:
-    """One DICOM object written (SEG, SR or an overlay), described from the dataset in
-    memory, so whoever indexes or sends it need not read the file back."""
-
-    path: str
-    sop_class_uid: str
-    sop_uid: str
-    series_uid: str
-    modality: str
-    description: str
-    series_number: int | None
-    instance_number: int | None
-    transfer_syntax: str
-    size: int
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from dicom_templates.written import WrittenObject
+
 
 class SeriesState(StrEnum):
     RECEIVING = "receiving"  # instances arriving; not yet quiet for stable_age
@@ -76,20 +78,8 @@ class StoreOutcome:
     series_id: int
 
 
-@dataclass(frozen=True)
-class ResultObject:
-    """One DICOM object a job wrote (SEG, SR or an overlay)."""
-
-    path: str
-    sop_class_uid: str
-    sop_uid: str
-    series_uid: str
-    modality: str
-    description: str
-    series_number: int | None
-    instance_number: int | None
-    transfer_syntax: str
-    size: int
+# One DICOM object a job wrote (SEG, SR or an overlay), as the builders describe it.
+ResultObject = WrittenObject
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ the job to run again after restart and nothing half-done is ever sent.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 import threading
@@ -21,7 +20,7 @@ from node.config import Config
 from node.dimse.dispatch import deliveries_for
 from node.events import Event, notify
 from node.logs import event
-from node.store.records import Claim, ResultObject
+from node.store.records import Claim
 from node.store.repository import Repository
 from node.store.storage import Storage
 from pipeline.errors import SeriesLoadError
@@ -119,7 +118,7 @@ class Worker(threading.Thread):
                 out, volume, result.labels, result.metrics, self.algorithm,
                 predecessor_sr=predecessor,
             )  # fmt: skip
-            objects = [ResultObject(**dataclasses.asdict(o)) for o in files.objects]
+            objects = files.objects
             deliveries = deliveries_for(self.config, series.calling_ae)
             seconds = time.perf_counter() - t0
             self.repository.finish_job(
