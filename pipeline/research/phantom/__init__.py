@@ -26,6 +26,7 @@ from pipeline.research.phantom.dicom import (
     write_enhanced,
 )
 from pipeline.research.phantom.render import Acquisition, add_noise, render, sample_case
+from pipeline.research.phantom.style import STYLES, holdout_variant, style_for
 from pipeline.volume import Geometry
 
 KINDS = ("magnitude", "psir")
@@ -45,12 +46,18 @@ class PhantomSpec:
     # A narrow, thin subendocardial infarct (~1-2 ml): the hard case for a segmenter,
     # drawn from its own stream so the rest of the seed's anatomy stays the same.
     small_infarct: bool = False
+    # classic (the original generator), randomized (domain randomization, for training)
+    # or holdout (two axes per seed beyond the randomized ranges, for evaluation only)
+    style: str = "classic"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if self.slices is not None and not 8 <= self.slices <= 14:
-            raise ValueError(f"slices must be within 8..14, got {self.slices}")
+        if self.style not in STYLES:
+            raise ValueError(f"style must be one of {tuple(STYLES)}, got {self.style!r}")
+        lo, hi = STYLES[self.style].slices
+        if self.slices is not None and not lo <= self.slices <= hi:
+            raise ValueError(f"slices must be within {lo}..{hi}, got {self.slices}")
         if self.scar is False and self.mvo:
             raise ValueError("MVO lies inside scar: --mvo needs a scar")
         if self.small_infarct and (self.scar is False or self.mvo):
@@ -101,8 +108,15 @@ def make_phantom(out_dir: Path | str, spec: PhantomSpec, progress: bool = False)
     out_dir = Path(out_dir)
     # Separate streams so that the anatomy of a seed does not change with --kind.
     scar, mvo = spec.findings()
+    style = style_for(spec.style, spec.seed)
     anatomy, acq = sample_case(
-        np.random.default_rng([spec.seed, 2]), spec.slices, scar, mvo, spec.territory
+        np.random.default_rng([spec.seed, 2]),
+        spec.slices,
+        scar,
+        mvo,
+        spec.territory,
+        style,
+        np.random.default_rng([spec.seed, 5]),
     )
     if spec.small_infarct and anatomy.infarct is not None:
         small = np.random.default_rng([spec.seed, 4])
@@ -114,7 +128,7 @@ def make_phantom(out_dir: Path | str, spec: PhantomSpec, progress: bool = False)
         )
         anatomy = replace(anatomy, infarct=infarct)
     contrast_rng = np.random.default_rng([spec.seed, 3, 0 if spec.kind == "magnitude" else 1])
-    signal, labels = render(anatomy, acq, spec.kind, contrast_rng, progress=progress)
+    signal, labels = render(anatomy, acq, spec.kind, contrast_rng, progress, style)
     image = add_noise(contrast_rng, signal, acq, spec.kind)
 
     info = StudyInfo.from_seed(spec.seed)
@@ -134,7 +148,12 @@ def make_phantom(out_dir: Path | str, spec: PhantomSpec, progress: bool = False)
         "small_infarct": spec.small_infarct,
         "territory": anatomy.infarct.territory if anatomy.infarct else None,
         "peak_transmurality": anatomy.infarct.transmurality if anatomy.infarct else 0.0,
+        "style": spec.style,
+        "holdout_axes": list(holdout_variant(spec.seed)[1]) if spec.style == "holdout" else [],
         "slices": acq.n_slices,
+        "matrix": [acq.rows, acq.columns],
+        "stack_runs": "apex_to_base" if acq.normal @ anatomy.axis < 0 else "base_to_apex",
+        "snr": acq.snr,
         "pixel_spacing_mm": acq.pixel_spacing,
         "slice_thickness_mm": acq.thickness,
         "slice_gap_mm": acq.gap,

@@ -10,12 +10,13 @@ convention `pipeline.quantify` uses for the AHA segments.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 
 import numpy as np
 
 from pipeline.labels import Label
+from pipeline.research.phantom.style import CLASSIC, Style, draw
 
 LPS_LEFT = np.array([1.0, 0.0, 0.0])
 LPS_POSTERIOR = np.array([0.0, 1.0, 0.0])
@@ -103,12 +104,17 @@ class Anatomy:
     body_semi: tuple[float, float]  # left-right, anterior-posterior
     body_fat: float
     infarct: Infarct | None
+    wall_clip: tuple[float, float] = (6.0, 12.0)  # local wall thickness limits, mm
+    fat_ring: float = 0.0  # epicardial fat all around the heart, mm
+    papillary_deg: tuple[float, float] = (150.0, -75.0)  # anterolateral, posteromedial
 
     def r_epi(self, theta: np.ndarray, w: np.ndarray) -> np.ndarray:
         return self.radius * self._ellipse(theta) * self._profile(w / self.length)
 
     def r_endo(self, theta: np.ndarray, w: np.ndarray) -> np.ndarray:
-        thickness = np.clip(self.wall + self.wall_amp * np.cos(theta - self.wall_phase), 6.0, 12.0)
+        thickness = np.clip(
+            self.wall + self.wall_amp * np.cos(theta - self.wall_phase), *self.wall_clip
+        )
         cavity_length = self.length - self.apex_wall
         return (self.radius * self._ellipse(theta) - thickness) * self._profile(w / cavity_length)
 
@@ -157,6 +163,8 @@ class Anatomy:
 
         # Epicardial fat, thickest in one sector (the AV-groove side).
         fat = self.fat_thickness * np.clip(np.cos(theta - self.fat_phase), 0, None) ** 2
+        if self.fat_ring:
+            fat = fat + self.fat_ring
         tissue[in_lv & (r < r_epi + fat) & (r >= r_epi)] = Tissue.EPICARDIAL_FAT
 
         # RV: a crescent on the septal side, shrinking toward the apex.
@@ -182,7 +190,7 @@ class Anatomy:
         myo = in_lv & (r < r_epi) & (r >= r_endo)
         pool = in_lv & (r < r_endo)
         tissue[pool] = Tissue.LV_BLOOD
-        for pm_deg in (150.0, -75.0):  # anterolateral, posteromedial
+        for pm_deg in self.papillary_deg:
             pm = np.deg2rad(pm_deg)
             dist = np.hypot(u - 0.62 * r_endo * np.cos(pm), v - 0.62 * r_endo * np.sin(pm))
             level = (w > 0.2 * self.length) & (w < 0.75 * self.length)
@@ -233,19 +241,26 @@ def sample_anatomy(
     mvo: bool,
     length: float,
     territory: str | None = None,
+    style: Style = CLASSIC,
+    extra: np.random.Generator | None = None,
 ) -> Anatomy:
-    """Draw a heart; ``slice_normal`` is the short-axis plane normal (base -> apex)."""
+    """Draw a heart; ``slice_normal`` is the short-axis plane normal (base -> apex).
+
+    ``rng`` draws in the same order for every style (classic seeds never change);
+    what only randomized styles vary comes from ``extra``.
+    """
     tilt_axis = unit(np.cross(slice_normal, rng.normal(size=3)))
-    axis = unit(rotate(slice_normal, tilt_axis, np.deg2rad(rng.uniform(0, 6))))
+    axis = unit(rotate(slice_normal, tilt_axis, np.deg2rad(rng.uniform(0, style.tilt_deg))))
     right_anterior = unit(-LPS_LEFT - LPS_POSTERIOR)
     septal = unit(right_anterior - (right_anterior @ axis) * axis)
-    septal = unit(rotate(septal, axis, np.deg2rad(rng.uniform(-20, 20))))
+    turn = style.septal_rotation_deg
+    septal = unit(rotate(septal, axis, np.deg2rad(rng.uniform(-turn, turn))))
     anterior = unit(np.cross(axis, septal))
     anterior_lps = -LPS_POSTERIOR
     if anterior @ anterior_lps < 0:
         anterior = -anterior
-    radius = rng.uniform(23.0, 30.0)
-    wall = rng.uniform(7.0, 10.0)
+    radius = draw(rng, style.radius_mm)
+    wall = draw(rng, style.wall_mm)
     infarct = None
     if scar:
         drawn = str(rng.choice(TERRITORIES))  # drawn always, so seeds stay comparable
@@ -272,26 +287,38 @@ def sample_anatomy(
             mvo=mvo,
             mvo_rim=float(rng.uniform(0.04, 0.1)),
         )
-    return Anatomy(
+    anatomy = Anatomy(
         base_center=base_center,
         axis=axis,
         septal=septal,
         anterior=anterior,
         radius=radius,
         length=length,
-        exponent=rng.uniform(2.0, 2.6),
-        ecc=rng.uniform(0.0, 0.08),
+        exponent=draw(rng, style.exponent),
+        ecc=draw(rng, style.ecc),
         ecc_phase=rng.uniform(0, np.pi),
         wall=wall,
-        wall_amp=rng.uniform(0.5, 2.0),
+        wall_amp=draw(rng, style.wall_amp_mm),
         wall_phase=rng.uniform(0, 2 * np.pi),
-        apex_wall=rng.uniform(5.0, 8.0),
-        rv_depth=rng.uniform(14.0, 24.0),
-        rv_length=length * rng.uniform(0.75, 0.88),
-        papillary_radius=rng.uniform(3.0, 5.0),
-        fat_thickness=rng.uniform(0.0, 4.0),
+        apex_wall=draw(rng, style.apex_wall_mm),
+        rv_depth=draw(rng, style.rv_depth_mm),
+        rv_length=length * draw(rng, style.rv_length),
+        papillary_radius=draw(rng, style.papillary_mm),
+        fat_thickness=draw(rng, style.fat_mm),
         fat_phase=rng.uniform(-np.pi, np.pi),
-        body_semi=(rng.uniform(165, 195), rng.uniform(110, 135)),
-        body_fat=rng.uniform(6.0, 18.0),
+        body_semi=(draw(rng, style.body_lr_mm), draw(rng, style.body_ap_mm)),
+        body_fat=draw(rng, style.body_fat_mm),
         infarct=infarct,
+        wall_clip=style.wall_clip_mm,
+    )
+    if extra is None or not style.randomized:
+        return anatomy
+    jitter = style.papillary_jitter_deg
+    return replace(
+        anatomy,
+        fat_ring=draw(extra, style.fat_ring_mm),
+        papillary_deg=(
+            150.0 + float(extra.uniform(-jitter, jitter)),
+            -75.0 + float(extra.uniform(-jitter, jitter)),
+        ),
     )

@@ -183,7 +183,7 @@ def write_classic(
         _common(ds, info, series_uid, kind, acq)
         ds.ImageType = fields["ImageType"]
         ds.SequenceName = fields["SequenceName"]
-        ds.InstanceNumber = k + 1
+        ds.InstanceNumber = acq.n_slices - k if acq.reverse_instances else k + 1
         ds.AcquisitionTime = info.study_time
         ds.ImagePositionPatient = [_ds(v) for v in acq.positions[k]]
         ds.ImageOrientationPatient = [_ds(v) for v in (*acq.row_direction, *acq.column_direction)]

@@ -20,6 +20,7 @@ from pipeline.research.phantom.anatomy import (
     sample_anatomy,
     unit,
 )
+from pipeline.research.phantom.style import CLASSIC, Style, draw
 
 SUPERSAMPLE = 3  # in-plane and through-plane samples per output voxel (partial volume)
 
@@ -35,12 +36,17 @@ class Acquisition:
     gap: float
     row_direction: np.ndarray
     column_direction: np.ndarray
-    normal: np.ndarray  # row x column; slices are stacked base -> apex along it
-    positions: np.ndarray  # (K, 3) ImagePositionPatient
+    normal: np.ndarray  # row x column; slices are stacked along it
+    positions: np.ndarray  # (K, 3) ImagePositionPatient, in order along ``normal``
     breathing: np.ndarray  # (K, 3) in-plane heart displacement per slice, mm
     inversion_time: float
     snr: float
     scale: float  # stored value of scar signal
+    reverse_instances: bool = False  # InstanceNumber 1 is the last slice along ``normal``
+    texture: float = 0.04  # amplitude of the smooth multiplicative tissue texture
+    psf_sigma_px: float = 0.0  # extra in-plane blur
+    bias_lobes: int = 2
+    bias_floor: float = 0.7
 
     @property
     def n_slices(self) -> int:
@@ -57,7 +63,13 @@ def sample_case(
     scar: bool,
     mvo: bool,
     territory: str | None = None,
+    style: Style = CLASSIC,
+    extra: np.random.Generator | None = None,
 ) -> tuple[Anatomy, Acquisition]:
+    """Anatomy and acquisition of one case. ``rng`` draws in the same order for every
+    style; what only randomized styles vary comes from ``extra`` (required for them)."""
+    if style.randomized and extra is None:
+        raise ValueError(f"style {style.name!r} needs the extra random stream")
     # The LV long axis points left, anterior and inferior; the short-axis plane is
     # perpendicular to it, so its orientation is oblique to every patient axis.
     normal = unit(
@@ -72,22 +84,25 @@ def sample_case(
         col = -col
     normal = np.cross(row, col)
 
-    k = int(n_slices if n_slices is not None else rng.integers(8, 15))
-    length = rng.uniform(72.0, 92.0)
-    gap = rng.uniform(0.0, 2.0)
-    spacing = float(np.clip((length + 8.0) / (k - 0.5), 6.0, 12.0))
-    thickness = float(np.clip(spacing - gap, 6.0, 10.0))
-    gap = float(np.clip(spacing - thickness, 0.0, 2.0))
+    lo, hi = style.slices
+    k = int(n_slices if n_slices is not None else rng.integers(lo, hi + 1))
+    length = draw(rng, style.lv_length)
+    gap = draw(rng, style.gap)
+    spacing = float(np.clip((length + 8.0) / (k - 0.5), *style.slice_spacing_clip))
+    thickness = float(np.clip(spacing - gap, *style.thickness_clip))
+    gap = float(np.clip(spacing - thickness, *style.gap))
     spacing = thickness + gap
 
-    pixel = float(rng.uniform(1.2, 2.0))
-    fov = rng.uniform(300.0, 380.0)
-    matrix = int(np.clip(round(fov / pixel / 16) * 16, 160, 256))
+    pixel = draw(rng, style.pixel_mm)
+    fov = rng.uniform(*style.fov_mm)
+    matrix = int(np.clip(round(fov / pixel / 16) * 16, *style.matrix_clip))
     rows = matrix
-    columns = int(np.clip(matrix - 16 * rng.integers(0, 3), 160, 256))
+    columns = int(
+        np.clip(matrix - 16 * rng.integers(0, style.column_steps + 1), *style.matrix_clip)
+    )
 
     base_center = np.array([10.0, -20.0, 40.0]) + rng.normal(0, 10, 3)
-    anatomy = sample_anatomy(rng, normal, base_center, scar, mvo, length, territory)
+    anatomy = sample_anatomy(rng, normal, base_center, scar, mvo, length, territory, style, extra)
 
     # Slice normal vs heart axis: depths of the slice planes measured along the normal.
     first = -rng.uniform(0.3, 0.9) * spacing
@@ -95,17 +110,36 @@ def sample_case(
     offset = rng.uniform(-25, 25, 2)  # heart position in the field of view
     centres = base_center + depths[:, None] * normal
     centres = centres - offset[0] * row - offset[1] * col
-    positions = centres - ((columns - 1) / 2) * pixel * row - ((rows - 1) / 2) * pixel * col
     # Breath-hold mismatch: each slice sees the heart displaced 0..3 mm, mostly along the
     # in-plane projection of the superior axis.
     si = LPS_SUPERIOR - (LPS_SUPERIOR @ normal) * normal
     si = unit(si)
     other = np.cross(normal, si)
-    amount = rng.uniform(0, 3.0, k)
+    amount = rng.uniform(0, style.breathing_mm, k)
     mix = rng.normal(0, 0.3, k)
     direction = si[None] + mix[:, None] * other[None]
     direction /= np.linalg.norm(direction, axis=1, keepdims=True)
     breathing = amount[:, None] * direction
+    inversion_time = float(rng.uniform(250, 350))
+    snr = draw(rng, style.snr)
+    scale = draw(rng, style.scale)
+
+    appearance: dict[str, object] = {}
+    if extra is not None and style.randomized:
+        if extra.random() < style.flip_normal_p:
+            # Mirror the rows: the DICOM normal then points apex -> base, so the stack
+            # (sorted along it, as readers do) runs apex first.
+            row = -row
+            normal = -normal
+            centres, breathing = centres[::-1], breathing[::-1]
+        appearance = {
+            "reverse_instances": bool(extra.random() < style.reverse_instances_p),
+            "texture": draw(extra, style.texture),
+            "psf_sigma_px": draw(extra, style.psf_sigma_px),
+            "bias_lobes": int(extra.integers(style.bias_lobes[0], style.bias_lobes[1] + 1)),
+            "bias_floor": float(extra.uniform(0.45, 0.9)),
+        }
+    positions = centres - ((columns - 1) / 2) * pixel * row - ((rows - 1) / 2) * pixel * col
 
     acq = Acquisition(
         rows=rows,
@@ -118,57 +152,49 @@ def sample_case(
         normal=normal,
         positions=positions,
         breathing=breathing,
-        inversion_time=float(rng.uniform(250, 350)),
-        snr=float(rng.uniform(12, 35)),
-        scale=float(rng.uniform(1100, 1600)),
+        inversion_time=inversion_time,
+        snr=snr,
+        scale=scale,
+        **appearance,  # type: ignore[arg-type]
     )
     return anatomy, acq
 
 
-def tissue_signal(rng: np.random.Generator, kind: str) -> np.ndarray:
+def tissue_signal(rng: np.random.Generator, kind: str, style: Style = CLASSIC) -> np.ndarray:
     """Relative signal per tissue (scar ~ 1) for this case's contrast."""
+    r = style.signals[kind]
     s = np.zeros(len(Tissue))
-    blood = rng.uniform(0.55, 0.97)  # at the top end nearly as bright as scar
-    if kind == "magnitude":
-        values = {
-            Tissue.AIR: 0.0,
-            Tissue.SUBCUTANEOUS_FAT: rng.uniform(0.45, 0.65),
-            Tissue.MUSCLE: rng.uniform(0.12, 0.25),
-            Tissue.LUNG: 0.03,
-            Tissue.LIVER: rng.uniform(0.2, 0.35),
-            Tissue.SPINE: 0.35,
-            Tissue.AORTA: blood * 0.9,
-            Tissue.EPICARDIAL_FAT: rng.uniform(0.45, 0.65),
-            Tissue.RV_WALL: 0.06,
-            Tissue.RV_BLOOD: blood,
-            Tissue.ATRIAL_BLOOD: blood,
-            Tissue.LV_BLOOD: blood,
-            Tissue.PAPILLARY: rng.uniform(0.04, 0.12),
-            Tissue.MYOCARDIUM: rng.uniform(0.02, 0.08),
-            Tissue.SCAR: rng.uniform(0.9, 1.0),
-            Tissue.MVO: rng.uniform(0.05, 0.2),
-        }
-    else:  # PSIR: signed, nulled myocardium near zero, long-T1 tissue negative
-        values = {
-            Tissue.AIR: 0.0,
-            Tissue.SUBCUTANEOUS_FAT: rng.uniform(0.35, 0.5),
-            Tissue.MUSCLE: rng.uniform(0.03, 0.1),
-            Tissue.LUNG: -0.05,
-            Tissue.LIVER: rng.uniform(0.05, 0.15),
-            Tissue.SPINE: 0.3,
-            Tissue.AORTA: blood * 0.9,
-            Tissue.EPICARDIAL_FAT: rng.uniform(0.35, 0.5),
-            Tissue.RV_WALL: 0.0,
-            Tissue.RV_BLOOD: blood,
-            Tissue.ATRIAL_BLOOD: blood,
-            Tissue.LV_BLOOD: blood,
-            Tissue.PAPILLARY: rng.uniform(0.0, 0.05),
-            Tissue.MYOCARDIUM: rng.uniform(-0.02, 0.02),
-            Tissue.SCAR: rng.uniform(0.9, 1.0),
-            Tissue.MVO: rng.uniform(-0.25, -0.1),
-        }
+    blood = draw(rng, r.blood)  # at the top end nearly as bright as scar
+    fat = r.fat
+    # Draw order is fixed (classic seeds stay identical); a range of zero width is a
+    # constant and draws nothing.
+    values: dict[Tissue, float | tuple[float, float]] = {
+        Tissue.AIR: 0.0,
+        Tissue.SUBCUTANEOUS_FAT: fat,
+        Tissue.MUSCLE: r.muscle,
+        Tissue.LUNG: r.lung,
+        Tissue.LIVER: r.liver,
+        Tissue.SPINE: r.spine,
+        Tissue.AORTA: blood * 0.9,
+        Tissue.EPICARDIAL_FAT: fat,
+        Tissue.RV_WALL: r.rv_wall,
+        Tissue.RV_BLOOD: blood,
+        Tissue.ATRIAL_BLOOD: blood,
+        Tissue.LV_BLOOD: blood,
+        Tissue.PAPILLARY: r.papillary,
+        Tissue.MYOCARDIUM: r.myocardium,
+        Tissue.SCAR: r.scar,
+        Tissue.MVO: r.mvo,
+    }
     for t, value in values.items():
+        if isinstance(value, tuple):
+            value = value[0] if value[0] == value[1] else draw(rng, value)
         s[t] = value
+    if style.randomized:
+        # Papillary muscles are myocardium: never brighter than the pool, close to the
+        # wall's own signal; MVO always darker than the scar around it.
+        s[Tissue.PAPILLARY] = min(s[Tissue.PAPILLARY], blood)
+        s[Tissue.MVO] = min(s[Tissue.MVO], s[Tissue.SCAR] - 0.4)
     return s
 
 
@@ -178,62 +204,105 @@ def render(
     kind: str,
     rng: np.random.Generator,
     progress: bool = False,
+    style: Style = CLASSIC,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return (signal float32 (K, rows, cols) before noise, labels uint8 same shape).
 
     Labels are the anatomy sampled at each output voxel centre; the signal averages
-    SUPERSAMPLE^3 samples per voxel, so borders carry partial volume.
+    SUPERSAMPLE^3 samples per voxel, so borders carry partial volume (with
+    ``style.supersample_window_mm``: only in that window around the heart, which keeps
+    512-pixel matrices affordable).
     """
-    signal_of = tissue_signal(rng, kind)
-    n = SUPERSAMPLE
-    sub = (np.arange(n) - (n - 1) / 2) / n  # offsets in voxel units, centre sample included
-    jj = (np.arange(acq.columns)[:, None] + sub[None]).ravel()  # (cols * n)
-    ii = (np.arange(acq.rows)[:, None] + sub[None]).ravel()
+    signal_of = tissue_signal(rng, kind, style)
     K = acq.n_slices
     out = np.empty((K, acq.rows, acq.columns), dtype=np.float32)
     labels = np.empty((K, acq.rows, acq.columns), dtype=np.uint8)
-    texture = _texture(rng, (K, acq.rows, acq.columns))
+    texture = _texture(rng, (K, acq.rows, acq.columns), acq.texture)
     steps = range(K)
     if progress:
         from tqdm import tqdm
 
         steps = tqdm(steps, desc="rendering slices", unit="slice", leave=False)
+    everything = (slice(0, acq.rows), slice(0, acq.columns))
     for k in steps:
-        acc = np.zeros((acq.rows, acq.columns), dtype=np.float64)
-        for dz in sub:
-            origin = acq.positions[k] + dz * acq.thickness * acq.normal - acq.breathing[k]
-            points = (
-                origin
-                + (ii[:, None, None] * acq.pixel_spacing) * acq.column_direction
-                + (jj[None, :, None] * acq.pixel_spacing) * acq.row_direction
-            )
-            tissue = anatomy.tissues(points)
-            if dz == 0:
-                labels[k] = TISSUE_TO_LABEL[tissue[n // 2 :: n, n // 2 :: n]]
-            sig = signal_of[tissue]
-            acc += sig.reshape(acq.rows, n, acq.columns, n).mean(axis=(1, 3))
+        if style.supersample_window_mm is None:
+            signal, labels[k] = _sample(anatomy, acq, k, signal_of, everything, SUPERSAMPLE)
+        else:
+            signal, labels[k] = _sample(anatomy, acq, k, signal_of, everything, 1)
+            window = _heart_window(anatomy, acq, k, style.supersample_window_mm)
+            signal[window] = _sample(anatomy, acq, k, signal_of, window, SUPERSAMPLE)[0]
         # A smooth multiplicative field keeps tissue regions from being perfectly flat.
-        out[k] = (acc / n) * texture[k]
-    out *= _bias_field(rng, acq)
+        out[k] = signal * texture[k]
+    if acq.psf_sigma_px > 0:
+        out = ndimage.gaussian_filter(out, sigma=(0, acq.psf_sigma_px, acq.psf_sigma_px))
+    out *= _bias_field(rng, acq, style)
     return out, labels
 
 
-def _texture(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
+def _sample(
+    anatomy: Anatomy,
+    acq: Acquisition,
+    k: int,
+    signal_of: np.ndarray,
+    window: tuple[slice, slice],
+    n: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean signal of n^3 samples per voxel and the label at each voxel centre."""
+    sub = (np.arange(n) - (n - 1) / 2) / n  # offsets in voxel units, centre sample included
+    rows = np.arange(acq.rows)[window[0]]
+    cols = np.arange(acq.columns)[window[1]]
+    jj = (cols[:, None] + sub[None]).ravel()  # (cols * n)
+    ii = (rows[:, None] + sub[None]).ravel()
+    acc = np.zeros((len(rows), len(cols)), dtype=np.float64)
+    labels = np.zeros((len(rows), len(cols)), dtype=np.uint8)
+    for dz in sub:
+        origin = acq.positions[k] + dz * acq.thickness * acq.normal - acq.breathing[k]
+        points = (
+            origin
+            + (ii[:, None, None] * acq.pixel_spacing) * acq.column_direction
+            + (jj[None, :, None] * acq.pixel_spacing) * acq.row_direction
+        )
+        tissue = anatomy.tissues(points)
+        if dz == 0:
+            labels = TISSUE_TO_LABEL[tissue[n // 2 :: n, n // 2 :: n]]
+        sig = signal_of[tissue]
+        acc += sig.reshape(len(rows), n, len(cols), n).mean(axis=(1, 3))
+    return acc / n, labels
+
+
+def _heart_window(
+    anatomy: Anatomy, acq: Acquisition, k: int, half_mm: float
+) -> tuple[slice, slice]:
+    """Pixel window of +-half_mm around where the LV axis crosses slice k."""
+    centre = anatomy.base_center + 0.4 * anatomy.length * anatomy.axis + acq.breathing[k]
+    d = centre - acq.positions[k]
+    i = d @ acq.column_direction / acq.pixel_spacing
+    j = d @ acq.row_direction / acq.pixel_spacing
+    h = half_mm / acq.pixel_spacing
+    return (
+        slice(int(np.clip(i - h, 0, acq.rows)), int(np.clip(i + h + 1, 0, acq.rows))),
+        slice(int(np.clip(j - h, 0, acq.columns)), int(np.clip(j + h + 1, 0, acq.columns))),
+    )
+
+
+def _texture(rng: np.random.Generator, shape: tuple[int, int, int], amplitude: float) -> np.ndarray:
     field = ndimage.gaussian_filter(rng.normal(0, 1, shape), sigma=(0, 4, 4))
     field /= max(float(field.std()), 1e-9)
-    return (1 + 0.04 * field).astype(np.float32)
+    return (1 + amplitude * field).astype(np.float32)
 
 
-def _bias_field(rng: np.random.Generator, acq: Acquisition) -> np.ndarray:
-    """Smooth receive-coil sensitivity: two surface-coil lobes plus a floor, ~0.7..1.3."""
+def _bias_field(rng: np.random.Generator, acq: Acquisition, style: Style) -> np.ndarray:
+    """Smooth receive-coil sensitivity: surface-coil lobes plus a floor (classic: two
+    lobes, ~0.7..1.3), normalised to 1 at the image centre."""
     y, x = np.mgrid[0 : acq.rows, 0 : acq.columns].astype(float)
     y /= acq.rows
     x /= acq.columns
-    field = np.full_like(x, 0.7)
-    for _ in range(2):
+    field = np.full_like(x, acq.bias_floor)
+    for _ in range(acq.bias_lobes):
         cy, cx = rng.uniform(-0.1, 1.1, 2)
-        width = rng.uniform(0.35, 0.6)
-        field += rng.uniform(0.2, 0.45) * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * width**2))
+        width = draw(rng, style.bias_width)
+        amplitude = draw(rng, style.bias_amplitude)
+        field += amplitude * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * width**2))
     centre = field[acq.rows // 2, acq.columns // 2]
     return (field / centre).astype(np.float32)[None]
 
