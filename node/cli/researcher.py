@@ -27,7 +27,10 @@ def phantom(
     enhanced: Annotated[
         bool, typer.Option("--enhanced", help="One Enhanced MR multi-frame file.")
     ] = False,
-    slices: Annotated[int | None, typer.Option(help="8..14; default drawn by seed.")] = None,
+    slices: Annotated[
+        int | None,
+        typer.Option(help="8..14 (classic), 5..20 (randomized, holdout); default: by seed."),
+    ] = None,
     scar: Annotated[
         bool | None, typer.Option("--scar/--no-scar", help="Force an infarct or none.")
     ] = None,
@@ -36,6 +39,13 @@ def phantom(
     small_infarct: Annotated[
         bool, typer.Option("--small-infarct", help="A narrow, thin infarct (~1-2 ml), no MVO.")
     ] = False,
+    style: Annotated[
+        str,
+        typer.Option(
+            help="classic, randomized (wide anatomy/appearance/geometry ranges) or holdout "
+            "(two axes beyond the randomized ranges)."
+        ),
+    ] = "classic",
 ) -> None:
     """Write a synthetic LGE study with ground truth (truth.json, truth_labels.nii.gz)."""
     from pipeline.research.phantom import PhantomSpec, make_phantom
@@ -43,11 +53,12 @@ def phantom(
     with exit_on(ValueError, code=2):
         spec = PhantomSpec(
             seed=seed, kind=kind, enhanced=enhanced, slices=slices, scar=scar, mvo=mvo,
-            territory=territory, small_infarct=small_infarct,
+            territory=territory, small_infarct=small_infarct, style=style,
         )  # fmt: skip
     case = make_phantom(out, spec, progress=sys.stderr.isatty())
     t = case.truth
-    table = Table(title=f"phantom seed {seed} ({kind}{', enhanced' if enhanced else ''})")
+    extra = f"{', enhanced' if enhanced else ''}{'' if style == 'classic' else ', ' + style}"
+    table = Table(title=f"phantom seed {seed} ({kind}{extra})")
     table.add_column("quantity")
     table.add_column("truth", justify="right")
     for name, value, unit in (
@@ -175,10 +186,10 @@ def evaluate(
 @app.command("train-demo")
 def train_demo(
     out: Annotated[Path | None, typer.Option(help="Where the models go.")] = None,
-    cases: Annotated[int, typer.Option(help="Training phantoms.")] = 100,
+    cases: Annotated[int, typer.Option(help="Training phantoms.")] = 240,
     nnunet_epochs: Annotated[int, typer.Option(help="nnU-Net epochs.")] = 200,
     nnunet_iterations: Annotated[int, typer.Option(help="Iterations per epoch.")] = 50,
-    yolo_epochs: Annotated[int, typer.Option(help="YOLO epochs.")] = 10,
+    yolo_epochs: Annotated[int, typer.Option(help="YOLO epochs.")] = 12,
     work: Annotated[Path | None, typer.Option(help="Scratch folder.")] = None,
     small_infarct_every: Annotated[
         int, typer.Option(help="Make every k-th phantom a ~1 ml infarct (0: none).")
@@ -187,11 +198,26 @@ def train_demo(
         float | None,
         typer.Option(min=0.3, max=5.0, help="nnU-Net in-plane spacing, mm (default: its plan)."),
     ] = None,
+    classic_every: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Every k-th pair of phantoms classic, the rest randomized (1: classic)."
+        ),
+    ] = 3,
+    trainer: Annotated[
+        str, typer.Option(help="robust (heavy augmentation + soft-label KL) or default.")
+    ] = "robust",
+    workers: Annotated[int, typer.Option(min=1, help="Processes generating phantoms.")] = 2,
+    resume: Annotated[
+        bool, typer.Option(help="Keep generated data and continue nnU-Net from its checkpoint.")
+    ] = False,
 ) -> None:
     """Train the bundled demo models on phantoms (fixed seeds; CPU; see README for time)."""
-    from pipeline.research.train import TrainSettings
+    from pipeline.research.train import TRAINERS, TrainSettings
     from pipeline.research.train import train_demo as run
 
+    if trainer not in TRAINERS:
+        raise fail(f"--trainer must be one of {', '.join(TRAINERS)}")
     settings = TrainSettings(
         cases=cases,
         nnunet_epochs=nnunet_epochs,
@@ -199,6 +225,10 @@ def train_demo(
         yolo_epochs=yolo_epochs,
         small_infarct_every=small_infarct_every,
         spacing_mm=spacing_mm,
+        classic_every=classic_every,
+        trainer=trainer,
+        workers=workers,
+        resume=resume,
     )
     if out is not None:
         settings.out_dir = out

@@ -1,9 +1,13 @@
 """``lge-node train-demo``: the bundled demo models, reproducible from one command.
 
-Phantoms (fixed seeds) -> a YOLOv8n heart detector trained from its yaml (nothing
-pretrained, nothing downloaded) and a reduced nnU-Net v2 2D model (5 stages, 16->128
-features, patch 80, batch 16, custom short trainer), written in the standard nnU-Net
-results layout so that models trained elsewhere drop in the same way.
+Phantoms (fixed seeds; a third classic, two thirds domain-randomized) -> a YOLOv8n heart
+detector trained from its yaml (nothing pretrained, nothing downloaded) and a reduced
+nnU-Net v2 2D model (5 stages, 16->128 features, patch 80, batch 16) with the robust
+trainer (heavy appearance augmentation + KL to soft labels), written in the standard
+nnU-Net results layout so that models trained elsewhere drop in the same way.
+
+Long runs resume: ``--resume`` keeps the generated data and preprocessing and continues
+nnU-Net from its latest checkpoint (saved every 10 epochs).
 """
 
 from __future__ import annotations
@@ -30,9 +34,16 @@ from pipeline.research.dataset import (
 DATASET_ID = 501
 DATASET_NAME = f"Dataset{DATASET_ID}_LGEPhantom"
 PLANS = "nnUNetPlans_tiny"
-TRAINER = "nnUNetTrainer_LGEDemo"
+TRAINERS = {"robust": "nnUNetTrainer_LGERobust", "default": "nnUNetTrainer_LGEDemo"}
+TRAINER = TRAINERS["robust"]
 CONFIGURATION = "2d"
-MODEL_SUBDIR = f"{TRAINER}__{PLANS}__{CONFIGURATION}"
+
+
+def model_subdir(trainer: str = TRAINER) -> str:
+    return f"{trainer}__{PLANS}__{CONFIGURATION}"
+
+
+MODEL_SUBDIR = model_subdir()
 TRAIN_SEED_BASE = 10_000  # evaluation uses seeds below 10_000: never seen in training
 DEFAULT_MODEL_DIR = runtime.BUNDLED_MODELS  # train-demo regenerates what ships
 
@@ -41,17 +52,21 @@ DEFAULT_MODEL_DIR = runtime.BUNDLED_MODELS  # train-demo regenerates what ships
 class TrainSettings:
     out_dir: Path = DEFAULT_MODEL_DIR
     work_dir: Path = Path("models-work")  # scratch, under the current folder
-    cases: int = 100
+    cases: int = 240
     nnunet_epochs: int = 200
     nnunet_iterations: int = 50
-    yolo_epochs: int = 10
+    yolo_epochs: int = 12
     small_infarct_every: int = 0  # 0: none forced (the shipped models)
     spacing_mm: float | None = None  # in-plane resampling; None: nnU-Net's plan (median)
+    classic_every: int = 3  # every k-th phantom classic, the rest randomized (1: all classic)
+    trainer: str = "robust"  # key of TRAINERS
+    workers: int = 2  # processes generating phantoms
+    resume: bool = False
     seed: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _phantom_specs(n: int, small_infarct_every: int = 0):
+def _phantom_specs(n: int, small_infarct_every: int = 0, classic_every: int = 1):
     from pipeline.research.phantom import PhantomSpec
 
     specs = []
@@ -64,32 +79,51 @@ def _phantom_specs(n: int, small_infarct_every: int = 0):
         mvo = True if i % 3 == 0 else None
         k = small_infarct_every
         small = bool(k) and i % k == min(2, k - 1) and mvo is None
-        specs.append(PhantomSpec(seed=seed, kind=kind, mvo=mvo, small_infarct=small))
+        # i % 3 == 0 carries MVO: offset the classic/randomized split so both styles
+        # get MVO cases.
+        style = "classic" if (i // 2) % classic_every == 0 else "randomized"
+        specs.append(PhantomSpec(seed=seed, kind=kind, mvo=mvo, small_infarct=small, style=style))
     return specs
+
+
+def _render(args: tuple) -> tuple[int, str]:
+    """One training case (a worker process): phantom -> nnU-Net and YOLO files."""
+    i, spec, work, raw, yolo, split, margin_seed = args
+    from pipeline.research.phantom import make_phantom
+
+    case = make_phantom(work / "phantoms" / f"{spec.seed}", spec)
+    cid = f"LGE_{spec.seed}"
+    rng = np.random.default_rng([margin_seed, i])
+    export_nnunet_case(case.image, case.labels, case.geometry, cid, raw, rng)
+    export_yolo_case(case.image, case.labels, cid, yolo / "images" / split, yolo / "labels" / split)
+    shutil.rmtree(work / "phantoms" / f"{spec.seed}", ignore_errors=True)  # DICOM not needed
+    return i, cid
 
 
 def generate_data(settings: TrainSettings) -> tuple[Path, Path]:
     """Phantoms -> nnU-Net raw dataset and YOLO dataset under ``work_dir``."""
-    from pipeline.research.phantom import make_phantom
+    from concurrent.futures import ProcessPoolExecutor
 
     work = settings.work_dir
     raw = work / "nnUNet_raw" / DATASET_NAME
     yolo = work / "yolo"
+    specs = _phantom_specs(settings.cases, settings.small_infarct_every, settings.classic_every)
+    if settings.resume and (raw / "dataset.json").is_file():
+        return raw, yolo  # written last: the data is complete
     for path in (raw, yolo):
         shutil.rmtree(path, ignore_errors=True)
-    rng = np.random.default_rng(settings.seed)
-    specs = _phantom_specs(settings.cases, settings.small_infarct_every)
     n_val = max(1, len(specs) // 7)
-    for i, spec in enumerate(tqdm(specs, desc="phantoms", unit="case")):
-        case = make_phantom(work / "phantoms" / f"{spec.seed}", spec)
-        cid = f"LGE_{spec.seed}"
-        export_nnunet_case(case.image, case.labels, case.geometry, cid, raw, rng)
-        split = "val" if i >= len(specs) - n_val else "train"
-        export_yolo_case(
-            case.image, case.labels, cid, yolo / "images" / split, yolo / "labels" / split
-        )
-    write_nnunet_dataset_json(raw, len(specs))
+    jobs = [
+        (i, spec, work, raw, yolo, "val" if i >= len(specs) - n_val else "train", settings.seed)
+        for i, spec in enumerate(specs)
+    ]
+    # Each case is a pure function of its spec and index, so the order of completion
+    # does not change the data.
+    with ProcessPoolExecutor(max_workers=max(1, settings.workers)) as pool:
+        for _ in tqdm(pool.map(_render, jobs), total=len(jobs), desc="phantoms", unit="case"):
+            pass
     write_yolo_yaml(yolo)
+    write_nnunet_dataset_json(raw, len(specs))
     return raw, yolo
 
 
@@ -135,22 +169,39 @@ def train_nnunet(settings: TrainSettings) -> Path:
         preprocess,
     )
 
-    shutil.rmtree(work / "nnUNet_preprocessed" / DATASET_NAME, ignore_errors=True)
-    extract_fingerprints([DATASET_ID], num_processes=1, check_dataset_integrity=True)
-    plan_experiments([DATASET_ID])
     pre = work / "nnUNet_preprocessed" / DATASET_NAME
-    plans = json.loads((pre / "nnUNetPlans.json").read_text())
-    (pre / f"{PLANS}.json").write_text(json.dumps(tiny_plans(plans, settings.spacing_mm), indent=2))
-    preprocess([DATASET_ID], PLANS, configurations=[CONFIGURATION], num_processes=[1])
+    done = pre / f"{PLANS}_{CONFIGURATION}.done"
+    if not (settings.resume and done.is_file()):
+        shutil.rmtree(pre, ignore_errors=True)
+        extract_fingerprints([DATASET_ID], num_processes=1, check_dataset_integrity=True)
+        plan_experiments([DATASET_ID])
+        plans = json.loads((pre / "nnUNetPlans.json").read_text())
+        tiny = tiny_plans(plans, settings.spacing_mm)
+        (pre / f"{PLANS}.json").write_text(json.dumps(tiny, indent=2))
+        preprocess([DATASET_ID], PLANS, configurations=[CONFIGURATION], num_processes=[1])
+        done.touch()
 
-    os.environ["nnUNet_n_proc_DA"] = "0"  # after planning, which crashes with 0
+    # After planning, which crashes with 0. In-process augmentation measured faster on
+    # 2 cores than one augmentation worker (which competes with the network's threads).
+    os.environ["nnUNet_n_proc_DA"] = os.environ.get("LGE_NODE_DA_PROCS", "0")
     from nnunetv2.run.run_training import run_training
 
     runtime.set_threads()
     torch.manual_seed(settings.seed)
     np.random.seed(settings.seed)
-    run_training(str(DATASET_ID), CONFIGURATION, "all", TRAINER, PLANS, device=torch.device("cpu"))
-    return work / "nnUNet_results" / DATASET_NAME / MODEL_SUBDIR
+    trainer = TRAINERS[settings.trainer]
+    results = work / "nnUNet_results" / DATASET_NAME / model_subdir(trainer)
+    resume = settings.resume and (results / "fold_all" / "checkpoint_latest.pth").is_file()
+    run_training(
+        str(DATASET_ID),
+        CONFIGURATION,
+        "all",
+        trainer,
+        PLANS,
+        device=torch.device("cpu"),
+        continue_training=resume,
+    )
+    return results
 
 
 def train_yolo(settings: TrainSettings, data_yaml: Path) -> Path:
@@ -211,7 +262,7 @@ def _sha256(path: Path) -> str:
 def package(settings: TrainSettings, nnunet_dir: Path, yolo_weights: Path) -> Path:
     out = settings.out_dir
     shutil.rmtree(out, ignore_errors=True)
-    dst = out / "nnunet" / DATASET_NAME / MODEL_SUBDIR
+    dst = out / "nnunet" / DATASET_NAME / model_subdir(TRAINERS[settings.trainer])
     for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
         dst.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(nnunet_dir / name, dst / name)
@@ -248,11 +299,11 @@ def model_card(settings: TrainSettings) -> str:
         version=__version__,
         yolo_epochs=settings.yolo_epochs,
         plans=PLANS,
-        trainer=TRAINER,
+        trainer=TRAINERS[settings.trainer],
         nnunet_epochs=settings.nnunet_epochs,
         nnunet_iterations=settings.nnunet_iterations,
         dataset=DATASET_NAME,
-        model_subdir=MODEL_SUBDIR,
+        model_subdir=model_subdir(TRAINERS[settings.trainer]),
         cases=settings.cases,
         first_seed=TRAIN_SEED_BASE,
         last_seed=TRAIN_SEED_BASE + settings.cases - 1,

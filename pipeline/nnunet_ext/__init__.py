@@ -1,0 +1,1 @@
+"""Custom nnU-Net trainers (on ``nnUNet_extTrainer``) and their augmentation."""
