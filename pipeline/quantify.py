@@ -40,6 +40,7 @@ QC_FLAGS = {
     "coverage_incomplete_apex": "myocardium reaches the last slice without an apical cap",
     "septum_fallback": "no RV insertion points: septum from patient axes (AHA orientation)",
     "reference_disagreement": "model scar % differs from both n-SD and FWHM by > 10 points",
+    "low_confidence": "QC reliability below threshold: check the contours before using numbers",
 }
 RAY_STEP_PX = 0.25
 
@@ -76,6 +77,12 @@ class QualityControl:
     slices_used: list[int] = field(default_factory=list)  # slices holding myocardium
     localization_confidence: float | None = None
     borrowed_slices: list[int] = field(default_factory=list)  # took a neighbour's box
+    # `pipeline.qc`: 0..1 (1: nothing suspicious), its components, per slice; None when
+    # the labels did not come from the pipeline (e.g. a phantom's truth)
+    reliability: float | None = None
+    reliability_components: dict[str, float] = field(default_factory=dict)
+    slice_reliability: dict[int, float] = field(default_factory=dict)
+    low_confidence: bool = False
 
 
 @dataclass

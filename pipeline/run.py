@@ -15,6 +15,7 @@ import numpy as np
 from pipeline.localize import HeartLocator, Localization
 from pipeline.models import ModelBundle
 from pipeline.postprocess import postprocess
+from pipeline.qc import assess
 from pipeline.quantify import Metrics, quantify
 from pipeline.reference import reference_scar
 from pipeline.segment import Segmenter
@@ -63,7 +64,9 @@ class Pipeline:
         stage("segmenting")
         ys, xs = loc.roi.slices
         crop = volume.array[:, ys, xs]
-        crop_labels = self.segmenter.segment(crop, volume.geometry.spacing_zyx)
+        crop_labels, probabilities = self.segmenter.segment_with_probabilities(
+            crop, volume.geometry.spacing_zyx
+        )
         labels = np.zeros(volume.array.shape, dtype=np.uint8)
         labels[:, ys, xs] = crop_labels
         timings["segmentation"] = time.perf_counter() - t
@@ -72,6 +75,8 @@ class Pipeline:
         stage("post-processing")
         labels = postprocess(labels)
         timings["postprocessing"] = time.perf_counter() - t
+        # the probabilities on the crop, against the post-processed labels there
+        crop_final = labels[:, ys, xs]
 
         t = time.perf_counter()
         stage("quantifying")
@@ -87,6 +92,20 @@ class Pipeline:
             for r in metrics.reference
         ):
             qc.flags.append("reference_disagreement")
+        reliability = assess(
+            crop_final,
+            volume.geometry,
+            probabilities,
+            loc.confidence if loc.found else 0.0,
+            metrics.scar_percent,
+            [r.scar_percent for r in metrics.reference],
+        )
+        qc.reliability = reliability.score
+        qc.reliability_components = reliability.components
+        qc.slice_reliability = reliability.slices
+        qc.low_confidence = reliability.low_confidence
+        if reliability.low_confidence:
+            qc.flags.append("low_confidence")
         timings["quantification"] = time.perf_counter() - t
         timings["total"] = sum(timings.values())
         return Result(labels=labels, metrics=metrics, localization=loc, timings=timings)

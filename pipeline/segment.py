@@ -40,7 +40,14 @@ class Segmenter:
 
     def segment(self, crop: np.ndarray, spacing_zyx: tuple[float, float, float]) -> np.ndarray:
         """(z, y, x) float image -> (z, y, x) uint8 labels."""
-        seg = self.predictor.predict_single_npy_array(
-            crop[None].astype(np.float32), {"spacing": list(spacing_zyx)}, None, None, False
+        return self.segment_with_probabilities(crop, spacing_zyx)[0]
+
+    def segment_with_probabilities(
+        self, crop: np.ndarray, spacing_zyx: tuple[float, float, float]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(z, y, x) float image -> labels (z, y, x) uint8 and class probabilities
+        (C, z, y, x) float32 on the same grid (what the QC's self-agreement reads)."""
+        seg, probabilities = self.predictor.predict_single_npy_array(
+            crop[None].astype(np.float32), {"spacing": list(spacing_zyx)}, None, None, True
         )
-        return np.asarray(seg, dtype=np.uint8)
+        return np.asarray(seg, dtype=np.uint8), np.asarray(probabilities, dtype=np.float32)

@@ -9,6 +9,7 @@ from pipeline.research.evaluate import (
     CaseResult,
     ccc,
     dice,
+    fits_block,
     hd95,
     markdown_table,
     summarize,
@@ -50,13 +51,31 @@ def test_thickness_in_pixels() -> None:
     assert thickness_px(m) == pytest.approx(3.0)
 
 
+def test_thick_means_a_two_by_two_block_fits_somewhere_in_plane() -> None:
+    m = np.zeros((3, 30, 30), dtype=bool)
+    m[0, 10, 5:25] = True  # one pixel thick
+    m[1, 5:25, 10] = True
+    assert not fits_block(m)
+    m[2, 10:12, 5:7] = True  # a 2 x 2 block on another slice
+    assert fits_block(m)
+    z = np.zeros((3, 30, 30), dtype=bool)
+    z[0:2, 10, 10] = True  # two pixels through-plane are not thick in-plane
+    assert not fits_block(z)
+
+
 def _case(
-    truth_scar: float, pred_scar: float, d: float | None, thick: float | None = 3.0
+    truth_scar: float,
+    pred_scar: float,
+    d: float | None,
+    thick: float | None = 3.0,
+    myo: float = 0.9,
+    flagged: bool = False,
+    seed: int = 0,
 ) -> CaseResult:
     return CaseResult(
-        seed=0,
+        seed=seed,
         kind="psir",
-        dice={"myocardium": 0.9, "scar": d, "mvo": None},
+        dice={"myocardium": myo, "scar": d, "mvo": None},
         hd95_mm={"myocardium": 1.0, "scar": None, "mvo": None},
         truth_ml={"myocardium": 80.0, "scar": truth_scar, "mvo": 0.0},
         predicted_ml={"myocardium": 79.0, "scar": pred_scar, "mvo": 0.0},
@@ -65,6 +84,8 @@ def _case(
         seconds_per_image=0.03,
         qc_flags=[],
         scar_thickness_px=thick if truth_scar else None,
+        scar_thick=(thick >= 2) if truth_scar and thick is not None else None,
+        low_confidence=flagged,
     )
 
 
@@ -81,7 +102,39 @@ def test_scar_dice_is_split_by_infarct_thickness_without_changing_the_main_figur
     summary = summarize(cases)
     assert summary["classes"]["scar"]["mean_dice"] == pytest.approx(1.7 / 3)
     strata = summary["scar_by_thickness"]
-    assert strata["one_pixel"] == {"n": 1, "mean_dice": 0.0}
-    assert strata["thicker"]["n"] == 2
-    assert strata["thicker"]["mean_dice"] == pytest.approx(0.85)
-    assert "at most one pixel thick (n=1) 0.000; thicker (n=2) 0.850" in markdown_table(summary)
+    assert strata["thin"] == {"n": 1, "mean_dice": 0.0}
+    assert strata["thick"]["n"] == 2
+    assert strata["thick"]["mean_dice"] == pytest.approx(0.85)
+    assert "thinner than 2 px (n=1) 0.000; at least 2 px thick (n=2) 0.850" in markdown_table(
+        summary
+    )
+    assert summary["targets"]["scar Dice, infarcts >= 2 px thick"]["met"] is False
+
+
+def test_detection_counts_patients_with_at_least_0_3_ml_of_scar() -> None:
+    cases = [
+        _case(5.0, 4.0, 0.8),  # TP
+        _case(1.0, 0.1, 0.1),  # FN: found less than 0.3 ml
+        _case(0.0, 0.0, None),  # TN
+        _case(0.2, 0.0, 0.0),  # TN: a trace below 0.3 ml is "absent"
+        _case(0.0, 0.5, None),  # FP
+    ]
+    det = summarize(cases)["detection"]
+    assert (det["tp"], det["fn"], det["tn"], det["fp"]) == (1, 1, 2, 1)
+    assert det["sensitivity"] == pytest.approx(0.5)
+    assert det["specificity"] == pytest.approx(2 / 3)
+
+
+def test_qc_catch_rate_names_every_unflagged_failure() -> None:
+    cases = [
+        _case(5.0, 5.0, 0.9, seed=1),  # good, not flagged
+        _case(5.0, 5.0, 0.9, seed=2, flagged=True),  # good but flagged
+        _case(5.0, 5.0, 0.9, myo=0.7, seed=3, flagged=True),  # failure (myo), caught
+        _case(8.0, 2.0, 0.3, seed=4),  # failure (scar % off by 7.5 points), missed
+    ]
+    summary = summarize(cases)
+    qc = summary["qc"]
+    assert (qc["failures"], qc["failures_flagged"], qc["unflagged_failures"]) == (2, 1, [4])
+    assert (qc["good"], qc["good_flagged"]) == (2, 1)
+    assert summary["targets"]["unflagged failures"]["met"] is False
+    assert "unflagged: [4]" in markdown_table(summary)

@@ -167,19 +167,34 @@ def _print_metrics(m: Metrics, timings: dict[str, float], n_slices: int) -> None
 
 @app.command()
 def evaluate(
-    out: Annotated[Path, typer.Option(help="Where the table, JSON and plot go.")],
-    cases: Annotated[int, typer.Option(help="Held-out phantoms (>= 20 for the README).")] = 24,
+    out: Annotated[Path, typer.Option(help="Where the tables, JSON and plots go.")],
+    cases: Annotated[int, typer.Option(help="Held-out phantoms per set (>= 20).")] = 24,
     model_dir: Annotated[Path | None, typer.Option(help="Model bundle folder.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="classic, randomized, holdout (style never trained on), calibration; "
+            "repeat for several (default: classic, randomized, holdout).",
+        ),
+    ] = None,
 ) -> None:
-    """Accuracy on held-out phantoms: Dice, HD95, volume agreement, Bland-Altman plot."""
+    """Accuracy on held-out phantoms per set: Dice, HD95, detection, volume agreement,
+    targets met, QC catch rate, Bland-Altman plot and worst cases (OUT/<set>/)."""
     from pipeline.models import ModelBundle
+    from pipeline.research.evaluate import EVAL_SETS, markdown_table
     from pipeline.research.evaluate import evaluate as run_evaluation
-    from pipeline.research.evaluate import markdown_table
     from pipeline.run import Pipeline
 
+    sets = set_ or ["classic", "randomized", "holdout"]
+    unknown = [s for s in sets if s not in EVAL_SETS]
+    if unknown:
+        raise fail(f"unknown --set {', '.join(unknown)}; choose from {', '.join(EVAL_SETS)}")
     pipeline = Pipeline(ModelBundle.load(model_dir))
-    summary = run_evaluation(pipeline, cases, out)
-    console.print(markdown_table(summary))
+    for name in sets:
+        summary = run_evaluation(pipeline, cases, out / name, name)
+        console.print(f"\n## {name} (seeds {EVAL_SETS[name][0]}+)\n")
+        console.print(markdown_table(summary))
     console.print(f"details in {out}")
 
 
