@@ -20,6 +20,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from node.config import Config
 from node.dimse.dispatch import Dispatcher
 from node.dimse.scp import DicomService
+from node.events import flush_deferred
 from node.logs import event
 from node.store.ingest import Indexer, Journal
 from node.store.records import Received, StoreOutcome
@@ -121,6 +122,7 @@ class Node:
         self.scheduler.shutdown(wait=True)
         for worker in self.workers:
             worker.join(timeout=120)
+        flush_deferred(self.repository)
         self.repository.close()
         event(log, "stopped")
 

@@ -70,7 +70,12 @@ def test_echo_and_unknown_peers_are_rejected_with_a_reason(site) -> None:
     assert "Association Rejected" in stranger.stderr or "rejected" in stranger.stderr.lower()
     faraway = echoscu(node.port, aet="FARAWAY")  # allowed only from 10.9.9.9
     assert faraway.returncode != 0
-    reasons = [m for m, _, _ in node.events("association_rejected")]
+
+    def both_recorded() -> list[str] | None:
+        reasons = [m for m, _, _ in node.events("association_rejected")]
+        return reasons if len(reasons) >= 2 else None
+
+    reasons = node.wait_for(both_recorded, 30, "both rejections recorded")
     assert any("'STRANGER' is not in access.allowed_peers" in m for m in reasons)
     assert any("'FARAWAY' is not allowed from 127.0.0.1" in m for m in reasons)
     assert "association_rejected" in node.log()

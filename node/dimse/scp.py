@@ -140,14 +140,16 @@ class DicomService:
         reason = self.allowed(peer)
         if reason is None:
             return
-        notify(
-            self.repository, Event.ASSOCIATION_REJECTED, reason, peer_ae=peer.ae_title,
-            address=peer.address,
-        )  # fmt: skip
+        # Reject first, from configuration alone; the index is only told (deferred: a
+        # locked or unreachable database must neither delay nor decide the answer).
         # rejected-permanent, service-user, calling-AE-title-not-recognized
         ev.assoc.acse.send_reject(0x01, 0x01, 0x03)
         ev.assoc.is_rejected = True
         ev.assoc.kill()
+        notify(
+            self.repository, Event.ASSOCIATION_REJECTED, reason, peer_ae=peer.ae_title,
+            address=peer.address, defer=True,
+        )  # fmt: skip
 
     def _on_established(self, ev: Any) -> None:
         peer = peer_of(ev.assoc)
@@ -174,7 +176,7 @@ class DicomService:
         reason = "connection closed before a valid association (not DICOM, or aborted)"
         notify(
             self.repository, Event.CONNECTION_DROPPED, reason,
-            address=str(assoc.requestor.address or ""),
+            address=str(assoc.requestor.address or ""), defer=True,
         )  # fmt: skip
 
     def _on_echo(self, ev: Any) -> int:

@@ -715,12 +715,13 @@ class Repository:
     def record_event(
         self, kind: str, message: str, level: str = "ERROR", peer_ae: str = "",
         peer_address: str = "", series_uid: str = "", job_id: int | None = None,
+        at: float | None = None,
     ) -> None:  # fmt: skip
         try:
             with self._writing() as s:
                 s.add(
                     EventRow(
-                        time=time.time(), level=level, kind=kind, message=message[:4000],
+                        time=at or time.time(), level=level, kind=kind, message=message[:4000],
                         peer_ae=peer_ae[:16], peer_address=peer_address[:64],
                         series_uid=series_uid[:64], job_fk=job_id,
                     )
