@@ -12,7 +12,11 @@ independent signals catch different failure modes, each mapped to a score in [0,
 - ``wall``: wall thickness along those directions, plausible (3-20 mm) and even enough;
 - ``continuity``: myocardium in consecutive slices, without a gap or an abrupt collapse;
 - ``localization``: the heart detector's confidence;
-- ``reference``: agreement of the scar % with the conventional n-SD / FWHM thresholds.
+- ``reference``: agreement of the scar % with the conventional n-SD / FWHM thresholds;
+- ``scar_certainty``: the scar % the probabilities imply against the decided one (a model
+  hesitating over which pixels are scar moves this number, the one a reader uses);
+- ``scar_contrast``: predicted scar brighter than remote myocardium (contrast-to-noise);
+  scar found in tissue as dark as healthy myocardium is not scar that LGE shows.
 
 The score is the minimum of the components (one broken signal is enough to distrust the
 case), ``low_confidence`` is that score below `LOW_CONFIDENCE_BELOW`. The threshold and the
@@ -43,6 +47,7 @@ class Reliability:
     components: dict[str, float] = field(default_factory=dict)
     slices: dict[int, float] = field(default_factory=dict)  # slice index -> 0..1
     weakest: str = ""  # the component that set the score
+    measures: dict[str, float] = field(default_factory=dict)  # the raw values behind them
 
 
 def _ramp(value: float, bad: float, good: float) -> float:
@@ -123,6 +128,28 @@ def continuity(labels: np.ndarray) -> float:
     return _ramp(float(inner.min()), 0.15, 0.45)
 
 
+def soft_scar_percent(probabilities: np.ndarray | None) -> float | None:
+    """Scar % of LV myocardium under the probabilities instead of the argmax."""
+    if probabilities is None or probabilities.shape[0] <= int(Label.MVO):
+        return None
+    myo = float(probabilities[Label.MYOCARDIUM : Label.MVO + 1].sum())
+    scar = float(probabilities[Label.SCAR : Label.MVO + 1].sum())
+    return 100.0 * scar / myo if myo > 0 else None
+
+
+def scar_cnr(image: np.ndarray | None, labels: np.ndarray) -> float | None:
+    """(median of predicted scar - mean of healthy myocardium) / SD of healthy myocardium."""
+    if image is None:
+        return None
+    scar = (labels == Label.SCAR) | (labels == Label.MVO)
+    healthy = labels == Label.MYOCARDIUM
+    if scar.sum() < 5 or healthy.sum() < 20:
+        return None
+    ref = image[healthy]
+    sd = float(ref.std()) or 1e-6
+    return (float(np.median(image[labels == Label.SCAR])) - float(ref.mean())) / sd
+
+
 def assess(
     labels: np.ndarray,
     geometry: Geometry,
@@ -130,16 +157,28 @@ def assess(
     localization_confidence: float | None,
     scar_percent: float,
     reference_percents: list[float],
+    image: np.ndarray | None = None,
 ) -> Reliability:
-    """Reliability of one result (``probabilities``: (C, z, y, x) on ``labels``' grid)."""
+    """Reliability of one result (``probabilities``: (C, z, y, x) and ``image`` on
+    ``labels``' grid)."""
     comps: dict[str, float] = {}
+    raw: dict[str, float] = {}
     slices: dict[int, float] = {}
     if not myocardium_mask(labels).any():
         return Reliability(0.0, True, {"empty": 0.0}, {}, "empty")
 
     agree = self_agreement(probabilities, labels)
     if agree is not None:
+        raw["self_agreement"] = agree
         comps["self_agreement"] = _ramp(agree, 0.72, 0.88)
+    soft = soft_scar_percent(probabilities)
+    if soft is not None:
+        raw["scar_percent_soft_gap"] = abs(soft - scar_percent)
+        comps["scar_certainty"] = _ramp(abs(soft - scar_percent), 4.0, 1.5)
+    cnr = scar_cnr(image, labels)
+    if cnr is not None:
+        raw["scar_cnr"] = cnr
+        comps["scar_contrast"] = _ramp(cnr, 1.0, 3.0)
 
     shapes = {
         k: s
@@ -154,11 +193,14 @@ def assess(
             even = _ramp(s.wall_cv, 1.1, 0.7)
             slices[k] = min(ring, wall, even)
         # The worst two slices decide: one odd apical slice is normal, several are not.
-        covs = sorted(_ramp(s.coverage, 0.7, 0.95) for s in shapes.values())
-        comps["ring"] = float(np.mean(covs[:2]))
+        covs = sorted(s.coverage for s in shapes.values())
+        raw["ring_coverage"] = float(np.mean(covs[:2]))
+        comps["ring"] = _ramp(raw["ring_coverage"], 0.7, 0.95)
         walls = [s.wall_mm for s in shapes.values()]
         lo, hi = PLAUSIBLE_WALL_MM
         median_wall = float(np.median(walls))
+        raw["wall_mm"] = median_wall
+        raw["wall_cv"] = float(np.median([s.wall_cv for s in shapes.values()]))
         comps["wall"] = min(
             _ramp(median_wall, lo - 1.5, lo),
             _ramp(median_wall, hi + 5, hi),
@@ -169,9 +211,11 @@ def assess(
 
     comps["continuity"] = continuity(labels)
     if localization_confidence is not None:
+        raw["localization"] = localization_confidence
         comps["localization"] = _ramp(localization_confidence, 0.2, 0.5)
     if reference_percents:
         gap = min(abs(scar_percent - r) for r in reference_percents)
+        raw["reference_gap"] = gap
         comps["reference"] = _ramp(gap, 15.0, 8.0)
 
     weakest = min(comps, key=lambda c: comps[c])
@@ -182,4 +226,5 @@ def assess(
         components={k: round(v, 3) for k, v in comps.items()},
         slices={k: round(v, 3) for k, v in slices.items()},
         weakest=weakest,
+        measures={k: round(v, 4) for k, v in raw.items()},
     )

@@ -81,6 +81,7 @@ class QualityControl:
     # the labels did not come from the pipeline (e.g. a phantom's truth)
     reliability: float | None = None
     reliability_components: dict[str, float] = field(default_factory=dict)
+    reliability_measures: dict[str, float] = field(default_factory=dict)
     slice_reliability: dict[int, float] = field(default_factory=dict)
     low_confidence: bool = False
 

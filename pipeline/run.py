@@ -99,9 +99,11 @@ class Pipeline:
             loc.confidence if loc.found else 0.0,
             metrics.scar_percent,
             [r.scar_percent for r in metrics.reference],
+            crop,
         )
         qc.reliability = reliability.score
         qc.reliability_components = reliability.components
+        qc.reliability_measures = reliability.measures
         qc.slice_reliability = reliability.slices
         qc.low_confidence = reliability.low_confidence
         if reliability.low_confidence:

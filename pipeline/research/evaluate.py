@@ -79,6 +79,7 @@ class CaseResult:
     holdout_axes: list[str] | None = None
     reliability: float | None = None
     reliability_components: dict[str, float] | None = None
+    reliability_measures: dict[str, float] | None = None
     low_confidence: bool = False
 
     @property
@@ -197,6 +198,7 @@ def evaluate_case(
         holdout_axes=truth_doc.get("holdout_axes") or None,
         reliability=qc.reliability,
         reliability_components=qc.reliability_components,
+        reliability_measures=qc.reliability_measures,
         low_confidence=qc.low_confidence,
     )
     has_scar = bool(scar_mask(case.labels).any())
