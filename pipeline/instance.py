@@ -53,9 +53,14 @@ def _pixel_element(data: bytes, offset: int, ds: Dataset) -> tuple[int, int] | N
 
 
 def check_pixel_data(data: bytes, offset: int | None, ds: Dataset) -> None:
-    """Raise ValueError for pixel data cut off in transit or shorter than the image."""
-    if offset is None or "Rows" not in ds:
-        return
+    """Raise ValueError for an image without pixel data, or pixel data cut off in transit,
+    of odd length, or shorter than the image."""
+    if "Rows" not in ds:
+        return  # not an image (SR, PDF, raw data ...)
+    if offset is None:
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+            return
+        raise ValueError("an image (Rows, Columns) with no Pixel Data")
     if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
         full = pydicom.dcmread(io.BytesIO(data))  # deflated: offsets are not in the bytes
         value = full.get_item("PixelData")  # raw: its declared length is kept
@@ -70,6 +75,8 @@ def check_pixel_data(data: bytes, offset: int | None, ds: Dataset) -> None:
         if SEQUENCE_DELIMITER not in data[-64:]:
             raise ValueError("dataset is truncated: encapsulated pixel data has no end marker")
         return
+    if length % 2:
+        raise ValueError(f"Pixel Data has an odd length ({length} bytes; PS3.5 requires even)")
     if available < length:
         raise ValueError(
             f"dataset is truncated: Pixel Data declares {length} bytes, {available} arrived"

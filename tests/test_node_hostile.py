@@ -67,3 +67,95 @@ def test_access_control_holds_while_the_index_is_locked_and_the_rejection_is_rec
             60, "the rejections recorded once the index is free",
         )  # fmt: skip
         assert node.alive()
+
+
+def _send_raw(port: int, files: list[Path], aet: str = "SCANNER") -> list[int | None]:
+    """C-STORE each file's bytes exactly as they are on disk (pynetdicom's chunked mode:
+    no decoding, no re-encoding, no padding), all in one association; the status of each
+    (None: no response, the association was gone)."""
+    from pynetdicom import AE, _config
+    from pynetdicom.sop_class import MRImageStorage
+
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    strict_uid = _config.VALIDATORS["UI"]
+    _config.VALIDATORS["UI"] = lambda value: (True, "")  # a careless sender
+    try:
+        ae = AE(ae_title=aet)
+        ae.add_requested_context(MRImageStorage, ["1.2.840.10008.1.2.1"])
+        assoc = ae.associate("127.0.0.1", port, ae_title="LGE_NODE")
+        assert assoc.is_established
+        statuses: list[int | None] = []
+        for f in files:
+            if not assoc.is_established:
+                statuses.append(None)
+                continue
+            status = assoc.send_c_store(f)
+            statuses.append(int(status.Status) if "Status" in status else None)
+        if assoc.is_established:
+            assoc.release()
+        return statuses
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = False
+        _config.VALIDATORS["UI"] = strict_uid
+
+
+def _pixel_offset(data: bytes) -> int:
+    i = data.rfind(b"\xe0\x7f\x10\x00OW")
+    assert i > 0
+    return i
+
+
+def test_images_without_whole_pixel_data_are_refused_and_a_bad_uid_fails_only_its_instance(
+    tmp_path: Path, psir_classic
+) -> None:
+    """Once acknowledged: an MR image without Pixel Data and one whose Pixel Data has an
+    odd length one byte short of the image. A 200-character SOP Instance UID aborted the
+    whole association, so the instances after it were lost to the sender's retry logic.
+    Each bad instance now gets a failure status of its own, with a recorded reason, and
+    the instances around it in the same association are stored."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    src = sorted((psir_classic.out_dir / "dicom").glob("*.dcm"))
+    work = tmp_path / "files"
+    work.mkdir()
+
+    def variant(name: str, i: int, edit) -> Path:  # type: ignore[no-untyped-def]
+        ds = pydicom.dcmread(src[i])
+        uid = generate_uid()
+        ds.SOPInstanceUID = uid
+        ds.file_meta.MediaStorageSOPInstanceUID = uid
+        edit(ds)
+        path = work / f"{name}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        return path
+
+    good_first = variant("good_first", 0, lambda ds: None)
+    no_pixels = variant("no_pixels", 1, lambda ds: delattr(ds, "PixelData"))
+    odd = variant("odd", 2, lambda ds: None)
+    data = odd.read_bytes()
+    at = _pixel_offset(data)
+    length = int.from_bytes(data[at + 8 : at + 12], "little")
+    # one byte short and odd, as a broken sender writes it (pydicom itself would pad)
+    odd.write_bytes(data[: at + 8] + (length - 1).to_bytes(4, "little") + data[at + 12 : -1])
+    long_uid = "1.2." + ".".join(["123456789"] * 20)[:196]
+    too_long = variant("too_long", 3, lambda ds: None)
+    ds = pydicom.dcmread(too_long)
+    ds.SOPInstanceUID = long_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = long_uid
+    ds.save_as(too_long, enforce_file_format=True)
+    good_last = variant("good_last", 4, lambda ds: None)
+
+    node = NodeProcess(tmp_path / "node")
+    with node:
+        statuses = _send_raw(node.port, [good_first, no_pixels, odd, too_long, good_last])
+        assert statuses[0] == 0x0000 and statuses[4] == 0x0000, statuses
+        for s in statuses[1:4]:
+            assert s is not None and s != 0x0000 and (s & 0xF000) in (0xA000, 0xC000), statuses
+        node.wait_for(lambda: node.query("SELECT COUNT(*) FROM instances") == [(2,)], 60,
+                      "the two good instances indexed")  # fmt: skip
+        reasons = " | ".join(m for m, _, _ in node.events("instance_refused"))
+        assert "no Pixel Data" in reasons
+        assert "odd" in reasons
+        assert "SOPInstanceUID" in reasons or "Affected SOP Instance UID" in reasons
+        assert echoscu(node.port).returncode == 0

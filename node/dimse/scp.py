@@ -10,7 +10,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
@@ -31,6 +31,17 @@ from node.store.storage import Storage
 from node.workflow.selector import MR_CLASSES
 
 log = logging.getLogger("node.dimse")
+
+
+def _lenient_uid(value: str) -> tuple[bool, str]:
+    """pynetdicom's UI validator for the DIMSE layer. Its own rejects a UID over 64
+    characters while decoding the command, which aborts the whole association; this one
+    lets the message through so that the storage layer (`node.store.storage.check_uid`)
+    refuses that one instance with a failure status and a reason."""
+    if len(value) > 1024 or not value.isprintable():
+        return False, "not a printable value of at most 1024 characters"
+    return True, ""
+
 
 QR_CLASSES = [
     StudyRootQueryRetrieveInformationModelFind,
@@ -60,6 +71,7 @@ class DicomService:
 
     def _build_ae(self) -> AE:
         cfg = self.config.dicom
+        _config.VALIDATORS["UI"] = _lenient_uid
         ae = AE(ae_title=cfg.ae_title)
         ae.maximum_associations = cfg.max_associations
         ae.network_timeout = cfg.network_timeout_s
