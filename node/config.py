@@ -109,6 +109,10 @@ class StorageSection(Section):
     # fsync each received instance before answering Success: survives power loss, not
     # only a crash of the node; costs some ingest rate on slow disks.
     fsync: bool = True
+    # Below this much free space on the data folder's disk, C-STORE is refused with
+    # 0xA700 (out of resources) before anything is written, leaving room for the index,
+    # the results and the jobs already accepted.
+    min_free_mb: float = Field(500.0, ge=0)
 
 
 class SelectionSection(Section):

@@ -159,3 +159,85 @@ def test_images_without_whole_pixel_data_are_refused_and_a_bad_uid_fails_only_it
         assert "odd" in reasons
         assert "SOPInstanceUID" in reasons or "Affected SOP Instance UID" in reasons
         assert echoscu(node.port).returncode == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real, small filesystem (tmpfs) for the data folder; resizable while mounted."""
+    mountpoint = tmp_path / "disk"
+    mountpoint.mkdir()
+
+    def mount(size_mb: int, remount: bool = False) -> None:
+        opts = f"{'remount,' if remount else ''}size={size_mb}m"
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mountpoint)],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        if done.returncode != 0:
+            if remount:
+                raise AssertionError(done.stderr)
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+
+    yield mountpoint, mount
+    subprocess.run(["umount", "-l", str(mountpoint)], check=False, capture_output=True)
+
+
+def _studies(psir_classic, tmp_path: Path, n: int) -> list[Path]:  # type: ignore[no-untyped-def]
+    from tests.node_harness import copy_study
+
+    files: list[Path] = []
+    for i in range(n):
+        files += copy_study(psir_classic.out_dir / "dicom", tmp_path / f"copy{i}")[2]
+    return files
+
+
+def test_a_full_disk_refuses_with_out_of_resources_leaves_no_temp_file_and_recovers(
+    tmp_path: Path, psir_classic, small_disk
+) -> None:
+    """On a full disk the node answered 0xA700 but left temporary files behind. Now: no
+    temp file outlives a refused store, the node keeps serving, and once there is space
+    again the same instances are stored and indexed."""
+    disk, mount = small_disk
+    mount(3)
+    files = _studies(psir_classic, tmp_path, 4)  # 56 instances, ~5 MB: more than fits
+    node = NodeProcess(tmp_path / "node", storage={"data_dir": str(disk / "data"),
+                                                   "min_free_mb": 0})  # fmt: skip
+    node.data_dir = disk / "data"
+    with node:
+        statuses = _send_raw(node.port, files)
+        refused = [f for f, s in zip(files, statuses, strict=True) if s != 0x0000]
+        assert refused, "the small disk should have filled up"
+        assert all(s == 0xA700 for s in statuses if s != 0x0000), statuses
+        assert not list((disk / "data").rglob("*.tmp")), "temp files left behind"
+        assert echoscu(node.port).returncode == 0
+        reasons = " | ".join(m for m, _, _ in node.events("instance_refused"))
+        assert "No space left on device" in reasons or "disk" in reasons.lower()
+        mount(64, remount=True)
+        assert set(_send_raw(node.port, refused)) == {0x0000}
+        node.wait_for(
+            lambda: node.query("SELECT COUNT(*) FROM instances") == [(len(files),)], 90,
+            "every instance indexed once there is space",
+        )  # fmt: skip
+
+
+def test_below_the_free_space_floor_stores_are_refused_before_anything_is_written(
+    tmp_path: Path, psir_classic, small_disk
+) -> None:
+    """``storage.min_free_mb``: refused with 0xA700 and a reason naming the setting while
+    the disk still has room for the index and the jobs already accepted."""
+    disk, mount = small_disk
+    mount(8)
+    files = _studies(psir_classic, tmp_path, 5)  # 70 instances, ~6 MB
+    node = NodeProcess(tmp_path / "node", storage={"data_dir": str(disk / "data"),
+                                                   "min_free_mb": 4})  # fmt: skip
+    node.data_dir = disk / "data"
+    with node:
+        statuses = _send_raw(node.port, files)
+        assert 0x0000 in statuses and 0xA700 in statuses, statuses
+        stored = statuses.count(0x0000)
+        node.wait_for(lambda: node.query("SELECT COUNT(*) FROM instances") == [(stored,)], 60,
+                      "what was acknowledged is indexed")  # fmt: skip
+        reasons = [m for m, _, _ in node.events("instance_refused")]
+        assert reasons and all("storage.min_free_mb" in m for m in reasons)
+        import shutil
+
+        assert shutil.disk_usage(disk).free > 3 * 2**20  # the floor held
+        assert echoscu(node.port).returncode == 0

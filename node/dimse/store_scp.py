@@ -52,6 +52,17 @@ class StoreScp:
                 f"dataset cannot be decoded: {type(exc).__name__}: {exc}",
             )  # fmt: skip
         path = self.storage.instance_path(info.study_uid, info.series_uid, info.sop_uid)
+        floor = int(self.config.storage.min_free_mb * 2**20)
+        try:
+            free = self.storage.free_bytes()
+        except OSError as exc:
+            return self._refuse(peer, Dimse.OUT_OF_RESOURCES, f"cannot check free space: {exc}")
+        if free - len(data) < floor:
+            return self._refuse(
+                peer, Dimse.OUT_OF_RESOURCES,
+                f"disk space low: {free // 2**20} MiB free, storage.min_free_mb is "
+                f"{self.config.storage.min_free_mb:g}",
+            )  # fmt: skip
         try:
             self.storage.write_atomic(path, data)
         except OSError as exc:

@@ -62,12 +62,20 @@ class Storage:
         """Write ``data`` to ``path`` so that a reader sees the old file or the whole new one."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data):x}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            if self.fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                if self.fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # disk full, I/O error: no temp file outlives it
+            raise
+
+    def free_bytes(self) -> int:
+        """Free space on the disk holding the instances."""
+        return shutil.disk_usage(self.instances).free
 
     def clean_temporaries(self, locate: Callable[[bytes], Path] | None = None) -> tuple[int, int]:
         """Deal with the temp files a crash left behind; return (removed, restored).
