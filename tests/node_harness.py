@@ -63,9 +63,11 @@ class NodeProcess:
         stable_age_s: float = 1.0,
         ae_title: str = "LGE_NODE",
         port: int | None = None,
+        wait_models: bool = True,  # False: tests of the DICOM side need no loaded models
         **sections: dict[str, Any],
     ) -> None:
         self.workdir = workdir
+        self.wait_models = wait_models
         self.ae_title = ae_title
         self.port = port or free_port()
         self.data_dir = workdir / "data"
@@ -132,7 +134,7 @@ class NodeProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def __enter__(self) -> NodeProcess:
-        return self.start()
+        return self.start(wait_models=self.wait_models)
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -38,7 +38,7 @@ def test_access_control_holds_while_the_index_is_locked_and_the_rejection_is_rec
     Access decisions must not wait for the database: the stranger is rejected at once,
     allowed peers keep being answered, and the rejection reaches the index when it is
     free again."""
-    node = NodeProcess(tmp_path / "node", allowed_peers=ALLOWED)
+    node = NodeProcess(tmp_path / "node", allowed_peers=ALLOWED, wait_models=False)
     with node:
         from tests.node_harness import storescu
 
@@ -146,7 +146,7 @@ def test_images_without_whole_pixel_data_are_refused_and_a_bad_uid_fails_only_it
     ds.save_as(too_long, enforce_file_format=True)
     good_last = variant("good_last", 4, lambda ds: None)
 
-    node = NodeProcess(tmp_path / "node")
+    node = NodeProcess(tmp_path / "node", wait_models=False)
     with node:
         statuses = _send_raw(node.port, [good_first, no_pixels, odd, too_long, good_last])
         assert statuses[0] == 0x0000 and statuses[4] == 0x0000, statuses
@@ -198,8 +198,8 @@ def test_a_full_disk_refuses_with_out_of_resources_leaves_no_temp_file_and_recov
     disk, mount = small_disk
     mount(3)
     files = _studies(psir_classic, tmp_path, 4)  # 56 instances, ~5 MB: more than fits
-    node = NodeProcess(tmp_path / "node", storage={"data_dir": str(disk / "data"),
-                                                   "min_free_mb": 0})  # fmt: skip
+    storage = {"data_dir": str(disk / "data"), "min_free_mb": 0}
+    node = NodeProcess(tmp_path / "node", wait_models=False, storage=storage)
     node.data_dir = disk / "data"
     with node:
         statuses = _send_raw(node.port, files)
@@ -226,8 +226,8 @@ def test_below_the_free_space_floor_stores_are_refused_before_anything_is_writte
     disk, mount = small_disk
     mount(8)
     files = _studies(psir_classic, tmp_path, 5)  # 70 instances, ~6 MB
-    node = NodeProcess(tmp_path / "node", storage={"data_dir": str(disk / "data"),
-                                                   "min_free_mb": 4})  # fmt: skip
+    storage = {"data_dir": str(disk / "data"), "min_free_mb": 4}
+    node = NodeProcess(tmp_path / "node", wait_models=False, storage=storage)
     node.data_dir = disk / "data"
     with node:
         statuses = _send_raw(node.port, files)
