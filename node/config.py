@@ -43,8 +43,15 @@ class DicomSection(Section):
     ae_title: AeTitle = "LGE_NODE"
     bind_address: str = "0.0.0.0"
     port: Port = 11112
-    max_associations: int = Field(10, ge=1, le=200)
+    max_associations: int = Field(10, ge=1, le=200)  # established at once
     network_timeout_s: float = Field(60.0, gt=0)
+    # Transport limits (node.dimse.guard): open TCP connections in all and from one
+    # address, time from connecting to a complete A-ASSOCIATE-RQ, and the PDU size the
+    # node announces and enforces (a peer's PDU declaring more is cut off unread).
+    max_connections: int = Field(100, ge=1, le=2000)
+    max_connections_per_address: int = Field(20, ge=1, le=2000)
+    negotiation_timeout_s: float = Field(10.0, gt=0)
+    max_pdu_bytes: int = Field(4 * 2**20, ge=16384, le=2**30)
     # Studies sent to this called AE title are processed even when the selection rules
     # would skip them ("send to AI" from the PACS). Empty: no such AE title.
     force_ae_title: AeTitle | None = None

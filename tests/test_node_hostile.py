@@ -4,8 +4,11 @@ administrator relies on instead. Real processes, real sockets, DCMTK as the peer
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import sqlite3
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -240,4 +243,170 @@ def test_below_the_free_space_floor_stores_are_refused_before_anything_is_writte
         import shutil
 
         assert shutil.disk_usage(disk).free > 3 * 2**20  # the floor held
+        assert echoscu(node.port).returncode == 0
+
+
+def _status(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def _associate_rq(calling: str = "SCANNER", called: str = "LGE_NODE") -> bytes:
+    """A well-formed A-ASSOCIATE-RQ (Verification) as pynetdicom encodes it."""
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+    from pynetdicom.presentation import build_context
+
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title = calling
+    primitive.called_ae_title = called
+    primitive.presentation_context_definition_list = [build_context("1.2.840.10008.1.1")]
+    primitive.presentation_context_definition_list[0].context_id = 1
+    item = MaximumLengthNotification()
+    item.maximum_length_received = 16384
+    primitive.user_information = [item]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())
+
+
+def _closed_by_peer(sock: socket.socket, within: float) -> float | None:
+    """Seconds until the node closed ``sock`` (None: still open after ``within``)."""
+    t0 = time.monotonic()
+    sock.settimeout(0.5)
+    while time.monotonic() - t0 < within:
+        try:
+            if sock.recv(65536) == b"":
+                return time.monotonic() - t0
+        except TimeoutError:
+            continue
+        except OSError:
+            return time.monotonic() - t0
+    return None
+
+
+def _echo_from(port: int, source: str) -> bool:
+    from pynetdicom import AE
+
+    ae = AE(ae_title="ECHOSCU")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    ae.acse_timeout = ae.network_timeout = 15
+    assoc = ae.associate("127.0.0.1", port, ae_title="LGE_NODE", bind_address=(source, 0))
+    if not assoc.is_established:
+        return False
+    ok = int(assoc.send_c_echo().Status) == 0
+    assoc.release()
+    return ok
+
+
+def test_idle_and_drip_feeding_connections_neither_pile_up_nor_lock_out_other_peers(
+    tmp_path: Path,
+) -> None:
+    """200 idle TCP connections (never a PDU) once made the node refuse a legitimate
+    peer (threads 15 -> 121); peers drip-feeding an A-ASSOCIATE-RQ one byte at a time
+    stayed for 4x the network timeout. Now one address gets at most its share of
+    connections, the rest are closed at accept, a drip-feeder is cut off at the
+    negotiation deadline, and a peer from another address is served throughout."""
+    dicom = {"max_connections_per_address": 20, "negotiation_timeout_s": 3}
+    node = NodeProcess(tmp_path / "node", wait_models=False, dicom=dicom)
+    with node:
+        assert node.proc is not None
+        threads_before = _status(node.proc.pid, "Threads")
+        idle = []
+        for _ in range(200):
+            s = socket.create_connection(("127.0.0.1", node.port))
+            idle.append(s)
+        rq = _associate_rq()
+        drips = []
+        for _ in range(11):
+            s = socket.socket()
+            s.bind(("127.0.0.3", 0))
+            s.connect(("127.0.0.1", node.port))
+            drips.append(s)
+
+        def drip() -> None:
+            for i in range(len(rq)):
+                for s in drips:
+                    with contextlib.suppress(OSError):
+                        s.send(rq[i : i + 1])
+                time.sleep(0.5)
+
+        dripper = threading.Thread(target=drip, daemon=True)
+        t0 = time.monotonic()
+        dripper.start()
+        assert _echo_from(node.port, "127.0.0.2"), "a legitimate peer was locked out"
+        threads_during = _status(node.proc.pid, "Threads")
+        # pynetdicom runs two threads per connection: 20 idle + 11 drip + 1 peer admitted,
+        # not 200 + 11 + 1
+        admitted = 20 + 11 + 1
+        assert threads_during - threads_before <= 2 * admitted + 12, (
+            threads_before,
+            threads_during,
+        )
+        closed = [_closed_by_peer(s, 15) for s in drips]
+        assert all(c is not None for c in closed), "a drip-feeding peer was not cut off"
+        assert time.monotonic() - t0 < 10  # negotiation deadline 3 s, not 4x the timeout
+        # every idle connection is gone: beyond the share at accept, the rest at the deadline
+        assert all(_closed_by_peer(s, 5) is not None for s in idle)
+        for s in idle + drips:
+            s.close()
+        assert _echo_from(node.port, "127.0.0.1")
+        reasons = [m for m, _, _ in node.events("connection_dropped")]
+        assert sum("max_connections_per_address" in m for m in reasons) >= 150
+        assert any("negotiation" in m for m in reasons)
+
+
+def test_a_pdu_declaring_4_gib_is_cut_off_before_its_body_is_read(tmp_path: Path) -> None:
+    """A PDU declaring 0xFFFFFFFF bytes was read into memory (256 MiB streamed: RSS +262
+    MB). Now the declared length is refused at the header and memory stays put."""
+    node = NodeProcess(tmp_path / "node")  # models loaded: RSS is steady before the attack
+    with node:
+        assert node.proc is not None
+        time.sleep(2)
+        rss_before = _status(node.proc.pid, "VmRSS")
+        s = socket.create_connection(("127.0.0.1", node.port))
+        s.sendall(b"\x01\x00" + (0xFFFFFFFF).to_bytes(4, "big"))
+        sent = 0
+        chunk = b"\x00" * (1 << 20)
+        try:
+            while sent < 256 << 20:
+                s.sendall(chunk)
+                sent += len(chunk)
+        except OSError:
+            pass  # the node closed the connection: what we want
+        s.close()
+        rss_after = _status(node.proc.pid, "VmRSS")
+        assert sent < 64 << 20, f"the node kept reading ({sent >> 20} MiB accepted)"
+        assert rss_after - rss_before < 50_000, (rss_before, rss_after)  # kB
+        assert echoscu(node.port).returncode == 0
+        node.wait_for(
+            lambda: any("declares 4294967295 bytes" in m
+                        for m, _, _ in node.events("connection_dropped")),
+            30, "the refusal recorded",
+        )  # fmt: skip
+
+
+def test_a_peer_that_stalls_inside_a_pdu_is_cut_off_after_the_network_timeout(
+    tmp_path: Path,
+) -> None:
+    """A P-DATA PDU cut after 100 of 100000 bytes kept its association open for 40 s
+    with a 10 s network timeout. Now the connection is closed once nothing arrives for
+    the network timeout, and the node goes on serving."""
+    from pynetdicom import AE
+
+    node = NodeProcess(tmp_path / "node", wait_models=False, dicom={"network_timeout_s": 3})
+    with node:
+        ae = AE(ae_title="SCANNER")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="LGE_NODE")
+        assert assoc.is_established
+        raw = assoc.dul.socket.socket
+        raw.sendall(b"\x04\x00" + (100000).to_bytes(4, "big") + b"\x00" * 100)
+        t0 = time.monotonic()
+        node.wait_for(lambda: not assoc.is_alive() or not assoc.is_established, 20,
+                      "the stalled association to end")  # fmt: skip
+        assert time.monotonic() - t0 < 3 + 4
         assert echoscu(node.port).returncode == 0

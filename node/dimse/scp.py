@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -17,10 +18,10 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
-from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import Config
 from node.dimse.common import MR_TRANSFER_SYNTAXES, Dimse, Peer, peer_of
+from node.dimse.guard import GuardedServer, Limits
 from node.dimse.qr_scp import QueryRetrieveScp
 from node.dimse.store_scp import StoreScp
 from node.events import Event, notify
@@ -65,7 +66,7 @@ class DicomService:
         self.store = StoreScp(config, storage, repository, submit)
         self.qr = QueryRetrieveScp(config, repository)
         self.ae = self._build_ae()
-        self.server: ThreadedAssociationServer | None = None
+        self.server: GuardedServer | None = None
 
     # -- set-up ------------------------------------------------------------------------
 
@@ -73,11 +74,14 @@ class DicomService:
         cfg = self.config.dicom
         _config.VALIDATORS["UI"] = _lenient_uid
         ae = AE(ae_title=cfg.ae_title)
-        ae.maximum_associations = cfg.max_associations
+        # pynetdicom counts every open connection as an association, so its limit is the
+        # connection budget; dicom.max_associations (established ones) is checked when
+        # an association is requested (`_on_requested`).
+        ae.maximum_associations = cfg.max_connections
         ae.network_timeout = cfg.network_timeout_s
         ae.acse_timeout = cfg.network_timeout_s
         ae.dimse_timeout = cfg.network_timeout_s
-        ae.maximum_pdu_size = 0  # no limit: fewer, larger PDUs are faster to receive
+        ae.maximum_pdu_size = cfg.max_pdu_bytes
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
         for cx in AllStoragePresentationContexts:
             uid = str(cx.abstract_syntax)
@@ -115,12 +119,26 @@ class DicomService:
             (evt.EVT_C_MOVE, self.qr.on_move),
             (evt.EVT_C_GET, self.qr.on_get),
         ]
-        self.server = self.ae.start_server(
+        # start_server's non-blocking path, with the guarded server class
+        server = self.ae.make_server(
             (cfg.bind_address, cfg.port),
-            block=False,
             ssl_context=self.ssl_context(),
             evt_handlers=handlers,
+            server_class=GuardedServer,
         )
+        server.configure(
+            Limits(
+                max_connections=cfg.max_connections,
+                max_connections_per_address=cfg.max_connections_per_address,
+                negotiation_timeout_s=cfg.negotiation_timeout_s,
+                network_timeout_s=cfg.network_timeout_s,
+                max_pdu_bytes=cfg.max_pdu_bytes,
+            ),
+            self._on_transport_violation,
+        )
+        threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()
+        self.ae._servers.append(server)  # so that ae.shutdown() stops it too
+        self.server = server
         event(
             log, "listening", ae_title=cfg.ae_title, address=cfg.bind_address, port=cfg.port,
             tls=self.config.tls.enabled,
@@ -146,11 +164,26 @@ class DicomService:
             return f"calling AE title {peer.ae_title!r} is not allowed from {peer.address}"
         return None
 
+    def _on_transport_violation(self, address: str, reason: str) -> None:
+        notify(self.repository, Event.CONNECTION_DROPPED, reason, address=address, defer=True)
+
     def _on_requested(self, ev: Any) -> None:
         calling = str(ev.assoc.requestor.primitive.calling_ae_title).strip()
         peer = Peer(calling, str(ev.assoc.requestor.address))
         reason = self.allowed(peer)
         if reason is None:
+            established = sum(1 for a in self.ae.active_associations if a.is_established)
+            if established < self.config.dicom.max_associations:
+                return
+            # rejected-transient, service-provider (presentation), local-limit-exceeded
+            ev.assoc.acse.send_reject(0x02, 0x03, 0x02)
+            ev.assoc.is_rejected = True
+            ev.assoc.kill()
+            notify(
+                self.repository, Event.ASSOCIATION_REJECTED,
+                f"{established} associations established, dicom.max_associations reached",
+                peer_ae=peer.ae_title, address=peer.address, defer=True,
+            )  # fmt: skip
             return
         # Reject first, from configuration alone; the index is only told (deferred: a
         # locked or unreachable database must neither delay nor decide the answer).
