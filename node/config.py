@@ -150,7 +150,9 @@ class SelectionSection(Section):
 
 
 class JobsSection(Section):
-    workers: int = Field(1, ge=1, le=8)  # each worker holds its own models in memory
+    # Each worker holds its own models in memory. 0: a receive-only node (stores, indexes,
+    # queues and serves Q/R; jobs wait for a node or worker that processes them).
+    workers: int = Field(1, ge=0, le=8)
     max_attempts: int = Field(3, ge=1, le=20)
     retry_delay_s: float = Field(30.0, ge=0)
 

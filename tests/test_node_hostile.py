@@ -19,6 +19,7 @@ from tests.node_harness import NodeProcess, echoscu
 
 pytestmark = pytest.mark.timeout(300)
 
+NO_WORKERS = {"workers": 0}  # receive-only: these tests need no models loaded
 ALLOWED = [{"ae_title": "SCANNER"}, {"ae_title": "ECHOSCU"}, {"ae_title": "FINDSCU"}]
 
 
@@ -41,7 +42,7 @@ def test_access_control_holds_while_the_index_is_locked_and_the_rejection_is_rec
     Access decisions must not wait for the database: the stranger is rejected at once,
     allowed peers keep being answered, and the rejection reaches the index when it is
     free again."""
-    node = NodeProcess(tmp_path / "node", allowed_peers=ALLOWED, wait_models=False)
+    node = NodeProcess(tmp_path / "node", allowed_peers=ALLOWED, wait_models=False, jobs=NO_WORKERS)
     with node:
         from tests.node_harness import storescu
 
@@ -149,7 +150,7 @@ def test_images_without_whole_pixel_data_are_refused_and_a_bad_uid_fails_only_it
     ds.save_as(too_long, enforce_file_format=True)
     good_last = variant("good_last", 4, lambda ds: None)
 
-    node = NodeProcess(tmp_path / "node", wait_models=False)
+    node = NodeProcess(tmp_path / "node", wait_models=False, jobs=NO_WORKERS)
     with node:
         statuses = _send_raw(node.port, [good_first, no_pixels, odd, too_long, good_last])
         assert statuses[0] == 0x0000 and statuses[4] == 0x0000, statuses
@@ -202,7 +203,7 @@ def test_a_full_disk_refuses_with_out_of_resources_leaves_no_temp_file_and_recov
     mount(3)
     files = _studies(psir_classic, tmp_path, 4)  # 56 instances, ~5 MB: more than fits
     storage = {"data_dir": str(disk / "data"), "min_free_mb": 0}
-    node = NodeProcess(tmp_path / "node", wait_models=False, storage=storage)
+    node = NodeProcess(tmp_path / "node", wait_models=False, jobs=NO_WORKERS, storage=storage)
     node.data_dir = disk / "data"
     with node:
         statuses = _send_raw(node.port, files)
@@ -230,7 +231,7 @@ def test_below_the_free_space_floor_stores_are_refused_before_anything_is_writte
     mount(8)
     files = _studies(psir_classic, tmp_path, 5)  # 70 instances, ~6 MB
     storage = {"data_dir": str(disk / "data"), "min_free_mb": 4}
-    node = NodeProcess(tmp_path / "node", wait_models=False, storage=storage)
+    node = NodeProcess(tmp_path / "node", wait_models=False, jobs=NO_WORKERS, storage=storage)
     node.data_dir = disk / "data"
     with node:
         statuses = _send_raw(node.port, files)
@@ -311,7 +312,7 @@ def test_idle_and_drip_feeding_connections_neither_pile_up_nor_lock_out_other_pe
     connections, the rest are closed at accept, a drip-feeder is cut off at the
     negotiation deadline, and a peer from another address is served throughout."""
     dicom = {"max_connections_per_address": 20, "negotiation_timeout_s": 3}
-    node = NodeProcess(tmp_path / "node", wait_models=False, dicom=dicom)
+    node = NodeProcess(tmp_path / "node", wait_models=False, jobs=NO_WORKERS, dicom=dicom)
     with node:
         assert node.proc is not None
         threads_before = _status(node.proc.pid, "Threads")
@@ -362,7 +363,7 @@ def test_idle_and_drip_feeding_connections_neither_pile_up_nor_lock_out_other_pe
 def test_a_pdu_declaring_4_gib_is_cut_off_before_its_body_is_read(tmp_path: Path) -> None:
     """A PDU declaring 0xFFFFFFFF bytes was read into memory (256 MiB streamed: RSS +262
     MB). Now the declared length is refused at the header and memory stays put."""
-    node = NodeProcess(tmp_path / "node")  # models loaded: RSS is steady before the attack
+    node = NodeProcess(tmp_path / "node", wait_models=False, jobs=NO_WORKERS)
     with node:
         assert node.proc is not None
         time.sleep(2)
@@ -397,7 +398,9 @@ def test_a_peer_that_stalls_inside_a_pdu_is_cut_off_after_the_network_timeout(
     the network timeout, and the node goes on serving."""
     from pynetdicom import AE
 
-    node = NodeProcess(tmp_path / "node", wait_models=False, dicom={"network_timeout_s": 3})
+    node = NodeProcess(
+        tmp_path / "node", wait_models=False, jobs=NO_WORKERS, dicom={"network_timeout_s": 3}
+    )
     with node:
         ae = AE(ae_title="SCANNER")
         ae.add_requested_context("1.2.840.10008.1.1")
