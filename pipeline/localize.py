@@ -29,6 +29,9 @@ class Localization:
         return float(np.mean(detected)) if detected else 0.0
 
 
+DETECT_BATCH = 8  # slices per detector call
+
+
 class HeartLocator:
     def __init__(
         self, weights: Path, conf: float = 0.25, imgsz: int = 256, device: str = "cpu"
@@ -44,12 +47,22 @@ class HeartLocator:
 
     def detect(self, volume: Volume) -> tuple[list[Box | None], list[float]]:
         u8 = to_uint8(volume.array)
-        images = [np.repeat(u8[k][..., None], 3, axis=-1) for k in range(u8.shape[0])]
-        results = self.model.predict(
-            images, imgsz=self.imgsz, conf=self.conf, device=self.device, verbose=False
-        )
         boxes: list[Box | None] = []
         confs: list[float] = []
+        # Bounded chunks: ultralytics keeps every image of a call and its intermediate
+        # tensors (~3.6 MB per 256^2 slice at once), so memory per job stays flat
+        # whatever the number of slices.
+        for start in range(0, u8.shape[0], DETECT_BATCH):
+            chunk = u8[start : start + DETECT_BATCH]
+            images = [np.repeat(sl[..., None], 3, axis=-1) for sl in chunk]
+            results = self.model.predict(
+                images, imgsz=self.imgsz, conf=self.conf, device=self.device, verbose=False
+            )
+            self._collect(results, boxes, confs)
+        return boxes, confs
+
+    @staticmethod
+    def _collect(results: list, boxes: list[Box | None], confs: list[float]) -> None:
         for r in results:
             if len(r.boxes) == 0:
                 boxes.append(None)
@@ -61,7 +74,6 @@ class HeartLocator:
                 Box(int(np.floor(y0)), int(np.floor(x0)), int(np.ceil(y1)), int(np.ceil(x1)))
             )
             confs.append(float(r.boxes.conf[best]))
-        return boxes, confs
 
     def locate(self, volume: Volume) -> Localization:
         boxes, confs = self.detect(volume)
