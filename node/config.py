@@ -52,6 +52,8 @@ class DicomSection(Section):
     max_connections_per_address: int = Field(20, ge=1, le=2000)
     negotiation_timeout_s: float = Field(10.0, gt=0)
     max_pdu_bytes: int = Field(4 * 2**20, ge=16384, le=2**30)
+    # Refuse an association whose called AE title is neither ae_title nor force_ae_title.
+    check_called_ae: bool = True
     # Studies sent to this called AE title are processed even when the selection rules
     # would skip them ("send to AI" from the PACS). Empty: no such AE title.
     force_ae_title: AeTitle | None = None
@@ -60,6 +62,11 @@ class DicomSection(Section):
 class AllowedPeer(Section):
     ae_title: AeTitle
     address: str | None = None  # when set, the association must come from this host
+    # What it may query and retrieve (C-FIND, C-MOVE, C-GET): "all" studies the node
+    # holds, "own" (studies it sent, with their results, and those sent by the AE titles
+    # in see_sent_by) or "none" (echo and store only).
+    query: Literal["all", "own", "none"] = "all"
+    see_sent_by: list[AeTitle] = Field(default_factory=list)
 
 
 class Destination(Section):
@@ -95,8 +102,12 @@ class Pacs(Section):
 
 
 class AccessSection(Section):
-    # Empty list: any calling AE is accepted (logged). Sites should list their peers.
+    # Empty list: any calling AE may echo and store (logged, warned at start-up), and
+    # nobody may query or retrieve. Sites should list their peers.
     allowed_peers: list[AllowedPeer] = Field(default_factory=list)
+    # Without allowed_peers, let any calling AE query and retrieve everything (a lab on
+    # its own network, never a clinical one; warned at start-up).
+    open_query_retrieve: bool = False
 
 
 class TlsSection(Section):

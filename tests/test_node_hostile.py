@@ -26,7 +26,7 @@ ALLOWED = [{"ae_title": "SCANNER"}, {"ae_title": "ECHOSCU"}, {"ae_title": "FINDS
 def findscu(port: int, aet: str, timeout_s: int = 90) -> subprocess.CompletedProcess:
     """A C-FIND at STUDY level for every patient name (what a snooping peer would ask)."""
     return subprocess.run(
-        [require_tool("findscu"), "-aet", aet, "-aec", "LGE_NODE", "-S", "-to", "5",
+        [require_tool("findscu"), "-v", "-aet", aet, "-aec", "LGE_NODE", "-S", "-to", "5",
          "-ta", str(timeout_s), "-td", str(timeout_s),
          "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientName=*", "-k", "StudyInstanceUID",
          "127.0.0.1", str(port)],
@@ -413,3 +413,29 @@ def test_a_peer_that_stalls_inside_a_pdu_is_cut_off_after_the_network_timeout(
                       "the stalled association to end")  # fmt: skip
         assert time.monotonic() - t0 < 3 + 4
         assert echoscu(node.port).returncode == 0
+
+
+def test_without_an_allow_list_anyone_may_store_but_nobody_may_query(
+    tmp_path: Path, psir_classic
+) -> None:
+    """With no [access] section an unknown AE got patient names by C-FIND and images by
+    C-GET, and the node said nothing. Now storage stays open (documented), C-FIND and
+    C-GET are refused with 0x0124 and a reason, and start-up and ``lge-node status``
+    warn about the open configuration."""
+    import sys
+
+    from tests.node_harness import ROOT, storescu
+
+    node = NodeProcess(tmp_path / "node", wait_models=False, jobs=NO_WORKERS)
+    with node:
+        storescu(node.port, sorted((psir_classic.out_dir / "dicom").glob("*.dcm"))[:2])
+        snoop = findscu(node.port, "ANYONE")
+        assert "Phantom" not in snoop.stdout + snoop.stderr
+        assert "Status: 0x124" in snoop.stderr  # refused, not authorized
+        assert "access_open" in node.log() and "query/retrieve is refused" in node.log()
+        status = subprocess.run(
+            [sys.executable, "-m", "node.cli", "status", "--config", str(node.config_path)],
+            cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+        assert "access.allowed_peers is empty" in status.stdout
+        assert any("query/retrieve is closed" in m for m, _, _ in node.events("find_refused"))

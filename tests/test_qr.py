@@ -33,7 +33,14 @@ def held(tmp_path_factory: pytest.TempPathFactory, psir_classic):
         {"name": "orthanc", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": pacs.dicom_port,
          "sources": ["NOBODY"]},
     ]  # fmt: skip
-    node = NodeProcess(work / "node", destinations=dests, port=node_port)
+    peers = [
+        {"ae_title": "SCANNER", "query": "own"},  # sees what it sent
+        {"ae_title": "WS"},  # a reading workstation: everything
+        {"ae_title": "ORTHANC"},
+        {"ae_title": "OTHERSITE", "query": "own"},  # sent nothing: sees nothing
+        {"ae_title": "STOREONLY", "query": "none"},
+    ]
+    node = NodeProcess(work / "node", destinations=dests, port=node_port, allowed_peers=peers)
     with pacs, node:
         study, series, files = copy_study(psir_classic.out_dir / "dicom", work / "study")
         storescu(node.port, files)
@@ -43,9 +50,11 @@ def held(tmp_path_factory: pytest.TempPathFactory, psir_classic):
     sink.wait()
 
 
-def _dcmtk(tool: str, node: NodeProcess, keys: dict[str, str], out: Path, *extra: str):
+def _dcmtk(
+    tool: str, node: NodeProcess, keys: dict[str, str], out: Path, *extra: str, aet: str = "WS"
+):
     out.mkdir(parents=True, exist_ok=True)
-    args = [require_tool(tool), "-S", "-aet", "WS", "-aec", "LGE_NODE", *extra]
+    args = [require_tool(tool), "-S", "-aet", aet, "-aec", "LGE_NODE", *extra]
     for k, v in keys.items():
         args += ["-k", f"{k}={v}" if v is not None else k]
     return subprocess.run(
@@ -127,3 +136,44 @@ def test_orthanc_queries_and_retrieves_results_from_the_node(held) -> None:
     pacs.post(f"/queries/{query['ID']}/retrieve", {"TargetAet": "ORTHANC", "Synchronous": True})
     kinds = {s["MainDicomTags"]["Modality"] for s in pacs.study_series(study)}
     assert kinds == {"SEG"}
+
+
+def _study_answers(node: NodeProcess, out: Path, aet: str) -> tuple[int, list[str]]:
+    proc = _dcmtk("findscu", node, {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "",
+                                   "PatientName": ""}, out, "-X", aet=aet)  # fmt: skip
+    return proc.returncode, [
+        str(pydicom.dcmread(p).StudyInstanceUID) for p in sorted(out.glob("rsp*.dcm"))
+    ]
+
+
+def test_each_peer_sees_only_its_scope(held, tmp_path: Path) -> None:
+    """Any allowed peer could once C-FIND/C-GET every study from every sender. Now a
+    peer with query = "own" sees the studies it sent (with their results), one that sent
+    nothing sees nothing, and one with query = "none" is refused 0x0124 with a reason."""
+    node, _, _, study, _series = held
+    code, studies = _study_answers(node, tmp_path / "scanner", "SCANNER")
+    assert code == 0 and studies == [study]
+    code, studies = _study_answers(node, tmp_path / "other", "OTHERSITE")
+    assert code == 0 and studies == []
+    _dcmtk("getscu", node, {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": study},
+                 tmp_path / "otherget", aet="OTHERSITE")  # fmt: skip
+    assert not list((tmp_path / "otherget").glob("*")), "out-of-scope study retrieved"
+    proc = _dcmtk("findscu", node, {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": ""},
+                  tmp_path / "none", "-X", "-v", aet="STOREONLY")  # fmt: skip
+    assert not list((tmp_path / "none").glob("rsp*.dcm"))
+    assert "Status: 0x124" in proc.stderr  # refused, not authorized
+    assert any("'STOREONLY' may not query" in m for m, _, _ in node.events("find_refused"))
+
+
+def test_an_association_to_another_called_ae_title_is_rejected(held) -> None:
+    """The called AE title was not checked: anything was accepted as LGE_NODE."""
+    from tests.node_harness import echoscu
+
+    node = held[0]
+    assert echoscu(node.port, aet="WS", aec="NOT_THE_NODE").returncode != 0
+    assert echoscu(node.port, aet="WS").returncode == 0
+    node.wait_for(
+        lambda: any("called AE title 'NOT_THE_NODE'" in m
+                    for m, _, _ in node.events("association_rejected")),
+        30, "the rejection recorded",
+    )  # fmt: skip

@@ -78,6 +78,8 @@ def status(
     """Recent series, jobs, sends and events of a node (reads its index)."""
     from dataclasses import asdict
 
+    from node.dimse.scp import access_warning
+
     cfg = load_config_or_exit(config)
     repository = _repository(cfg)
     if repository is None:
@@ -85,9 +87,12 @@ def status(
         raise fail(f"no node data: {db} does not exist (has the node run?)")
     snap = repository.snapshot(limit)
     repository.close()
+    warning = access_warning(cfg)
     if as_json:
-        console.print_json(json.dumps(asdict(snap)))
+        console.print_json(json.dumps({**asdict(snap), "warnings": [warning] if warning else []}))
         return
+    if warning:
+        console.print(f"[bold yellow]warning:[/] {warning}")
     t = Table(title="series (newest first)")
     for col in ("received", "series", "description", "n", "state", "from", "reason"):
         t.add_column(col)

@@ -30,6 +30,10 @@ class QueryError(ValueError):
     """The identifier cannot be answered; the message says why."""
 
 
+class NotAuthorized(PermissionError):
+    """The peer's access scope does not allow this request; the message says why."""
+
+
 def _str(value: int | None) -> str:
     return "" if value is None else str(value)
 
@@ -86,7 +90,27 @@ class QueryRetrieveScp:
 
     # -- matching ----------------------------------------------------------------------
 
-    def match(self, identifier: Dataset) -> tuple[str, list[QrRow]]:
+    def scope(self, peer: str) -> frozenset[str] | None:
+        """The senders whose studies ``peer`` may see (None: all); raises `NotAuthorized`."""
+        access = self.config.access
+        if not access.allowed_peers:
+            if access.open_query_retrieve:
+                return None
+            raise NotAuthorized(
+                "query/retrieve is closed: access.allowed_peers is empty (list the peers "
+                "that may query, or set access.open_query_retrieve on a lab network)"
+            )
+        entries = [p for p in access.allowed_peers if p.ae_title == peer]
+        if any(p.query == "all" for p in entries):
+            return None
+        own = [p for p in entries if p.query == "own"]
+        if not own:
+            raise NotAuthorized(f"{peer!r} may not query or retrieve (access query = none)")
+        return frozenset({peer, *(ae for p in own for ae in p.see_sent_by)})
+
+    def match(
+        self, identifier: Dataset, senders: frozenset[str] | None = None
+    ) -> tuple[str, list[QrRow]]:
         level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
         if level not in LEVELS:
             raise QueryError(f"QueryRetrieveLevel {level!r} is not STUDY, SERIES or IMAGE")
@@ -98,7 +122,7 @@ class QueryRetrieveScp:
         }  # fmt: skip
         wanted = identifier.get("ModalitiesInStudy")
         modalities = sorted(listed(wanted) or str(wanted).split("\\")) if wanted else []
-        rows = self.repository.qr_rows(Query(criteria, modalities))
+        rows = self.repository.qr_rows(Query(criteria, modalities, senders))
         return level, [r for r in rows if all(m.test(keys[k](r)) for k, m in criteria.items())]
 
     def _response(self, level: str, identifier: Dataset, group: list[QrRow]) -> Dataset:
@@ -145,7 +169,10 @@ class QueryRetrieveScp:
         peer = str(ev.assoc.requestor.ae_title).strip()
         try:
             identifier = ev.identifier
-            level, rows = self.match(identifier)
+            level, rows = self.match(identifier, self.scope(peer))
+        except NotAuthorized as exc:
+            yield from self._fail(peer, Event.FIND_REFUSED, Dimse.NOT_AUTHORIZED, str(exc))
+            return
         except QueryError as exc:
             yield from self._fail(peer, Event.FIND_REFUSED, Dimse.IDENTIFIER_MISMATCH, str(exc))
             return
@@ -168,7 +195,10 @@ class QueryRetrieveScp:
 
     def _instances(self, ev: Any, peer: str, what: Event) -> list[QrRow] | int:
         try:
-            level, rows = self.match(ev.identifier)
+            level, rows = self.match(ev.identifier, self.scope(peer))
+        except NotAuthorized as exc:
+            list(self._fail(peer, what, Dimse.NOT_AUTHORIZED, str(exc)))
+            return Dimse.NOT_AUTHORIZED
         except QueryError as exc:
             list(self._fail(peer, what, Dimse.IDENTIFIER_MISMATCH, str(exc)))
             return Dimse.IDENTIFIER_MISMATCH

@@ -44,6 +44,22 @@ def _lenient_uid(value: str) -> tuple[bool, str]:
     return True, ""
 
 
+def access_warning(config: Config) -> str | None:
+    """What an operator must be told about an open configuration (start-up, status)."""
+    access = config.access
+    if access.allowed_peers:
+        return None
+    if access.open_query_retrieve:
+        return (
+            "access.allowed_peers is empty and access.open_query_retrieve is true: ANY "
+            "calling AE may store, query and retrieve every study, patient names included"
+        )
+    return (
+        "access.allowed_peers is empty: any calling AE may store; query/retrieve is "
+        "refused to all (list the peers in [access])"
+    )
+
+
 QR_CLASSES = [
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelMove,
@@ -143,6 +159,9 @@ class DicomService:
             log, "listening", ae_title=cfg.ae_title, address=cfg.bind_address, port=cfg.port,
             tls=self.config.tls.enabled,
         )  # fmt: skip
+        warning = access_warning(self.config)
+        if warning:
+            event(log, "access_open", logging.WARNING, reason=warning)
 
     def stop(self) -> None:
         if self.server is not None:
@@ -152,8 +171,13 @@ class DicomService:
 
     # -- associations ------------------------------------------------------------------
 
-    def allowed(self, peer: Peer) -> str | None:
+    def allowed(self, peer: Peer, called: str | None = None) -> str | None:
         """None if the peer may associate, else the reason it may not."""
+        cfg = self.config.dicom
+        if called is not None and cfg.check_called_ae:
+            ours = {cfg.ae_title, *([cfg.force_ae_title] if cfg.force_ae_title else [])}
+            if called not in ours:
+                return f"called AE title {called!r} is not this node ({', '.join(sorted(ours))})"
         allowed = self.config.access.allowed_peers
         if not allowed:
             return None
@@ -169,8 +193,9 @@ class DicomService:
 
     def _on_requested(self, ev: Any) -> None:
         calling = str(ev.assoc.requestor.primitive.calling_ae_title).strip()
+        called = str(ev.assoc.requestor.primitive.called_ae_title).strip()
         peer = Peer(calling, str(ev.assoc.requestor.address))
-        reason = self.allowed(peer)
+        reason = self.allowed(peer, called)
         if reason is None:
             established = sum(1 for a in self.ae.active_associations if a.is_established)
             if established < self.config.dicom.max_associations:
@@ -187,8 +212,8 @@ class DicomService:
             return
         # Reject first, from configuration alone; the index is only told (deferred: a
         # locked or unreachable database must neither delay nor decide the answer).
-        # rejected-permanent, service-user, calling-AE-title-not-recognized
-        ev.assoc.acse.send_reject(0x01, 0x01, 0x03)
+        # rejected-permanent, service-user, called- or calling-AE-title-not-recognized
+        ev.assoc.acse.send_reject(0x01, 0x01, 0x07 if reason.startswith("called") else 0x03)
         ev.assoc.is_rejected = True
         ev.assoc.kill()
         notify(

@@ -55,3 +55,6 @@ class Query:
 
     criteria: dict[str, KeyMatch]
     modalities: list[str]
+    # Only studies that a series received from one of these AE titles belongs to (the
+    # peer's access scope); None: every study.
+    senders: frozenset[str] | None = None

@@ -686,6 +686,14 @@ class Repository:
             clause = _clause(m, QR_COLUMNS[keyword]) if keyword in QR_COLUMNS else None
             if clause is not None:
                 q = q.where(clause)
+        if query.senders is not None:
+            sent = _table(Series).alias("sent")
+            q = q.where(
+                select(sent.c.id)
+                .where(sent.c.study_fk == Study.id, sent.c.calling_ae.in_(query.senders))
+                .where(sent.c.origin == Origin.RECEIVED)
+                .exists()
+            )
         if query.modalities:
             other = _table(Series).alias("other")
             q = q.where(
