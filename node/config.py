@@ -131,6 +131,10 @@ class StorageSection(Section):
     # 0xA700 (out of resources) before anything is written, leaving room for the index,
     # the results and the jobs already accepted.
     min_free_mb: float = Field(500.0, ge=0)
+    # Larger instances, or more frames in one, are refused at C-STORE (0xA700) with a
+    # reason: no cardiac MR needs them, and each one is read whole into memory.
+    max_instance_mb: float = Field(1024.0, gt=0)
+    max_frames: int = Field(4096, ge=1)
 
 
 class SelectionSection(Section):

@@ -439,3 +439,37 @@ def test_without_an_allow_list_anyone_may_store_but_nobody_may_query(
         )  # fmt: skip
         assert "access.allowed_peers is empty" in status.stdout
         assert any("query/retrieve is closed" in m for m, _, _ in node.events("find_refused"))
+
+
+def test_instance_size_and_frame_limits_from_the_config_refuse_with_a_reason(
+    tmp_path: Path, psir_classic, magnitude_enhanced
+) -> None:
+    """Resource ceilings are configuration, not constants: an instance above
+    storage.max_instance_mb or with more frames than storage.max_frames is refused with
+    0xA700 and a reason naming the setting; smaller ones are stored."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from tests.node_harness import storescu
+
+    classic = sorted((psir_classic.out_dir / "dicom").glob("*.dcm"))
+    (enhanced,) = magnitude_enhanced.files
+    assert enhanced.stat().st_size < 2.5 * 2**20
+    big = pydicom.dcmread(classic[0])
+    big.SOPInstanceUID = big.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    big.add_new((0x0029, 0x0010), "LO", "LGENODE TEST")
+    big.add_new((0x0029, 0x1010), "OB", b"\0" * (3 * 2**20))  # a 3 MiB private blob
+    big_path = tmp_path / "big.dcm"
+    big.save_as(big_path, enforce_file_format=True)
+    storage = {"max_instance_mb": 2.5, "max_frames": 4}
+    node = NodeProcess(tmp_path / "node", wait_models=False, jobs=NO_WORKERS, storage=storage)
+    with node:
+        storescu(node.port, classic[:2])  # under both limits
+        for path in (big_path, enhanced):
+            refused = storescu(node.port, [path], check=False, extra=["-v"])
+            assert "Refused: OutOfResources" in refused.stderr, refused.stderr  # 0xA700
+        node.wait_for(lambda: node.query("SELECT COUNT(*) FROM instances") == [(2,)], 60,
+                      "the classic instances indexed")  # fmt: skip
+        reasons = " | ".join(m for m, _, _ in node.events("instance_refused"))
+        assert "exceeds storage.max_instance_mb (2.5)" in reasons
+        assert "frames exceed storage.max_frames (4)" in reasons

@@ -51,8 +51,20 @@ class StoreScp:
                 peer, Dimse.CANNOT_UNDERSTAND,
                 f"dataset cannot be decoded: {type(exc).__name__}: {exc}",
             )  # fmt: skip
+        limits = self.config.storage
+        if len(data) > limits.max_instance_mb * 2**20:
+            return self._refuse(
+                peer, Dimse.OUT_OF_RESOURCES,
+                f"instance of {len(data) / 2**20:.1f} MiB exceeds storage.max_instance_mb "
+                f"({limits.max_instance_mb:g})",
+            )  # fmt: skip
+        if len(info.frames) > limits.max_frames:
+            return self._refuse(
+                peer, Dimse.OUT_OF_RESOURCES,
+                f"{len(info.frames)} frames exceed storage.max_frames ({limits.max_frames})",
+            )  # fmt: skip
         path = self.storage.instance_path(info.study_uid, info.series_uid, info.sop_uid)
-        floor = int(self.config.storage.min_free_mb * 2**20)
+        floor = int(limits.min_free_mb * 2**20)
         try:
             free = self.storage.free_bytes()
         except OSError as exc:
