@@ -30,6 +30,7 @@ class Event(Enum):
     ASSOCIATION_REJECTED = ("association_rejected", logging.WARNING)
     CONNECTION_DROPPED = ("connection_dropped", logging.WARNING)
     INSTANCE_REFUSED = ("instance_refused", logging.WARNING)
+    INSTANCE_CONFLICT = ("instance_conflict", logging.WARNING)
     INSTANCE_NOT_INDEXED = ("instance_not_indexed", logging.ERROR)
     ORPHAN_QUARANTINED = ("orphan_quarantined", logging.WARNING)
     MODELS_FAILED = ("models_failed", logging.ERROR)

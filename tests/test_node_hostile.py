@@ -466,10 +466,74 @@ def test_instance_size_and_frame_limits_from_the_config_refuse_with_a_reason(
     with node:
         storescu(node.port, classic[:2])  # under both limits
         for path in (big_path, enhanced):
-            refused = storescu(node.port, [path], check=False, extra=["-v"])
+            refused = storescu(node.port, [path], check=False, extra=["-v", "-R"])
             assert "Refused: OutOfResources" in refused.stderr, refused.stderr  # 0xA700
         node.wait_for(lambda: node.query("SELECT COUNT(*) FROM instances") == [(2,)], 60,
                       "the classic instances indexed")  # fmt: skip
         reasons = " | ".join(m for m, _, _ in node.events("instance_refused"))
         assert "exceeds storage.max_instance_mb (2.5)" in reasons
         assert "frames exceed storage.max_frames (4)" in reasons
+
+
+def test_identity_conflicts_are_refused_and_results_are_not_writable_by_peers(
+    tmp_path: Path, psir_classic
+) -> None:
+    """Once handled silently: the same SOP Instance UID with other pixels replaced the
+    stored file; the same SOP Instance UID in another series got Success and was then
+    dropped; a forged SR C-STOREd into the node's result series re-opened it and was
+    served as a result. Policy now (README): keep the first and refuse conflicts with
+    0x0111, refuse writes into result series with 0x0124, and accept a copy of the
+    node's own result (a PACS routing results back) without storing it again."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from tests.node_harness import copy_study, storescu
+
+    node = NodeProcess(tmp_path / "node")
+    _study, series, files = copy_study(psir_classic.out_dir / "dicom", tmp_path / "s")
+    with node:
+        storescu(node.port, files)
+        node.wait_done(series, timeout=180)
+        first_sop = str(pydicom.dcmread(files[0]).SOPInstanceUID)
+        ((stored_path,),) = node.query("SELECT path FROM instances WHERE sop_uid = ?", first_sop)
+        before = Path(stored_path).read_bytes()
+        work = tmp_path / "bad"
+        work.mkdir()
+
+        altered = pydicom.dcmread(files[0])
+        pixels = bytearray(altered.PixelData)
+        pixels[:64] = bytes(64)
+        altered.PixelData = bytes(pixels)
+        altered.save_as(work / "altered.dcm", enforce_file_format=True)
+
+        moved = pydicom.dcmread(files[1])
+        moved.SeriesInstanceUID = generate_uid()
+        moved.save_as(work / "moved.dcm", enforce_file_format=True)
+
+        result_series, result_path = node.query(
+            "SELECT s.series_uid, i.path FROM series s JOIN instances i ON i.series_fk = s.id "
+            "WHERE s.origin = 'result' AND s.modality = 'SR'"
+        )[0]
+        forged = pydicom.dcmread(result_path)
+        forged.SOPInstanceUID = forged.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        forged.save_as(work / "forged.dcm", enforce_file_format=True)
+
+        for name, expected in (("altered", "0x111"), ("moved", "0x111"), ("forged", "0x124")):
+            out = storescu(node.port, [work / f"{name}.dcm"], check=False, extra=["-v", "-R"])
+            assert expected in out.stderr.lower().replace("0x0", "0x"), (name, out.stderr)
+        own = storescu(node.port, [Path(result_path)], check=False, extra=["-v", "-R"])
+        assert "Received Store Response (Success)" in own.stderr, own.stderr
+
+        assert Path(stored_path).read_bytes() == before  # the first is kept
+        reasons = " | ".join(m for m, _, _ in node.events("instance_conflict"))
+        assert "already stored with other content" in reasons
+        assert "already held in series" in reasons
+        assert "result series of this node" in reasons
+        time.sleep(3)  # longer than stable_age_s: a re-opened series would be re-queued
+        assert node.series_state(result_series)[0] != "receiving"
+        assert [j[1] for j in node.jobs(series)] == ["done"]  # nothing re-ran
+        count = node.query(
+            "SELECT COUNT(*) FROM instances i JOIN series s ON i.series_fk = s.id "
+            "WHERE s.series_uid = ?", result_series,
+        )  # fmt: skip
+        assert count == [(1,)]  # the forged SR is not among the results

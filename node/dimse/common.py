@@ -35,6 +35,7 @@ class Dimse:
     PENDING_WARNING = 0xFF01  # C-FIND pending, optional keys not supported
     CANCEL = int(Status.CANCEL)
     NOT_AUTHORIZED = 0x0124  # PS3.7 C.5: refused, not authorized (access scope)
+    DUPLICATE_SOP_INSTANCE = 0x0111  # PS3.7 C.5: failure, duplicate SOP instance
     MOVE_DESTINATION_UNKNOWN = int(Status.MOVE_DESTINATION_UNKNOWN)
     OUT_OF_RESOURCES = 0xA700  # C-STORE: refused, out of resources
     IDENTIFIER_MISMATCH = 0xA900  # C-FIND/C-MOVE/C-GET: identifier does not match SOP class

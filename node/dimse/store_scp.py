@@ -5,23 +5,45 @@ disk as received (no re-encoding), atomically under a hashed path, and journalle
 then does the peer get Success. The indexer (`node.store.ingest`) indexes it moments
 later. Anything unreadable gets a failure status and an event, and the association (and
 the node) carry on.
+
+Identity policy (keep the first, refuse conflicts - never Success-then-drop):
+- the same SOP Instance UID with the same content again: Success (a retry is harmless);
+- the same SOP Instance UID with other content, or already held in another series:
+  0x0111 (duplicate SOP instance) with an ``instance_conflict`` event; the first stays;
+- anything claiming to belong to one of the node's own result series: a copy of what the
+  node wrote (a PACS routing results back) gets Success and is ignored; anything else is
+  refused 0x0124 (not authorized): peers never write into results.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from node.config import Config
 from node.dimse.common import Dimse, Peer, peer_of
 from node.events import Event, notify
+from node.logs import event
 from node.store.ingest import describe
-from node.store.records import Received
+from node.store.records import Origin, Received
 from node.store.repository import Repository
 from node.store.storage import InvalidUidError, Storage
+
+log = logging.getLogger("node.store_scp")
+
+
+def _dataset_part(encoded: bytes) -> bytes:
+    """The data set of a Part 10 byte string, without preamble and file meta (which
+    differ with the sender's implementation, not with the content)."""
+    if encoded[128:132] != b"DICM":
+        return encoded
+    group_length = int.from_bytes(encoded[140:144], "little")  # (0002,0000) UL, explicit LE
+    return encoded[144 + group_length :]
 
 
 class StoreScp:
@@ -64,6 +86,16 @@ class StoreScp:
                 f"{len(info.frames)} frames exceed storage.max_frames ({limits.max_frames})",
             )  # fmt: skip
         path = self.storage.instance_path(info.study_uid, info.series_uid, info.sop_uid)
+        verdict = self._identity(info.sop_uid, info.series_uid, path, data)
+        if verdict is not None:
+            status, reason = verdict
+            if status == Dimse.SUCCESS:
+                return status  # a copy of one of our own results: nothing to store
+            notify(
+                self.repository, Event.INSTANCE_CONFLICT, reason, peer_ae=peer.ae_title,
+                address=peer.address, series_uid=info.series_uid, status=f"0x{status:04X}",
+            )  # fmt: skip
+            return status
         floor = int(limits.min_free_mb * 2**20)
         try:
             free = self.storage.free_bytes()
@@ -86,6 +118,36 @@ class StoreScp:
         with self._lock:
             self.received[str(id(ev.assoc))] += 1
         return Dimse.SUCCESS
+
+    def _identity(
+        self, sop_uid: str, series_uid: str, path: Path, data: bytes
+    ) -> tuple[int, str] | None:
+        """None to store as usual, else (status, reason) per the identity policy."""
+        if path.exists():  # same study, series and SOP: a retry, or other content
+            if _dataset_part(path.read_bytes()) == _dataset_part(data):
+                return None
+            return Dimse.DUPLICATE_SOP_INSTANCE, (
+                f"SOP Instance UID {sop_uid} is already stored with other content; the "
+                "first is kept (send corrected images under new UIDs)"
+            )
+        try:
+            known = self.repository.identity(sop_uid, series_uid)
+        except Exception as exc:  # index unreachable: store, the indexer will judge it
+            event(log, "identity_unchecked", logging.WARNING, error=str(exc))
+            return None
+        if known.series_origin is Origin.RESULT:
+            home = Path(known.home_path) if known.home_path else None
+            if home and home.is_file() and _dataset_part(home.read_bytes()) == _dataset_part(data):
+                return Dimse.SUCCESS, ""
+            return Dimse.NOT_AUTHORIZED, (
+                f"series {series_uid} is a result series of this node: peers may not write into it"
+            )
+        if known.home_series is not None and known.home_series != series_uid:
+            return Dimse.DUPLICATE_SOP_INSTANCE, (
+                f"SOP Instance UID {sop_uid} is already held in series {known.home_series}; "
+                "the first is kept"
+            )
+        return None
 
     def stored_in(self, assoc: Any) -> int:
         """Instances stored in ``assoc`` (forgotten once asked: the association ended)."""

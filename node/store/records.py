@@ -263,3 +263,14 @@ class Snapshot:
     sends: list[SendRow] = field(default_factory=list)
     events: list[EventView] = field(default_factory=list)
     taken_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What the index knows about an incoming instance's identity (`Repository.identity`):
+    the series and file already holding its SOP Instance UID, and the origin of the
+    series it claims to belong to."""
+
+    home_series: str | None
+    home_path: str | None
+    series_origin: Origin | None

@@ -28,6 +28,7 @@ from node.store.records import (
     Claim,
     Delivery,
     EventView,
+    Identity,
     InstanceInfo,
     InstanceRecord,
     JobRecord,
@@ -337,6 +338,20 @@ class Repository:
         with self._read() as s:
             state = s.scalar(select(Series.state).where(Series.series_uid == series_uid))
             return SeriesState(state) if state is not None else None
+
+    def identity(self, sop_uid: str, series_uid: str) -> Identity:
+        with self._read() as s:
+            home = s.execute(
+                select(Series.series_uid, Instance.path)
+                .join(Instance, Instance.series_fk == Series.id)
+                .where(Instance.sop_uid == sop_uid)
+            ).first()
+            origin = s.scalar(select(Series.origin).where(Series.series_uid == series_uid))
+        return Identity(
+            home_series=home[0] if home else None,
+            home_path=home[1] if home else None,
+            series_origin=Origin(origin) if origin is not None else None,
+        )
 
     def series_by_uid(self, series_uid: str) -> SeriesRecord | None:
         with self._read() as s:
