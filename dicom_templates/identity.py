@@ -6,9 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from highdicom import SpecificCharacterSetValues
 from pydicom.dataset import Dataset
 
 from pipeline import __version__
+from pipeline.instance import listed
 
 if TYPE_CHECKING:
     from pipeline.models import ModelBundle
@@ -52,6 +54,28 @@ OVERLAY_SERIES = SeriesPlacement("LGE scar overlay", 9903)
 
 SOFTWARE_VERSIONS = f"lge-node {__version__}"
 DEVICE_SERIAL = "LGENODE-1"
+
+
+def character_set(source: Dataset) -> str | list[str] | None:
+    """The source's Specific Character Set as highdicom's constructors accept it.
+
+    A multi-valued set may leave value 1 empty, meaning the default repertoire (PS3.3
+    C.12.1.1.2: ``\\ISO 2022 IR 87`` is how Japanese studies usually arrive); highdicom
+    rejects the empty string, so it is given the equivalent defined term, ISO 2022 IR 6.
+    `copy_character_set` then writes the source's value back exactly as it was sent.
+    """
+    value = source.get("SpecificCharacterSet")
+    if not value:
+        return None
+    values = [str(v).strip() for v in (listed(value) or [value])]
+    if len(values) > 1 and values[0] == "":
+        values[0] = "ISO 2022 IR 6"
+    known = {v.value for v in SpecificCharacterSetValues}
+    if not all(v in known for v in values):
+        # highdicom does not list every defined term (ISO 2022 IR 149, Korean): it gets
+        # none, and `copy_character_set` sets the source's (pydicom encodes with it)
+        return None
+    return values if len(values) > 1 else values[0]
 
 
 def copy_character_set(source: Dataset, target: Dataset) -> None:

@@ -26,6 +26,7 @@ from dicom_templates.identity import (
     OVERLAY_SERIES,
     SYNTHETIC_NOTE,
     Algorithm,
+    character_set,
     copy_character_set,
 )
 from dicom_templates.seg import INFARCT_SEGMENT, MVO_SEGMENT, MYOCARDIUM_SEGMENT
@@ -233,6 +234,7 @@ def _sc(
         pixel_spacing=spacing,
         patient_orientation=orientation,
         series_description=OVERLAY_SERIES.description,
+        specific_character_set=character_set(ref),
     )
     sc.BurnedInAnnotation = "YES"
     sc.BodyPartExamined = "HEART"  # unpaired: no Laterality needed

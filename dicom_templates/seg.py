@@ -25,6 +25,7 @@ from dicom_templates.identity import (
     SEG_SERIES,
     SOFTWARE_VERSIONS,
     Algorithm,
+    character_set,
     copy_character_set,
 )
 from dicom_templates.uids import new_uid
@@ -130,6 +131,7 @@ def build_seg(
         content_description=f"{algorithm.label}; research only"[:64],
         series_description=SEG_SERIES.description,
         omit_empty_frames=False,
+        specific_character_set=character_set(volume.datasets[0]),
     )
     copy_character_set(volume.datasets[0], seg)
     return seg

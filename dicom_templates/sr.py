@@ -20,6 +20,7 @@ from dicom_templates.identity import (
     MODEL_NAME,
     SR_SERIES,
     Algorithm,
+    character_set,
     copy_character_set,
 )
 from dicom_templates.seg import INFARCT_SEGMENT, MVO_SEGMENT, MYOCARDIUM_SEGMENT
@@ -161,6 +162,7 @@ def build_sr(
         previous_versions=[predecessor] if predecessor is not None else None,
         performed_procedure_codes=[codes.PROCEDURE_CARDIAC_MRI],
         series_description=SR_SERIES.description,
+        specific_character_set=character_set(volume.datasets[0]),
     )
     copy_character_set(volume.datasets[0], sr)
     return sr

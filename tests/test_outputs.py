@@ -244,3 +244,53 @@ def test_orthanc_accepts_all_outputs_over_c_store_under_the_original_study(
         seg_instance = series["LGE scar SEG"]["Instances"][0]
         tags = pacs.get(f"/instances/{seg_instance}/simplified-tags")
         assert tags["SOPClassUID"] == pydicom.uid.SegmentationStorage
+
+
+CHARACTER_SETS = {
+    "latin1": ("ISO_IR 100", "Müller^Zoë"),
+    "utf8": ("ISO_IR 192", "Wang^XiaoDong=王^小東"),
+    "gb18030": ("GB18030", "Wang^XiaoDong=王^小东"),
+    "japanese": ("\\ISO 2022 IR 87", "Yamada^Tarou=山田^太郎=やまだ^たろう"),
+    "japanese-katakana": ("ISO 2022 IR 13\\ISO 2022 IR 87", "ﾔﾏﾀﾞ^ﾀﾛｳ=山田^太郎=やまだ^たろう"),
+    "korean": ("\\ISO 2022 IR 149", "Hong^Gildong=洪^吉洞=홍^길동"),
+}
+
+
+@pytest.mark.parametrize("name", list(CHARACTER_SETS))
+def test_character_sets_survive_seg_sr_sc_and_a_pacs(
+    name: str, psir_classic: PhantomCase, tmp_path: Path
+) -> None:
+    """A Japanese study (ISO 2022 IR 87 with an empty first value) once failed to
+    process. Every output carries the source's Specific Character Set as sent and the
+    patient's name intact, and Orthanc (C-STORE) reads the same name from each."""
+    charset, patient = CHARACTER_SETS[name]
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in psir_classic.files:
+        ds = pydicom.dcmread(f)
+        ds.SpecificCharacterSet = charset.split("\\") if "\\" in charset else charset
+        ds.PatientName = patient
+        ds.save_as(src / f.name, enforce_file_format=True)
+    volume = load_series(src)
+    assert str(volume.datasets[0].PatientName) == patient
+    metrics = quantify(psir_classic.labels, volume.geometry)
+    files = write_outputs(tmp_path / "out", volume, psir_classic.labels, metrics, ALGORITHM)
+    for path in files.dicom:
+        ds = pydicom.dcmread(path)
+        assert ds.SpecificCharacterSet == volume.datasets[0].SpecificCharacterSet, path.name
+        assert str(ds.PatientName) == patient, path.name
+    with Orthanc(tmp_path / "orthanc") as pacs:
+        run_tool("storescu", "-aet", "SCANNER", "-aec", pacs.aet, "127.0.0.1",
+                 str(pacs.dicom_port), str(src / psir_classic.files[0].name))  # fmt: skip
+        (source_id,) = pacs.get("/instances")
+        as_sent = pacs.get(f"/instances/{source_id}/simplified-tags")["PatientName"]
+        run_tool("storescu", "-R", "-aet", "LGE_NODE", "-aec", pacs.aet, "127.0.0.1",
+                 str(pacs.dicom_port), *map(str, files.dicom))  # fmt: skip
+        instances = [i for i in pacs.get("/instances") if i != source_id]
+        assert len(instances) == len(files.dicom)
+        for iid in instances:  # the PACS reads our outputs as it reads the scanner's image
+            assert pacs.get(f"/instances/{iid}/simplified-tags")["PatientName"] == as_sent
+        if name != "japanese-katakana":
+            assert as_sent == patient
+        # else: Orthanc decodes only the first of two ISO 2022 code elements (half-width
+        # katakana, then kanji); the bytes we write are the scanner's (checked above)
