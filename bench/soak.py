@@ -155,7 +155,7 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=160)
     from pipeline.research.phantom import PhantomSpec, make_phantom
 
     work = Path(tempfile.mkdtemp(prefix="lge-bench-soak-"))
