@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from tests.node_harness import NodeProcess, echoscu
-from tests.test_node_hostile import NO_WORKERS, _associate_rq, _send_raw, _status
+from tests.test_node_hostile import NO_WORKERS, _associate_rq, _echo_from, _send_raw, _status
 
 pytestmark = pytest.mark.timeout(300)
 
 SEED = 20261123
-PDU_CASES = 300
-DATASET_CASES = 60
+PDU_CASES = 200
+DATASET_CASES = 40
 
 
 def _p_data_echo() -> bytes:
@@ -86,7 +86,8 @@ def test_seeded_fuzz_leaves_the_node_alive_bounded_and_lossless(
                 except OSError:
                     pass  # the node closed it or answered: both fine
             if i % 100 == 99:
-                assert node.alive() and echoscu(node.port).returncode == 0, f"after case {i}"
+                # from another address: the fuzzer's own may be at its connection share
+                assert node.alive() and _echo_from(node.port, "127.0.0.2"), f"after case {i}"
 
         # mutated datasets inside a valid association: a failure status or Success,
         # and every Success is an instance in the index
@@ -123,7 +124,7 @@ def test_seeded_fuzz_leaves_the_node_alive_bounded_and_lossless(
             lambda: {r[0] for r in node.query("SELECT sop_uid FROM instances")} >= sops
             or None, 60, "every acknowledged instance indexed",
         )  # fmt: skip
-        time.sleep(3)  # let cut-off connections reach their deadlines
+        time.sleep(4)  # let cut-off connections reach their deadlines
         assert node.alive() and echoscu(node.port).returncode == 0
         assert not list(node.data_dir.rglob("*.tmp"))
         rss_end = _status(node.proc.pid, "VmRSS")

@@ -95,7 +95,9 @@ class DicomService:
         # an association is requested (`_on_requested`).
         ae.maximum_associations = cfg.max_connections
         ae.network_timeout = cfg.network_timeout_s
-        ae.acse_timeout = cfg.network_timeout_s
+        # The ACSE timeout is pynetdicom's ARTIM timer: a connection that sends no
+        # A-ASSOCIATE-RQ at all is closed after it (the guard cuts slow ones).
+        ae.acse_timeout = cfg.negotiation_timeout_s
         ae.dimse_timeout = cfg.network_timeout_s
         ae.maximum_pdu_size = cfg.max_pdu_bytes
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
