@@ -5,9 +5,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.qc import QcCalibration
 from pipeline.runtime import BUNDLED_MODELS as BUNDLED
 
 
@@ -23,6 +24,7 @@ class ModelBundle:
     name: str
     version: str
     synthetic_trained: bool
+    qc: QcCalibration = field(default_factory=QcCalibration.defaults)
 
     @classmethod
     def load(
@@ -57,6 +59,7 @@ class ModelBundle:
             name=manifest.get("name", folder.name),
             version=str(manifest.get("version", "unknown")),
             synthetic_trained=bool(manifest.get("synthetic_trained", False)),
+            qc=QcCalibration.from_json(manifest.get("qc")),
         )
 
 

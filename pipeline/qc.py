@@ -19,10 +19,11 @@ independent signals catch different failure modes, each mapped to a score in [0,
   scar found in tissue as dark as healthy myocardium is not scar that LGE shows.
 
 The score is the minimum of the components (one broken signal is enough to distrust the
-case), ``low_confidence`` is that score below `LOW_CONFIDENCE_BELOW`. The threshold and the
-ramps were set on a calibration set of randomized phantoms (seeds kept apart from both
-training and evaluation; ``lge-node evaluate`` reports how well it catches failures on the
-evaluation sets).
+case), ``low_confidence`` is that score below 0.5. Each component is a ramp on one raw
+measure: 0.5 at its ``flag_at`` value, 1 at its ``typical`` value. Those two numbers
+depend on the model, so they live beside it (``manifest.json``, section ``qc``), set by
+`calibrate` from a calibration set of phantoms whose seeds are kept apart from training
+and from every evaluation set; `DEFAULT_THRESHOLDS` apply to a model without them.
 """
 
 from __future__ import annotations
@@ -38,6 +39,81 @@ from pipeline.volume import Geometry
 LOW_CONFIDENCE_BELOW = 0.5
 SECTORS = 72  # 5 degree directions around the blood pool
 PLAUSIBLE_WALL_MM = (3.0, 20.0)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """One raw measure -> one component score: 0.5 at ``flag_at``, 1 at ``typical``."""
+
+    flag_at: float
+    typical: float
+
+    def score(self, value: float) -> float:
+        if self.typical == self.flag_at:
+            return 1.0 if value == self.typical else 0.0
+        return float(np.clip(0.5 + 0.5 * (value - self.flag_at) / (self.typical - self.flag_at),
+                             0.0, 1.0))  # fmt: skip
+
+    def flags(self, value: float) -> bool:
+        return self.score(value) < LOW_CONFIDENCE_BELOW
+
+
+# measure -> (component, True when a higher value is better)
+MEASURES: dict[str, tuple[str, bool]] = {
+    "self_agreement": ("self_agreement", True),
+    "scar_percent_soft_gap": ("scar_certainty", False),
+    "scar_cnr": ("scar_contrast", True),
+    "ring_coverage": ("ring", True),
+    "wall_mm_low": ("wall", True),
+    "wall_mm_high": ("wall", False),
+    "wall_cv": ("wall", False),
+    "continuity": ("continuity", True),
+    "localization": ("localization", True),
+    "reference_gap": ("reference", False),
+}
+DEFAULT_THRESHOLDS: dict[str, Threshold] = {
+    "self_agreement": Threshold(0.80, 0.88),
+    "scar_percent_soft_gap": Threshold(2.75, 1.5),
+    "scar_cnr": Threshold(2.0, 3.0),
+    "ring_coverage": Threshold(0.825, 0.95),
+    "wall_mm_low": Threshold(2.25, 3.0),
+    "wall_mm_high": Threshold(22.5, 20.0),
+    "wall_cv": Threshold(0.8, 0.6),
+    "continuity": Threshold(0.30, 0.45),
+    "localization": Threshold(0.35, 0.5),
+    "reference_gap": Threshold(11.5, 8.0),
+}
+
+
+@dataclass(frozen=True)
+class QcCalibration:
+    """The thresholds of one model, and where they came from."""
+
+    thresholds: dict[str, Threshold]
+    source: str = "defaults"  # e.g. "calibration set, 60 cases, seeds 8000-8059"
+
+    @classmethod
+    def defaults(cls) -> QcCalibration:
+        return cls(dict(DEFAULT_THRESHOLDS))
+
+    @classmethod
+    def from_json(cls, doc: dict | None) -> QcCalibration:
+        if not doc:
+            return cls.defaults()
+        merged = dict(DEFAULT_THRESHOLDS)
+        for name, t in doc.get("thresholds", {}).items():
+            if name in MEASURES:
+                merged[name] = Threshold(float(t["flag_at"]), float(t["typical"]))
+        return cls(merged, str(doc.get("source", "manifest")))
+
+    def to_json(self) -> dict:
+        return {
+            "source": self.source,
+            "thresholds": {
+                k: {"flag_at": round(t.flag_at, 4), "typical": round(t.typical, 4)}
+                for k, t in self.thresholds.items()
+            },
+        }
 
 
 @dataclass
@@ -113,19 +189,20 @@ def _largest(mask: np.ndarray) -> np.ndarray:
 
 
 def continuity(labels: np.ndarray) -> float:
-    """1 when myocardium fills a run of consecutive slices whose areas change smoothly."""
+    """How smoothly myocardium runs through the stack: 0 with a gap inside it, else the
+    smallest ratio of an inner slice's area to the mean of its neighbours (1 when there
+    are fewer than three slices)."""
     area = myocardium_mask(labels).sum(axis=(1, 2)).astype(float)
     present = np.flatnonzero(area)
     if present.size == 0:
         return 0.0
     run = area[present[0] : present[-1] + 1]
-    if (run == 0).any():  # a gap inside the stack
+    if (run == 0).any():
         return 0.0
     if run.size < 3:
         return 1.0
-    # Inner slices: compare each with the mean of its neighbours.
     inner = run[1:-1] / np.maximum((run[:-2] + run[2:]) / 2, 1.0)
-    return _ramp(float(inner.min()), 0.15, 0.45)
+    return float(min(inner.min(), 1.0))
 
 
 def soft_scar_percent(probabilities: np.ndarray | None) -> float | None:
@@ -150,6 +227,53 @@ def scar_cnr(image: np.ndarray | None, labels: np.ndarray) -> float | None:
     return (float(np.median(image[labels == Label.SCAR])) - float(ref.mean())) / sd
 
 
+def measure(
+    labels: np.ndarray,
+    geometry: Geometry,
+    probabilities: np.ndarray | None,
+    localization_confidence: float | None,
+    scar_percent: float,
+    reference_percents: list[float],
+    image: np.ndarray | None = None,
+) -> tuple[dict[str, float], dict[int, float]]:
+    """The raw measures behind the components (those that apply), and a 0..1 shape score
+    per slice (ring closure, wall thickness and evenness on fixed plausibility ramps)."""
+    raw: dict[str, float] = {}
+    slices: dict[int, float] = {}
+    agree = self_agreement(probabilities, labels)
+    if agree is not None:
+        raw["self_agreement"] = agree
+    soft = soft_scar_percent(probabilities)
+    if soft is not None:
+        raw["scar_percent_soft_gap"] = abs(soft - scar_percent)
+    cnr = scar_cnr(image, labels)
+    if cnr is not None:
+        raw["scar_cnr"] = cnr
+    shapes = {
+        k: s
+        for k in range(labels.shape[0])
+        if (s := ring_shape(labels[k], geometry.pixel_spacing)) is not None
+    }
+    lo, hi = PLAUSIBLE_WALL_MM
+    for k, s in shapes.items():
+        ring = _ramp(s.coverage, 0.7, 0.95)
+        wall = min(_ramp(s.wall_mm, lo - 1.5, lo), _ramp(s.wall_mm, hi + 5, hi))
+        slices[k] = min(ring, wall, _ramp(s.wall_cv, 1.1, 0.7))
+    # The worst two slices decide: one odd apical slice is normal, several are not.
+    covs = sorted(s.coverage for s in shapes.values())
+    raw["ring_coverage"] = float(np.mean(covs[:2])) if covs else 0.0
+    if shapes:
+        wall_mm = float(np.median([s.wall_mm for s in shapes.values()]))
+        raw["wall_mm_low"] = raw["wall_mm_high"] = wall_mm
+        raw["wall_cv"] = float(np.median([s.wall_cv for s in shapes.values()]))
+    raw["continuity"] = continuity(labels)
+    if localization_confidence is not None:
+        raw["localization"] = localization_confidence
+    if reference_percents:
+        raw["reference_gap"] = min(abs(scar_percent - r) for r in reference_percents)
+    return raw, slices
+
+
 def assess(
     labels: np.ndarray,
     geometry: Geometry,
@@ -158,66 +282,22 @@ def assess(
     scar_percent: float,
     reference_percents: list[float],
     image: np.ndarray | None = None,
+    calibration: QcCalibration | None = None,
 ) -> Reliability:
     """Reliability of one result (``probabilities``: (C, z, y, x) and ``image`` on
     ``labels``' grid)."""
-    comps: dict[str, float] = {}
-    raw: dict[str, float] = {}
-    slices: dict[int, float] = {}
     if not myocardium_mask(labels).any():
         return Reliability(0.0, True, {"empty": 0.0}, {}, "empty")
-
-    agree = self_agreement(probabilities, labels)
-    if agree is not None:
-        raw["self_agreement"] = agree
-        comps["self_agreement"] = _ramp(agree, 0.72, 0.88)
-    soft = soft_scar_percent(probabilities)
-    if soft is not None:
-        raw["scar_percent_soft_gap"] = abs(soft - scar_percent)
-        comps["scar_certainty"] = _ramp(abs(soft - scar_percent), 4.0, 1.5)
-    cnr = scar_cnr(image, labels)
-    if cnr is not None:
-        raw["scar_cnr"] = cnr
-        comps["scar_contrast"] = _ramp(cnr, 1.0, 3.0)
-
-    shapes = {
-        k: s
-        for k in range(labels.shape[0])
-        if (s := ring_shape(labels[k], geometry.pixel_spacing)) is not None
-    }
-    if shapes:
-        for k, s in shapes.items():
-            ring = _ramp(s.coverage, 0.7, 0.95)
-            lo, hi = PLAUSIBLE_WALL_MM
-            wall = min(_ramp(s.wall_mm, lo - 1.5, lo), _ramp(s.wall_mm, hi + 5, hi))
-            even = _ramp(s.wall_cv, 1.1, 0.7)
-            slices[k] = min(ring, wall, even)
-        # The worst two slices decide: one odd apical slice is normal, several are not.
-        covs = sorted(s.coverage for s in shapes.values())
-        raw["ring_coverage"] = float(np.mean(covs[:2]))
-        comps["ring"] = _ramp(raw["ring_coverage"], 0.7, 0.95)
-        walls = [s.wall_mm for s in shapes.values()]
-        lo, hi = PLAUSIBLE_WALL_MM
-        median_wall = float(np.median(walls))
-        raw["wall_mm"] = median_wall
-        raw["wall_cv"] = float(np.median([s.wall_cv for s in shapes.values()]))
-        comps["wall"] = min(
-            _ramp(median_wall, lo - 1.5, lo),
-            _ramp(median_wall, hi + 5, hi),
-            _ramp(float(np.median([s.wall_cv for s in shapes.values()])), 1.0, 0.6),
-        )
-    else:
-        comps["ring"] = 0.0  # myocardium but never around a blood pool
-
-    comps["continuity"] = continuity(labels)
-    if localization_confidence is not None:
-        raw["localization"] = localization_confidence
-        comps["localization"] = _ramp(localization_confidence, 0.2, 0.5)
-    if reference_percents:
-        gap = min(abs(scar_percent - r) for r in reference_percents)
-        raw["reference_gap"] = gap
-        comps["reference"] = _ramp(gap, 15.0, 8.0)
-
+    thresholds = (calibration or QcCalibration.defaults()).thresholds
+    raw, slices = measure(
+        labels, geometry, probabilities, localization_confidence, scar_percent,
+        reference_percents, image,
+    )  # fmt: skip
+    comps: dict[str, float] = {}
+    for name, value in raw.items():
+        component = MEASURES[name][0]
+        score = thresholds[name].score(value)
+        comps[component] = min(score, comps.get(component, 1.0))
     weakest = min(comps, key=lambda c: comps[c])
     score = float(comps[weakest])
     return Reliability(
@@ -228,3 +308,74 @@ def assess(
         weakest=weakest,
         measures={k: round(v, 4) for k, v in raw.items()},
     )
+
+
+def calibrate(
+    measures: list[dict[str, float]],
+    failed: list[bool],
+    good_budget: float = 0.08,
+    per_measure_share: float = 0.02,
+    source: str = "",
+) -> QcCalibration:
+    """Thresholds from a calibration set: the raw measures of each case and whether it
+    failed (myocardium Dice < 0.80 or scar % off by > 5 points).
+
+    Two steps. First, each measure flags only what lies beyond the good cases' range
+    (its ``per_measure_share`` most extreme good cases at most): a one-class bound, so
+    failures of kinds the calibration set never showed are still caught by whatever
+    signal they push out of the normal range. Then, while failures remain unflagged,
+    the threshold that catches the most of them per good case it also flags is
+    tightened, as long as at most ``good_budget`` of the good cases end up flagged.
+    ``typical`` is the good cases' median; ``flag_at`` is never on its wrong side.
+    """
+    if len(measures) != len(failed):
+        raise ValueError("one failure label per case")
+    good = [m for m, f in zip(measures, failed, strict=True) if not f]
+    if len(good) < 10:
+        raise ValueError(f"{len(good)} good cases: too few to calibrate (need 10)")
+    thresholds = dict(DEFAULT_THRESHOLDS)
+    for name, (_, higher_better) in MEASURES.items():
+        values = np.array([m[name] for m in good if name in m])
+        if values.size < 10:
+            continue
+        typical = float(np.median(values))
+        q = per_measure_share if higher_better else 1.0 - per_measure_share
+        edge = float(np.quantile(values, q, method="lower" if higher_better else "higher"))
+        spread = float(np.quantile(values, 0.75) - np.quantile(values, 0.25)) or abs(typical) * 0.05
+        # flag strictly beyond the edge: half a spread further out
+        flag_at = edge - 0.5 * spread if higher_better else edge + 0.5 * spread
+        if flag_at == typical:
+            flag_at = typical - 1e-6 if higher_better else typical + 1e-6
+        thresholds[name] = Threshold(flag_at, typical)
+
+    def flagged(t: dict[str, Threshold], m: dict[str, float]) -> bool:
+        return any(t[k].flags(v) for k, v in m.items() if k in t)
+
+    bad = [m for m, f in zip(measures, failed, strict=True) if f]
+    while True:
+        missed = [m for m in bad if not flagged(thresholds, m)]
+        if not missed:
+            break
+        best: tuple[float, str, Threshold] | None = None
+        for name, (_, higher_better) in MEASURES.items():
+            t = thresholds[name]
+            for m in missed:
+                if name not in m:
+                    continue
+                v = m[name]
+                if (higher_better and v >= t.typical) or (not higher_better and v <= t.typical):
+                    continue  # a failure that looks typical here: not this measure's job
+                eps = 1e-6 * max(abs(v), 1.0)
+                cand = Threshold(v + eps if higher_better else v - eps, t.typical)
+                trial = {**thresholds, name: cand}
+                good_flagged = sum(flagged(trial, g) for g in good) / len(good)
+                if good_flagged > good_budget:
+                    continue
+                caught = sum(flagged(trial, b) for b in missed)
+                gain = caught / (1.0 + good_flagged * len(good))
+                if best is None or gain > best[0]:
+                    best = (gain, name, cand)
+        if best is None:
+            break  # the rest cannot be caught within the budget; `evaluate` reports them
+        thresholds[best[1]] = best[2]
+    return QcCalibration(thresholds, source or f"calibration set, {len(measures)} cases")

@@ -100,6 +100,7 @@ class Pipeline:
             metrics.scar_percent,
             [r.scar_percent for r in metrics.reference],
             crop,
+            self.bundle.qc,
         )
         qc.reliability = reliability.score
         qc.reliability_components = reliability.components

@@ -198,6 +198,33 @@ def evaluate(
     console.print(f"details in {out}")
 
 
+@app.command("calibrate-qc")
+def calibrate_qc(
+    model_dir: Annotated[
+        Path, typer.Option(help="Model bundle folder (its manifest.json gets the thresholds).")
+    ],
+    out: Annotated[Path, typer.Option(help="Where the calibration tables and JSON go.")],
+    cases: Annotated[int, typer.Option(min=20, help="Calibration phantoms.")] = 60,
+) -> None:
+    """Set the QC thresholds of a model from the calibration set (seeds kept apart from
+    training and evaluation) and write them into its manifest.json."""
+    from pipeline.models import ModelBundle
+    from pipeline.research.evaluate import calibrate_qc as run_calibration
+    from pipeline.research.evaluate import markdown_table
+    from pipeline.run import Pipeline
+
+    pipeline = Pipeline(ModelBundle.load(model_dir))
+    summary = run_calibration(pipeline, cases, out, model_dir / "manifest.json")
+    console.print(markdown_table(summary))
+    table = Table(title="QC thresholds (flag at / typical)")
+    for col in ("measure", "flag at", "typical"):
+        table.add_column(col)
+    for name, t in summary["qc_calibration"]["thresholds"].items():
+        table.add_row(name, f"{t['flag_at']:.4g}", f"{t['typical']:.4g}")
+    console.print(table)
+    console.print(f"thresholds written to {model_dir / 'manifest.json'}; details in {out}")
+
+
 @app.command("train-demo")
 def train_demo(
     out: Annotated[Path | None, typer.Option(help="Where the models go.")] = None,

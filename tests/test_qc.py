@@ -1,0 +1,134 @@
+"""QC reliability: the true segmentation of a phantom is trusted, typical failures are
+flagged, and calibration catches the calibration set's failures within its budget."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.labels import Label, myocardium_mask
+from pipeline.models import BUNDLED, ModelBundle
+from pipeline.qc import DEFAULT_THRESHOLDS, MEASURES, QcCalibration, Threshold, assess, calibrate
+from pipeline.quantify import quantify
+from pipeline.reference import reference_scar
+from pipeline.research.evaluate import CaseResult, reflag
+from pipeline.research.phantom import PhantomCase
+from pipeline.series import load_series
+
+
+def _assess(case: PhantomCase, labels: np.ndarray, calibration: QcCalibration | None = None):
+    volume = load_series(case.out_dir / "dicom")
+    metrics = quantify(labels, volume.geometry)
+    refs = reference_scar(volume.array, labels, volume.geometry, 5.0)
+    onehot = np.eye(len(Label), dtype=np.float32)[labels].transpose(3, 0, 1, 2)
+    return assess(
+        labels, volume.geometry, onehot, 0.9, metrics.scar_percent,
+        [r.scar_percent for r in refs], volume.array, calibration,
+    )  # fmt: skip
+
+
+def test_the_true_segmentation_is_trusted(psir_classic: PhantomCase) -> None:
+    r = _assess(psir_classic, psir_classic.labels)
+    assert not r.low_confidence, r
+    assert r.components["ring"] > 0.9 and r.components["continuity"] > 0.9
+    assert set(r.measures) <= set(MEASURES)
+
+
+def test_half_a_ring_is_flagged_on_its_slices(psir_classic: PhantomCase) -> None:
+    """The failure a radiologist must not be handed: only the septal half found."""
+    labels = psir_classic.labels.copy()
+    cols = np.argwhere(myocardium_mask(labels).any(axis=(0, 1))).ravel()
+    centre = int((cols.min() + cols.max()) // 2)
+    half = labels[:, :, centre:]
+    half[myocardium_mask(half)] = 0
+    r = _assess(psir_classic, labels)
+    assert r.low_confidence and r.weakest == "ring", r
+    assert max(r.slices.values()) < 0.5
+
+
+def test_a_missing_slice_inside_the_stack_is_flagged(psir_classic: PhantomCase) -> None:
+    labels = psir_classic.labels.copy()
+    present = np.flatnonzero(myocardium_mask(labels).any(axis=(1, 2)))
+    labels[present[len(present) // 2]] = 0
+    r = _assess(psir_classic, labels)
+    assert r.low_confidence and r.components["continuity"] == 0.0, r
+
+
+def test_threshold_is_half_at_flag_and_one_at_typical() -> None:
+    up, down = Threshold(0.8, 0.9), Threshold(3.0, 1.0)
+    assert up.score(0.8) == pytest.approx(0.5) and up.score(0.95) == 1.0 and up.flags(0.79)
+    assert down.score(3.0) == pytest.approx(0.5) and down.score(0.5) == 1.0
+    assert down.flags(3.1) and not down.flags(2.9)
+
+
+def _cases(rng: np.random.Generator, n: int) -> list[dict[str, float]]:
+    return [
+        {
+            "self_agreement": float(rng.normal(0.9, 0.015)),
+            "ring_coverage": float(min(rng.normal(0.98, 0.01), 1.0)),
+            "continuity": float(min(rng.normal(0.8, 0.05), 1.0)),
+            "reference_gap": float(abs(rng.normal(2.0, 1.0))),
+            "wall_mm_low": (w := float(rng.normal(8.0, 1.0))),
+            "wall_mm_high": w,
+        }
+        for _ in range(n)
+    ]
+
+
+def test_calibration_catches_its_failures_within_the_good_case_budget() -> None:
+    rng = np.random.default_rng(0)
+    good = _cases(rng, 50)
+    # failures: one far out (one-class bound catches it), two subtle ones just past the
+    # good range on different measures, one that looks typical on every measure
+    far = {**good[0], "ring_coverage": 0.4}
+    subtle_a = {**good[1], "self_agreement": min(g["self_agreement"] for g in good) - 0.004}
+    subtle_b = {**good[2], "reference_gap": max(g["reference_gap"] for g in good) + 0.3}
+    hidden = dict(good[3])
+    measures = [*good, far, subtle_a, subtle_b, hidden]
+    failed = [False] * len(good) + [True] * 4
+    cal = calibrate(measures, failed, good_budget=0.08)
+
+    def flagged(m: dict[str, float]) -> bool:
+        return any(cal.thresholds[k].flags(v) for k, v in m.items())
+
+    assert flagged(far) and flagged(subtle_a) and flagged(subtle_b)
+    assert not flagged(hidden)  # nothing distinguishes it; calibration does not overfit it
+    assert sum(map(flagged, good)) <= 0.08 * len(good)
+    for name, t in cal.thresholds.items():  # flag_at always on the atypical side
+        higher_better = MEASURES[name][1]
+        assert (t.flag_at < t.typical) if higher_better else (t.flag_at > t.typical), name
+
+
+def test_calibration_refuses_too_few_good_cases() -> None:
+    rng = np.random.default_rng(1)
+    with pytest.raises(ValueError, match="too few"):
+        calibrate(_cases(rng, 5), [False] * 5)
+
+
+def test_reflag_decides_as_assess_does(psir_classic: PhantomCase) -> None:
+    cal = QcCalibration({**DEFAULT_THRESHOLDS, "self_agreement": Threshold(0.999, 1.0)})
+    r = _assess(psir_classic, psir_classic.labels, cal)
+    case = CaseResult(
+        seed=1, kind="psir", dice={"myocardium": 1.0}, hd95_mm={}, truth_ml={},
+        predicted_ml={}, truth_scar_percent=0.0, predicted_scar_percent=0.0,
+        seconds_per_image=0.0, qc_flags=[], reliability_measures=r.measures,
+    )  # fmt: skip
+    for calibration in (cal, QcCalibration.defaults()):
+        expected = _assess(psir_classic, psir_classic.labels, calibration).low_confidence
+        reflag([case], calibration)
+        assert case.low_confidence is expected
+
+
+def test_a_models_thresholds_travel_in_its_manifest(tmp_path: Path) -> None:
+    bundle = tmp_path / "models"
+    shutil.copytree(BUNDLED, bundle)
+    cal = QcCalibration({**DEFAULT_THRESHOLDS, "ring_coverage": Threshold(0.6, 0.97)}, "test")
+    doc = json.loads((bundle / "manifest.json").read_text())
+    (bundle / "manifest.json").write_text(json.dumps({**doc, "qc": cal.to_json()}))
+    loaded = ModelBundle.load(bundle).qc
+    assert loaded.thresholds["ring_coverage"] == Threshold(0.6, 0.97)
+    assert loaded.source == "test"
