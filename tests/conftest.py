@@ -9,6 +9,18 @@ import pytest
 from pipeline.research.phantom import PhantomCase, PhantomSpec, make_phantom
 
 
+# Tests that load the machine on purpose (hostile peers, fuzzing, memory peaks) share one
+# xdist worker, so they neither run beside each other nor skew each other's bounds.
+SERIAL_GROUP = {"test_node_hostile", "test_fuzz", "test_resources"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.path.stem
+        group = "serial" if module in SERIAL_GROUP else module
+        item.add_marker(pytest.mark.xdist_group(name=group))
+
+
 @pytest.fixture(scope="session")
 def phantom_factory(tmp_path_factory: pytest.TempPathFactory):
     cache: dict[PhantomSpec, PhantomCase] = {}
