@@ -185,6 +185,8 @@ class PipelineSection(Section):
     device: Literal["cpu", "cuda"] = "cpu"
     mirroring: bool = False
     nsd: float = Field(5.0, ge=1.0, le=10.0)  # n-SD reference threshold
+    grey_zone_sd: float = Field(2.0, ge=1.0, le=5.0)  # grey zone: above remote mean + n SD
+    nonviable_percent: float = Field(50.0, ge=25.0, le=100.0)  # 50 chronic, 75 acute
 
 
 class Config(BaseSettings):

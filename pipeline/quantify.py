@@ -14,7 +14,11 @@ AHA segmentation, as implemented here:
   borrows from the others; with no RV label at all, the fallback is the in-plane
   projection of the patient's right-anterior direction (``septum_source = "fallback"``);
 - transmurality: rays every 2 degrees from the LV centre, sampled every 0.25 pixel; the
-  scar fraction of each ray's myocardial samples, averaged over the rays of the segment.
+  scar fraction of each ray's myocardial samples, averaged over the rays of the segment
+  (``transmurality_percent``) and its largest ray (``max_transmurality_percent``);
+- non-viable segments: mean transmurality above ``nonviable_percent`` (50 % for chronic
+  infarcts after Kim et al. 2000; 75 % is used for acute ones, where oedema and MVO
+  inflate enhancement).
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ class SegmentMetrics:
     transmurality_percent: float
     mvo_ml: float
     myocardium_ml: float
+    max_transmurality_percent: float = 0.0
 
 
 @dataclass
@@ -90,10 +95,28 @@ class QualityControl:
 class ReferenceScar:
     """A conventional threshold method inside the predicted myocardium (a QC signal)."""
 
-    method: str  # "nSD" or "FWHM"
+    method: str  # "nSD", "FWHM" or "EWA"
     parameter: float | None  # n for nSD
     scar_ml: float
     scar_percent: float
+
+
+@dataclass
+class InfarctComposition:
+    """Core and peri-infarct grey zone from intensities (`pipeline.reference.composition`)."""
+
+    core_ml: float
+    core_percent: float  # of LV myocardium
+    grey_zone_ml: float
+    grey_zone_percent: float
+    grey_zone_sd: float  # n of the n-SD lower bound
+    method: str  # named in every output
+
+    @property
+    def grey_zone_fraction(self) -> float:
+        """Grey zone as a share of the whole infarct (core + grey zone), percent."""
+        total = self.core_ml + self.grey_zone_ml
+        return 100.0 * self.grey_zone_ml / total if total > 0 else 0.0
 
 
 @dataclass
@@ -109,12 +132,22 @@ class Metrics:
     aha: AhaInfo
     qc: QualityControl = field(default_factory=QualityControl)
     reference: list[ReferenceScar] = field(default_factory=list)
+    nonviable_percent: float = 50.0  # a segment is non-viable above this mean transmurality
+    composition: InfarctComposition | None = None  # needs the image: set by the pipeline
+
+    @property
+    def nonviable_segments(self) -> list[int]:
+        return [s.id for s in self.segments if s.transmurality_percent > self.nonviable_percent]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        doc = asdict(self)
+        doc["nonviable_segments"] = self.nonviable_segments
+        if self.composition is not None:
+            doc["composition"]["grey_zone_fraction"] = self.composition.grey_zone_fraction
+        return doc
 
 
-def quantify(labels: np.ndarray, geometry: Geometry) -> Metrics:
+def quantify(labels: np.ndarray, geometry: Geometry, nonviable_percent: float = 50.0) -> Metrics:
     """Metrics of a (z, y, x) label map (`pipeline.labels` convention) in ``geometry``."""
     if labels.shape != geometry.shape:
         raise ValueError(f"labels {labels.shape} do not match geometry {geometry.shape}")
@@ -126,7 +159,7 @@ def quantify(labels: np.ndarray, geometry: Geometry) -> Metrics:
     scar_ml = float(scar.sum()) * voxel
     mvo_ml = float(mvo.sum()) * voxel
     segment_map, aha = aha_segments(labels, geometry)
-    transmurality = _transmurality_by_segment(labels, segment_map, geometry)
+    transmurality, max_transmurality = _transmurality_by_segment(labels, segment_map, geometry)
     segments = []
     for sid in range(1, 18):
         in_seg = segment_map == sid
@@ -140,6 +173,7 @@ def quantify(labels: np.ndarray, geometry: Geometry) -> Metrics:
                 transmurality_percent=transmurality.get(sid, 0.0),
                 mvo_ml=float((in_seg & mvo).sum()) * voxel,
                 myocardium_ml=n_myo * voxel,
+                max_transmurality_percent=max_transmurality.get(sid, 0.0),
             )
         )
     return Metrics(
@@ -152,6 +186,7 @@ def quantify(labels: np.ndarray, geometry: Geometry) -> Metrics:
         mvo_percent=_pct(mvo_ml, myo_ml),
         segments=segments,
         aha=aha,
+        nonviable_percent=nonviable_percent,
         qc=QualityControl(
             flags=_coverage_flags(aha, labels.shape[0], myo_ml),
             slices_used=sorted(aha.base_to_apex),
@@ -282,8 +317,8 @@ def aha_segments(labels: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Ah
 
 def _transmurality_by_segment(
     labels: np.ndarray, segment_map: np.ndarray, geometry: Geometry
-) -> dict[int, float]:
-    """Mean over rays of the scar fraction of the wall, per segment (percent)."""
+) -> tuple[dict[int, float], dict[int, float]]:
+    """Mean and max over rays of the scar fraction of the wall, per segment (percent)."""
     myo = myocardium_mask(labels)
     scar = scar_mask(labels)
     pool = labels == Label.LV_BLOOD
@@ -318,4 +353,8 @@ def _transmurality_by_segment(
             ids = segment_map[k][iy[r], ix[r]][on_myo[r]]
             sid = int(np.bincount(ids).argmax())
             per_segment.setdefault(sid, []).append(100.0 * on_scar[r].sum() / n_myo[r])
-    return {sid: float(np.mean(v)) for sid, v in per_segment.items() if sid > 0}
+    kept = {sid: v for sid, v in per_segment.items() if sid > 0}
+    return (
+        {sid: float(np.mean(v)) for sid, v in kept.items()},
+        {sid: float(np.max(v)) for sid, v in kept.items()},
+    )

@@ -17,7 +17,7 @@ from pipeline.models import ModelBundle
 from pipeline.postprocess import postprocess
 from pipeline.qc import assess
 from pipeline.quantify import Metrics, quantify
-from pipeline.reference import reference_scar
+from pipeline.reference import composition, reference_scar
 from pipeline.segment import Segmenter
 from pipeline.volume import Volume
 
@@ -37,6 +37,8 @@ class PipelineSettings:
     device: str = "cpu"
     mirroring: bool = False
     nsd: float = 5.0
+    grey_zone_sd: float = 2.0  # lower bound of the grey zone: remote mean + n SD
+    nonviable_percent: float = 50.0  # 50: chronic infarcts; 75: acute
 
 
 class Pipeline:
@@ -80,8 +82,11 @@ class Pipeline:
 
         t = time.perf_counter()
         stage("quantifying")
-        metrics = quantify(labels, volume.geometry)
+        metrics = quantify(labels, volume.geometry, self.settings.nonviable_percent)
         metrics.reference = reference_scar(volume.array, labels, volume.geometry, self.settings.nsd)
+        metrics.composition = composition(
+            volume.array, labels, volume.geometry, self.settings.grey_zone_sd
+        )
         qc = metrics.qc
         qc.localization_confidence = loc.confidence
         qc.borrowed_slices = loc.borrowed

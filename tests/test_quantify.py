@@ -140,3 +140,77 @@ def test_empty_and_partial_coverage_flags() -> None:
     # Myocardium in every slice, no cap: the stack cuts the heart at both ends.
     cut = quantify(ring_stack(), axial_geometry(10))
     assert {"coverage_incomplete_base", "coverage_incomplete_apex"} <= set(cut.qc.flags)
+
+
+def test_max_transmurality_and_non_viable_segments_by_threshold() -> None:
+    """Segment 7 (mid anterior): a wedge through the whole wall over 40 of its 60 degrees
+    (mean ~67 %, max 100 %); segment 8 (mid anteroseptal): 40 % of the wall all across."""
+    labels = ring_stack()
+    r, theta = polar()
+    wall = (r >= R_IN) & (r < R_OUT)
+    wedge = wall & (np.abs(theta - 90) < 20)
+    sub = wall & (r < R_IN + 4) & (theta > 0) & (theta < 60)  # anteroseptal sector
+    for k in (4, 5, 6):
+        labels[k][wedge] = Label.SCAR
+        labels[k][sub] = Label.SCAR
+    chronic = quantify(labels, axial_geometry(10))
+    seg = {s.id: s for s in chronic.segments}
+    assert seg[7].max_transmurality_percent == pytest.approx(100, abs=1)
+    assert seg[7].transmurality_percent == pytest.approx(100 * 40 / 60, abs=6)
+    # max over rays: one pixel of the 10-pixel wall is 10 points of pixelation
+    assert seg[8].max_transmurality_percent == pytest.approx(40, abs=10)
+    assert all(s.max_transmurality_percent >= s.transmurality_percent for s in seg.values())
+    assert chronic.nonviable_segments == [7]
+    assert quantify(labels, axial_geometry(10), nonviable_percent=75.0).nonviable_segments == []
+    doc = chronic.to_dict()
+    assert doc["nonviable_segments"] == [7] and doc["nonviable_percent"] == 50.0
+
+
+def _composition(case, grey_zone_sd: float = 2.0):
+    from pipeline.reference import composition
+    from pipeline.series import load_series
+
+    volume = load_series(case.out_dir / "dicom")
+    return composition(volume.array, case.labels, volume.geometry, grey_zone_sd)
+
+
+@pytest.mark.parametrize(("seed", "kind"), [(7, "psir"), (3, "magnitude")])
+def test_grey_zone_and_core_of_a_border_zone_phantom_match_its_truth(
+    phantom_factory, seed: int, kind: str
+) -> None:
+    """The true labels as segmentation isolate the intensity method: FWHM core ~ the
+    phantom's scar + MVO, 2-SD grey zone ~ its border-zone tissue (partial volume at the
+    scar's edge adds a little; the method's known bias)."""
+    import json
+
+    case = phantom_factory(seed=seed, kind=kind, scar=True, border_zone=True)
+    truth = json.loads((case.out_dir / "truth.json").read_text())["phantom"]
+    assert truth["grey_zone_ml"] > 2.0 and truth["core_ml"] > 1.0
+    comp = _composition(case)
+    assert comp.grey_zone_ml == pytest.approx(truth["grey_zone_ml"], rel=0.25)
+    assert comp.core_ml == pytest.approx(truth["core_ml"], rel=0.25)
+    assert "FWHM" in comp.method and "2 SD" in comp.method
+    # the same heart without a border zone: the grey zone is what partial volume leaves
+    plain = phantom_factory(seed=seed, kind=kind, scar=True)
+    assert _composition(plain).grey_zone_ml < 0.5 * comp.grey_zone_ml
+    # a stricter lower bound can only shrink the grey zone
+    assert _composition(case, 3.0).grey_zone_ml <= comp.grey_zone_ml
+
+
+def test_no_infarct_no_composition(phantom_factory) -> None:
+    comp = _composition(phantom_factory(seed=1, kind="psir", scar=False))
+    assert comp.core_ml == 0 and comp.grey_zone_ml == 0 and comp.grey_zone_fraction == 0
+
+
+def test_ewa_counts_the_border_zone_in_part(phantom_factory) -> None:
+    """EWA weighs intermediate signal: it lies between the core alone and core + grey zone."""
+    import json
+
+    from pipeline.reference import reference_scar
+    from pipeline.series import load_series
+
+    case = phantom_factory(seed=3, kind="magnitude", scar=True, border_zone=True)
+    truth = json.loads((case.out_dir / "truth.json").read_text())["phantom"]
+    volume = load_series(case.out_dir / "dicom")
+    refs = {r.method: r for r in reference_scar(volume.array, case.labels, volume.geometry)}
+    assert truth["core_ml"] < refs["EWA"].scar_ml < truth["core_ml"] + truth["grey_zone_ml"]

@@ -39,6 +39,10 @@ def phantom(
     small_infarct: Annotated[
         bool, typer.Option("--small-infarct", help="A narrow, thin infarct (~1-2 ml), no MVO.")
     ] = False,
+    border_zone: Annotated[
+        bool,
+        typer.Option("--border-zone", help="A peri-infarct grey zone (its volume in truth.json)."),
+    ] = False,
     style: Annotated[
         str,
         typer.Option(
@@ -54,6 +58,7 @@ def phantom(
         spec = PhantomSpec(
             seed=seed, kind=kind, enhanced=enhanced, slices=slices, scar=scar, mvo=mvo,
             territory=territory, small_infarct=small_infarct, style=style,
+            border_zone=border_zone,
         )  # fmt: skip
     case = make_phantom(out, spec, progress=sys.stderr.isatty())
     t = case.truth
@@ -70,6 +75,9 @@ def phantom(
         ("MVO", t.mvo_percent, "% LV"),
     ):
         table.add_row(name, f"{value:.2f} {unit}")
+    if border_zone:
+        truth_doc = json.loads((out / "truth.json").read_text())["phantom"]
+        table.add_row("grey zone (border zone)", f"{truth_doc['grey_zone_ml']:.2f} ml")
     console.print(table)
     console.print(
         f"{len(case.files)} file(s) in {out / 'dicom'}; truth in {out / 'truth.json'} "

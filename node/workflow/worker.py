@@ -65,7 +65,14 @@ class Worker(threading.Thread):
         t0 = time.perf_counter()
         bundle = ModelBundle.load(cfg.model_dir, cfg.nnunet_model, cfg.yolo_weights)
         self.pipeline = Pipeline(
-            bundle, PipelineSettings(device=cfg.device, mirroring=cfg.mirroring, nsd=cfg.nsd)
+            bundle,
+            PipelineSettings(
+                device=cfg.device,
+                mirroring=cfg.mirroring,
+                nsd=cfg.nsd,
+                grey_zone_sd=cfg.grey_zone_sd,
+                nonviable_percent=cfg.nonviable_percent,
+            ),
         )
         self.algorithm = Algorithm.of_models(bundle)
         event(

@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from pipeline.quantify import Metrics, quantify
-from pipeline.research.phantom.anatomy import TERRITORIES, Anatomy
+from pipeline.research.phantom.anatomy import TERRITORIES, Anatomy, Tissue
 from pipeline.research.phantom.dicom import (
     StudyInfo,
     stored_offset,
@@ -25,7 +25,13 @@ from pipeline.research.phantom.dicom import (
     write_classic,
     write_enhanced,
 )
-from pipeline.research.phantom.render import Acquisition, add_noise, render, sample_case
+from pipeline.research.phantom.render import (
+    Acquisition,
+    add_noise,
+    render,
+    sample_case,
+    tissue_at_centres,
+)
 from pipeline.research.phantom.style import STYLES, holdout_variant, style_for
 from pipeline.volume import Geometry
 
@@ -49,6 +55,9 @@ class PhantomSpec:
     # classic (the original generator), randomized (domain randomization, for training)
     # or holdout (two axes per seed beyond the randomized ranges, for evaluation only)
     style: str = "classic"
+    # A peri-infarct border zone of intermediate signal (grey zone), with its volume in
+    # truth.json; drawn from its own stream, so the rest of the seed stays the same.
+    border_zone: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -62,6 +71,8 @@ class PhantomSpec:
             raise ValueError("MVO lies inside scar: --mvo needs a scar")
         if self.small_infarct and (self.scar is False or self.mvo):
             raise ValueError("a small infarct is a scar without MVO")
+        if self.border_zone and self.scar is False:
+            raise ValueError("a border zone surrounds a scar: --border-zone needs a scar")
         if self.territory is not None and self.territory not in TERRITORIES:
             raise ValueError(f"territory must be one of {TERRITORIES}, got {self.territory!r}")
 
@@ -127,6 +138,15 @@ def make_phantom(out_dir: Path | str, spec: PhantomSpec, progress: bool = False)
             end=min(anatomy.infarct.end, anatomy.infarct.start + float(small.uniform(0.3, 0.5))),
         )
         anatomy = replace(anatomy, infarct=infarct)
+    if spec.border_zone and anatomy.infarct is not None:
+        bz = np.random.default_rng([spec.seed, 6])
+        infarct = replace(
+            anatomy.infarct,
+            border=float(bz.uniform(0.2, 0.4)),
+            border_widen=float(bz.uniform(1.2, 1.4)),
+            border_signal=float(bz.uniform(0.25, 0.4)),
+        )
+        anatomy = replace(anatomy, infarct=infarct)
     contrast_rng = np.random.default_rng([spec.seed, 3, 0 if spec.kind == "magnitude" else 1])
     signal, labels = render(anatomy, acq, spec.kind, contrast_rng, progress, style)
     image = add_noise(contrast_rng, signal, acq, spec.kind)
@@ -137,6 +157,10 @@ def make_phantom(out_dir: Path | str, spec: PhantomSpec, progress: bool = False)
 
     geometry = acquisition_geometry(acq)
     truth = quantify(labels, geometry)
+    grey_zone_ml = 0.0
+    if anatomy.infarct is not None and anatomy.infarct.border > 0:
+        border = tissue_at_centres(anatomy, acq, Tissue.BORDER_ZONE)
+        grey_zone_ml = float(border.sum()) * geometry.voxel_volume_ml
     sitk.WriteImage(geometry.to_sitk(labels), str(out_dir / "truth_labels.nii.gz"), True)
     document = truth.to_dict()
     document["phantom"] = {
@@ -148,6 +172,11 @@ def make_phantom(out_dir: Path | str, spec: PhantomSpec, progress: bool = False)
         "small_infarct": spec.small_infarct,
         "territory": anatomy.infarct.territory if anatomy.infarct else None,
         "peak_transmurality": anatomy.infarct.transmurality if anatomy.infarct else 0.0,
+        # grey zone: border-zone tissue at voxel centres (myocardium in the labels); core:
+        # scar + MVO labels
+        "grey_zone_ml": grey_zone_ml,
+        "core_ml": truth.scar_ml,
+        "border_signal_fraction": anatomy.infarct.border_signal if anatomy.infarct else 0.0,
         "style": spec.style,
         "holdout_axes": list(holdout_variant(spec.seed)[1]) if spec.style == "holdout" else [],
         "slices": acq.n_slices,

@@ -40,6 +40,7 @@ class Tissue(IntEnum):
     MYOCARDIUM = 13
     SCAR = 14
     MVO = 15
+    BORDER_ZONE = 16  # peri-infarct grey zone: viable, partly enhanced
 
 
 TISSUE_TO_LABEL = np.zeros(len(Tissue), dtype=np.uint8)
@@ -48,6 +49,8 @@ TISSUE_TO_LABEL[Tissue.PAPILLARY] = Label.LV_BLOOD  # papillary muscles belong t
 TISSUE_TO_LABEL[Tissue.MYOCARDIUM] = Label.MYOCARDIUM
 TISSUE_TO_LABEL[Tissue.SCAR] = Label.SCAR
 TISSUE_TO_LABEL[Tissue.MVO] = Label.MVO
+# The grey zone is not a segmentation label: it is measured from intensities (truth.json).
+TISSUE_TO_LABEL[Tissue.BORDER_ZONE] = Label.MYOCARDIUM
 TISSUE_TO_LABEL[Tissue.RV_BLOOD] = Label.RV_BLOOD
 
 TERRITORIES = ("LAD", "LCx", "RCA")
@@ -77,6 +80,12 @@ class Infarct:
     ripple: tuple[float, float, float, float]  # irregular border: amplitudes and phases
     mvo: bool
     mvo_rim: float  # thin enhanced subendocardial rim kept around the MVO core
+    # Peri-infarct border zone (0: none): a shell this fraction of the wall beyond the
+    # scar, over an infarct widened by ``border_widen`` in angle and length, whose signal
+    # is ``border_signal`` of the way from healthy myocardium to scar.
+    border: float = 0.0
+    border_widen: float = 1.0
+    border_signal: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -206,13 +215,20 @@ class Anatomy:
             tissue[scar] = Tissue.SCAR
             if self.infarct.mvo:
                 tissue[scar & (rho < tau_mvo) & (rho > self.infarct.mvo_rim)] = Tissue.MVO
+            if self.infarct.border > 0:
+                wide, _ = self._transmurality(theta, w / self.length, self.infarct.border_widen)
+                outer = np.where(wide > 0, np.minimum(wide + self.infarct.border, 1.0), 0.0)
+                tissue[myo & ~scar & (rho < outer)] = Tissue.BORDER_ZONE
         return tissue
 
-    def _transmurality(self, theta: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Fraction of the wall, from the endocardium, that is scar (and MVO)."""
+    def _transmurality(
+        self, theta: np.ndarray, x: np.ndarray, widen: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Fraction of the wall, from the endocardium, that is scar (and MVO); ``widen``
+        > 1 gives the same infarct grown in angle and length (the border zone's extent)."""
         inf = self.infarct
         assert inf is not None
-        half = np.full(x.shape, np.deg2rad(inf.half_width_deg))
+        half = np.full(x.shape, np.deg2rad(min(inf.half_width_deg * widen, 179.0)))
         if inf.territory == "LAD":  # the LAD wraps the apex
             wrap = np.clip((x - 0.72) / 0.2, 0, 1)
             half = half + (np.pi - half) * wrap**2
@@ -221,8 +237,9 @@ class Anatomy:
         ripple = 1 + a1 * np.sin(3 * theta + p1) + a2 * np.sin(5 * theta + p2)
         ang = np.clip(1.4 * (1 - (delta / half) ** 2) * ripple, 0, 1)
         soft = 0.06
-        lon = np.clip((x - inf.start) / soft + 0.5, 0, 1) * np.clip(
-            (inf.end - x) / soft + 0.5, 0, 1
+        grow = 0.1 * (widen - 1.0)
+        lon = np.clip((x - inf.start + grow) / soft + 0.5, 0, 1) * np.clip(
+            (inf.end + grow - x) / soft + 0.5, 0, 1
         )
         tau = inf.transmurality * ang * lon
         core = np.clip(1.6 * (1 - (delta / (0.5 * half)) ** 2), 0, 1)

@@ -214,6 +214,11 @@ def render(
     512-pixel matrices affordable).
     """
     signal_of = tissue_signal(rng, kind, style)
+    if anatomy.infarct is not None and anatomy.infarct.border > 0:
+        f = anatomy.infarct.border_signal
+        signal_of[Tissue.BORDER_ZONE] = (1 - f) * signal_of[Tissue.MYOCARDIUM] + f * signal_of[
+            Tissue.SCAR
+        ]
     K = acq.n_slices
     out = np.empty((K, acq.rows, acq.columns), dtype=np.float32)
     labels = np.empty((K, acq.rows, acq.columns), dtype=np.uint8)
@@ -319,3 +324,19 @@ def add_noise(
     else:
         noisy = signal + n1
     return (noisy * acq.scale).astype(np.float32)
+
+
+def tissue_at_centres(anatomy: Anatomy, acq: Acquisition, tissue: Tissue) -> np.ndarray:
+    """Where ``tissue`` lies at the voxel centres: a truth mask for what has no label."""
+    out = np.zeros((acq.n_slices, acq.rows, acq.columns), dtype=bool)
+    ii = np.arange(acq.rows, dtype=float)
+    jj = np.arange(acq.columns, dtype=float)
+    for k in range(acq.n_slices):
+        points = (
+            acq.positions[k]
+            - acq.breathing[k]
+            + (ii[:, None, None] * acq.pixel_spacing) * acq.column_direction
+            + (jj[None, :, None] * acq.pixel_spacing) * acq.row_direction
+        )
+        out[k] = anatomy.tissues(points) == tissue
+    return out
