@@ -8,7 +8,6 @@ import pytest
 
 from pipeline.research.phantom import PhantomCase, PhantomSpec, make_phantom
 
-
 # Tests that load the machine on purpose (hostile peers, fuzzing, memory peaks) share one
 # xdist worker, so they neither run beside each other nor skew each other's bounds.
 SERIAL_GROUP = {"test_node_hostile", "test_fuzz", "test_resources"}
