@@ -50,6 +50,8 @@ class SeriesPlacement:
 
 SEG_SERIES = SeriesPlacement("LGE scar SEG", 9901)
 SR_SERIES = SeriesPlacement("LGE scar report", 9902)
+# Lower number: viewers list the PDF report before the SEG, SR and overlays.
+PDF_SERIES = SeriesPlacement("LGE scar report (PDF)", 9900)
 OVERLAY_SERIES = SeriesPlacement("LGE scar overlay", 9903)
 
 SOFTWARE_VERSIONS = f"lge-node {__version__}"

@@ -1,5 +1,6 @@
-"""Write the full result of one analysed series: ``metrics.json``, ``seg.dcm``, ``sr.dcm``
-and ``overlay/*.dcm``. Files are written to a temporary name and renamed, so a reader
+"""Write the full result of one analysed series: ``metrics.json``, ``seg.dcm``, ``sr.dcm``,
+``report.dcm`` (Encapsulated PDF; the same PDF as ``report.pdf``) and ``overlay/*.dcm``.
+Files are written to a temporary name and renamed, so a reader
 (the node's dispatcher, a user) never sees half a file."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pydicom.dataset import Dataset
 
 from dicom_templates.identity import Algorithm
 from dicom_templates.overlay import build_overlays
+from dicom_templates.pdf import build_pdf, render_report
 from dicom_templates.seg import build_seg
 from dicom_templates.sr import build_sr
 from dicom_templates.written import WrittenObject
@@ -27,12 +29,13 @@ class OutputFiles:
     metrics: Path
     seg: Path
     sr: Path
+    pdf: Path  # the Encapsulated PDF object
     overlays: list[Path]
-    objects: list[WrittenObject]  # seg, sr, overlays, in that order
+    objects: list[WrittenObject]  # seg, sr, pdf, overlays, in that order
 
     @property
     def dicom(self) -> list[Path]:
-        return [self.seg, self.sr, *self.overlays]
+        return [self.seg, self.sr, self.pdf, *self.overlays]
 
 
 def _atomic_save(ds: Dataset, path: Path) -> WrittenObject:
@@ -84,10 +87,15 @@ def write_outputs(
     seg = build_seg(volume, labels, algorithm, include_blood_pools)
     sr = build_sr(volume, seg, metrics, algorithm, predecessor=predecessor)
     overlays = build_overlays(volume, labels, metrics, algorithm)
+    document = render_report(volume, labels, metrics, algorithm)
+    pdf = build_pdf(volume, document, algorithm)
 
     metrics_path = write_metrics(out_dir, volume, metrics, algorithm)
-    seg_path, sr_path = out_dir / "seg.dcm", out_dir / "sr.dcm"
-    objects = [_atomic_save(seg, seg_path), _atomic_save(sr, sr_path)]
+    tmp = out_dir / ".report.pdf.tmp"
+    tmp.write_bytes(document)
+    os.replace(tmp, out_dir / "report.pdf")
+    seg_path, sr_path, pdf_path = out_dir / "seg.dcm", out_dir / "sr.dcm", out_dir / "report.dcm"
+    objects = [_atomic_save(seg, seg_path), _atomic_save(sr, sr_path), _atomic_save(pdf, pdf_path)]
     overlay_dir = out_dir / "overlay"
     overlay_dir.mkdir(exist_ok=True)
     overlay_paths = []
@@ -95,4 +103,4 @@ def write_outputs(
         path = overlay_dir / f"SC_{int(sc.InstanceNumber):04d}.dcm"
         objects.append(_atomic_save(sc, path))
         overlay_paths.append(path)
-    return OutputFiles(metrics_path, seg_path, sr_path, overlay_paths, objects)
+    return OutputFiles(metrics_path, seg_path, sr_path, pdf_path, overlay_paths, objects)

@@ -51,7 +51,7 @@ def _render(fig: plt.Figure) -> np.ndarray:
     return np.frombuffer(buf.getvalue(), dtype=np.uint8).reshape(h, w, 4)[..., :3].copy()
 
 
-def _window(image: np.ndarray, myo: np.ndarray) -> tuple[float, float]:
+def window_for(image: np.ndarray, myo: np.ndarray) -> tuple[float, float]:
     """Display window from the heart region, so bright fat elsewhere does not wash it out."""
     region = image[myo] if myo.sum() > 20 else image
     lo = float(np.percentile(image, 1))
@@ -116,17 +116,28 @@ def render_slice(
     return _render(fig), factor
 
 
-def render_summary(metrics: Metrics, algorithm: Algorithm) -> np.ndarray:
-    """The AHA bullseye of transmurality with the key numbers, as an RGB page."""
-    dpi = 100
-    fig = plt.figure(figsize=(SUMMARY_SIDE / dpi, SUMMARY_SIDE / dpi), dpi=dpi, facecolor="black")
-    ax = fig.add_axes((0.05, 0.3, 0.6, 0.6))
+def draw_bullseye(
+    ax: plt.Axes,
+    metrics: Metrics,
+    text_color: str | None,
+    edge_color: str,
+    cmap_name: str = "inferno",
+) -> matplotlib.colors.Colormap:
+    """AHA bullseye of mean transmurality on ``ax``: rings basal 1-6, mid 7-12, apical
+    13-16 (outer to inner), apex 17 in the centre; segment 1 at the top (anterior),
+    septum to the left. ``text_color`` None: black on light cells, white on dark ones.
+    Returns the colour map used."""
     ax.set_aspect("equal")
     ax.axis("off")
-    cmap = plt.get_cmap("inferno")
+    cmap = plt.get_cmap(cmap_name)
+
+    def ink(value: float) -> str:
+        if text_color is not None:
+            return text_color
+        r, g, b, _ = cmap(value / 100)
+        return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+
     trans = {s.id: s.transmurality_percent for s in metrics.segments}
-    # Rings (outer to inner): basal 1-6, mid 7-12, apical 13-16, apex 17. Segment 1 at the
-    # top (anterior), septum to the left, as in the AHA bullseye.
     rings = (
         (1.0, 0.75, range(1, 7), 60.0),
         (0.75, 0.5, range(7, 13), 60.0),
@@ -135,32 +146,28 @@ def render_summary(metrics: Metrics, algorithm: Algorithm) -> np.ndarray:
     for outer, inner, ids, width in rings:
         for i, sid in enumerate(ids):
             start = 90 - width / 2 + i * width if width == 90 else 60 + i * width
-            w = Wedge(
-                (0, 0),
-                outer,
-                start,
-                start + width,
-                width=outer - inner,
-                facecolor=cmap(trans[sid] / 100),
-                edgecolor="white",
-                lw=1.5,
-            )
-            ax.add_patch(w)
+            ax.add_patch(
+                Wedge((0, 0), outer, start, start + width, width=outer - inner,
+                      facecolor=cmap(trans[sid] / 100), edgecolor=edge_color, lw=1.5)
+            )  # fmt: skip
             mid = np.deg2rad(start + width / 2)
             r = (outer + inner) / 2
-            ax.text(
-                r * np.cos(mid),
-                r * np.sin(mid),
-                f"{sid}\n{trans[sid]:.0f}%",
-                ha="center",
-                va="center",
-                fontsize=9,
-                color="cyan",
-            )
-    ax.add_patch(plt.Circle((0, 0), 0.25, facecolor=cmap(trans[17] / 100), edgecolor="white"))
-    ax.text(0, 0, f"17\n{trans[17]:.0f}%", ha="center", va="center", fontsize=9, color="cyan")
+            ax.text(r * np.cos(mid), r * np.sin(mid), f"{sid}\n{trans[sid]:.0f}%",
+                    ha="center", va="center", fontsize=9, color=ink(trans[sid]))  # fmt: skip
+    ax.add_patch(plt.Circle((0, 0), 0.25, facecolor=cmap(trans[17] / 100), edgecolor=edge_color))
+    ax.text(0, 0, f"17\n{trans[17]:.0f}%", ha="center", va="center", fontsize=9,
+            color=ink(trans[17]))  # fmt: skip
     ax.set_xlim(-1.05, 1.05)
     ax.set_ylim(-1.05, 1.05)
+    return cmap
+
+
+def render_summary(metrics: Metrics, algorithm: Algorithm) -> np.ndarray:
+    """The AHA bullseye of transmurality with the key numbers, as an RGB page."""
+    dpi = 100
+    fig = plt.figure(figsize=(SUMMARY_SIDE / dpi, SUMMARY_SIDE / dpi), dpi=dpi, facecolor="black")
+    ax = fig.add_axes((0.05, 0.3, 0.6, 0.6))
+    cmap = draw_bullseye(ax, metrics, text_color="cyan", edge_color="white")
     cax = fig.add_axes((0.7, 0.35, 0.03, 0.5))
     bar = fig.colorbar(plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 100)), cax=cax)
     bar.set_label("mean transmurality (%)", color="white")
@@ -249,7 +256,7 @@ def build_overlays(
     """One SC per slice (slice order) followed by the summary page, in one new series."""
     series_uid = new_uid()
     ref = volume.datasets[0]
-    window = _window(volume.array, myocardium_mask(labels))
+    window = window_for(volume.array, myocardium_mask(labels))
     orientation = patient_orientation(volume)
     out = []
     n = volume.array.shape[0]

@@ -13,11 +13,17 @@ from pipeline.research.phantom import PhantomCase, PhantomSpec, make_phantom
 SERIAL_GROUP = {"test_node_hostile", "test_fuzz", "test_resources"}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        module = item.path.stem
-        group = "serial" if module in SERIAL_GROUP else module
-        item.add_marker(pytest.mark.xdist_group(name=group))
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Each test file on one worker (its module fixtures start once), the SERIAL_GROUP
+    files together on one. (xdist's own --dist loadgroup ignores the marks here.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "serial" if Path(module).stem in SERIAL_GROUP else module
+
+    return FileScheduling(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -294,3 +294,40 @@ def test_character_sets_survive_seg_sr_sc_and_a_pacs(
             assert as_sent == patient
         # else: Orthanc decodes only the first of two ISO 2022 code elements (half-width
         # katakana, then kanji); the bytes we write are the scanner's (checked above)
+
+
+def test_the_pdf_report_reads_as_a_report(written) -> None:
+    """Two pages; the key numbers as a reader sees them (rounded, with units and method),
+    the QC verdict, the model and the research-use statement; the DICOM object carries
+    exactly that PDF in the source study, in a series listed before the overlays."""
+    from pypdf import PdfReader
+
+    from dicom_templates.identity import OVERLAY_SERIES, PDF_SERIES
+
+    case, files, volume = written
+    reader = PdfReader(files.pdf.parent / "report.pdf")
+    assert len(reader.pages) == 2
+    text = " ".join(page.extract_text() for page in reader.pages)
+    m = quantify(case.labels, volume.geometry)
+    for expected in (
+        f"{m.myocardium_ml:.0f} ml",
+        f"{m.scar_percent:.1f} % LV",
+        f"{m.mvo_ml:.2f} ml",
+        "nnU-Net segmentation",
+        "RESEARCH ONLY",
+        "synthetic",
+        ALGORITHM.version,
+        "Non-viable segments",
+        "basal inferoseptal",
+    ):
+        assert expected in text, expected
+    ds = pydicom.dcmread(files.pdf)
+    assert ds.MIMETypeOfEncapsulatedDocument == "application/pdf"
+    stored = bytes(ds.EncapsulatedDocument)[: int(ds.EncapsulatedDocumentLength)]
+    assert stored == (files.pdf.parent / "report.pdf").read_bytes()
+    assert ds.StudyInstanceUID == volume.datasets[0].StudyInstanceUID
+    assert ds.PatientID == volume.datasets[0].PatientID
+    assert ds.SeriesNumber == PDF_SERIES.number < OVERLAY_SERIES.number
+    assert {r.ReferencedSOPInstanceUID for r in ds.SourceInstanceSequence} == {
+        d.SOPInstanceUID for d in volume.datasets
+    }
