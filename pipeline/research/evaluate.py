@@ -363,17 +363,21 @@ def gallery(cases: list[CaseResult], panels: dict[int, CasePanel], path: Path) -
         ax.contour(p.truth_scar, [0.5], colors="red", linewidths=1.2)
         if p.predicted_scar.any():
             ax.contour(p.predicted_scar, [0.5], colors="cyan", linewidths=1.2)
+        qc = "LOW CONFIDENCE" if c.low_confidence else "not flagged"
+        rel = f" {c.reliability:.2f}" if c.reliability is not None else ""
         ax.set_title(
-            f"seed {c.seed} ({c.kind})\nscar Dice {c.dice['scar']:.2f}, "
-            f"{c.truth_ml['scar']:.1f} ml, thickest {c.scar_thickness_px:.0f} px",
-            fontsize=9,
+            f"seed {c.seed} ({c.kind}, {c.style})\nscar Dice {c.dice['scar']:.2f}, "
+            f"{c.truth_ml['scar']:.1f} ml, thickest {c.scar_thickness_px:.0f} px\n"
+            f"scar % {c.predicted_scar_percent:.1f} vs {c.truth_scar_percent:.1f}; QC: {qc}{rel}",
+            fontsize=8,
+            color="darkred" if c.failed and not c.low_confidence else "black",
         )
         ax.axis("off")
     fig.suptitle(
         "Worst scar cases: true scar red, model cyan, true myocardium yellow "
         "(slice with the most true scar; synthetic data)", fontsize=10,
     )  # fmt: skip
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    fig.tight_layout(rect=(0, 0, 1, 0.88))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
