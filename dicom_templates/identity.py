@@ -48,11 +48,19 @@ class SeriesPlacement:
     number: int
 
 
-SEG_SERIES = SeriesPlacement("LGE scar SEG", 9901)
-SR_SERIES = SeriesPlacement("LGE scar report", 9902)
-# Lower number: viewers list the PDF report before the SEG, SR and overlays.
+# Viewers list series by number: the PDF report and the summary page first, then the
+# SEG and SR, then the per-slice overlays.
 PDF_SERIES = SeriesPlacement("LGE scar report (PDF)", 9900)
-OVERLAY_SERIES = SeriesPlacement("LGE scar overlay", 9903)
+SUMMARY_SERIES = SeriesPlacement("LGE scar summary", 9901)
+SEG_SERIES = SeriesPlacement("LGE scar SEG", 9902)
+SR_SERIES = SeriesPlacement("LGE scar report", 9903)
+OVERLAY_SERIES = SeriesPlacement("LGE scar overlay", 9904)
+# Derived images keep the source's modality: "OT" makes some viewers (OHIF) play a
+# series as cine, which would hide the burned-in text under the cine controls.
+DERIVED_MODALITY = "MR"
+# SEG ContentCreatorName (PN): the node, not a person. The "^" makes it a family-name
+# component (a PN without one is the retired form dciodvfy warns about).
+CONTENT_CREATOR = "lge-node^"
 
 SOFTWARE_VERSIONS = f"lge-node {__version__}"
 DEVICE_SERIAL = "LGENODE-1"

@@ -1,5 +1,6 @@
 """Write the full result of one analysed series: ``metrics.json``, ``seg.dcm``, ``sr.dcm``,
-``report.dcm`` (Encapsulated PDF; the same PDF as ``report.pdf``) and ``overlay/*.dcm``.
+``report.dcm`` (Encapsulated PDF; the same PDF as ``report.pdf``), ``summary.dcm`` and
+``overlay/*.dcm``.
 Files are written to a temporary name and renamed, so a reader
 (the node's dispatcher, a user) never sees half a file."""
 
@@ -30,12 +31,13 @@ class OutputFiles:
     seg: Path
     sr: Path
     pdf: Path  # the Encapsulated PDF object
-    overlays: list[Path]
-    objects: list[WrittenObject]  # seg, sr, pdf, overlays, in that order
+    summary: Path  # the bullseye / key-numbers page (SC)
+    overlays: list[Path]  # one SC per slice
+    objects: list[WrittenObject]  # seg, sr, pdf, summary, overlays, in that order
 
     @property
     def dicom(self) -> list[Path]:
-        return [self.seg, self.sr, self.pdf, *self.overlays]
+        return [self.seg, self.sr, self.pdf, self.summary, *self.overlays]
 
 
 def _atomic_save(ds: Dataset, path: Path) -> WrittenObject:
@@ -86,7 +88,7 @@ def write_outputs(
     predecessor = pydicom.dcmread(predecessor_sr) if predecessor_sr else None
     seg = build_seg(volume, labels, algorithm, include_blood_pools)
     sr = build_sr(volume, seg, metrics, algorithm, predecessor=predecessor)
-    overlays = build_overlays(volume, labels, metrics, algorithm)
+    overlays, summary = build_overlays(volume, labels, metrics, algorithm)
     document = render_report(volume, labels, metrics, algorithm)
     pdf = build_pdf(volume, document, algorithm)
 
@@ -95,7 +97,13 @@ def write_outputs(
     tmp.write_bytes(document)
     os.replace(tmp, out_dir / "report.pdf")
     seg_path, sr_path, pdf_path = out_dir / "seg.dcm", out_dir / "sr.dcm", out_dir / "report.dcm"
-    objects = [_atomic_save(seg, seg_path), _atomic_save(sr, sr_path), _atomic_save(pdf, pdf_path)]
+    summary_path = out_dir / "summary.dcm"
+    objects = [
+        _atomic_save(seg, seg_path),
+        _atomic_save(sr, sr_path),
+        _atomic_save(pdf, pdf_path),
+        _atomic_save(summary, summary_path),
+    ]
     overlay_dir = out_dir / "overlay"
     overlay_dir.mkdir(exist_ok=True)
     overlay_paths = []
@@ -103,4 +111,6 @@ def write_outputs(
         path = overlay_dir / f"SC_{int(sc.InstanceNumber):04d}.dcm"
         objects.append(_atomic_save(sc, path))
         overlay_paths.append(path)
-    return OutputFiles(metrics_path, seg_path, sr_path, pdf_path, overlay_paths, objects)
+    return OutputFiles(
+        metrics_path, seg_path, sr_path, pdf_path, summary_path, overlay_paths, objects
+    )

@@ -21,11 +21,14 @@ from matplotlib.patches import Wedge
 from pydicom.dataset import Dataset
 
 from dicom_templates.identity import (
+    DERIVED_MODALITY,
     DISCLAIMER,
     MANUFACTURER,
     OVERLAY_SERIES,
+    SUMMARY_SERIES,
     SYNTHETIC_NOTE,
     Algorithm,
+    SeriesPlacement,
     character_set,
     copy_character_set,
 )
@@ -36,6 +39,7 @@ from pipeline.quantify import QC_FLAGS, Metrics
 from pipeline.volume import Volume
 
 MIN_SIDE = 512  # upsample small matrices so outlines and text stay legible
+BAND_MIN = 84  # pixels of the text band below each overlay
 SUMMARY_SIDE = 768
 
 
@@ -65,13 +69,18 @@ def render_slice(
     caption: str,
     window: tuple[float, float],
 ) -> tuple[np.ndarray, int]:
-    """RGB uint8 of one slice with outlines; returns it and the upsampling factor."""
+    """RGB uint8 of one slice with outlines; returns it and the upsampling factor.
+
+    The image fills the top ``rows * factor`` rows unchanged in geometry; the disclaimer,
+    caption and legend sit in a black band below it, centred, where viewers put no text
+    of their own (their corner overlays would otherwise cover ours)."""
     rows, cols = image.shape
     factor = int(np.ceil(MIN_SIDE / max(rows, cols)))
     h, w = rows * factor, cols * factor
+    band = max(BAND_MIN, h // 6)
     dpi = 100
-    fig = plt.figure(figsize=(w / dpi, h / dpi), dpi=dpi)
-    ax = fig.add_axes((0, 0, 1, 1))
+    fig = plt.figure(figsize=(w / dpi, (h + band) / dpi), dpi=dpi, facecolor="black")
+    ax = fig.add_axes((0, band / (h + band), 1, h / (h + band)))
     ax.imshow(
         image,
         cmap="gray",
@@ -92,27 +101,17 @@ def render_slice(
     ax.set_xlim(-0.5, cols - 0.5)
     ax.set_ylim(rows - 0.5, -0.5)
     ax.axis("off")
-    style = {"fontsize": 9, "family": "DejaVu Sans", "va": "top"}
-    ax.text(
-        0.01,
-        0.99,
-        f"{DISCLAIMER}\n{caption}",
-        transform=ax.transAxes,
-        color="white",
-        bbox={"facecolor": "black", "alpha": 0.6, "pad": 2, "lw": 0},
-        **style,
-    )
-    x = 0.01
-    for spec in (MYOCARDIUM_SEGMENT, INFARCT_SEGMENT, MVO_SEGMENT):
-        ax.text(
-            x,
-            0.075,
-            "\u25a0 " + spec.label.split(" (")[0],
-            transform=ax.transAxes,
-            color=_rgb(spec.color_rgb),
-            **style,
-        )
-        x += 0.3
+    # Short centred lines, each well inside the middle half of the width.
+    style = {"fontsize": 8, "family": "DejaVu Sans", "ha": "center", "va": "center"}
+    top = band / (h + band)
+    lines = [(DISCLAIMER, "orange"), *((line, "white") for line in caption.split("\n"))]
+    step = top / (len(lines) + 2)
+    for i, (text, color) in enumerate(lines):
+        fig.text(0.5, top - step * (i + 1), text, color=color, **style)
+    legend = (MYOCARDIUM_SEGMENT, INFARCT_SEGMENT, MVO_SEGMENT)
+    for i, spec in enumerate(legend):
+        name = {MVO_SEGMENT.label: "MVO"}.get(spec.label, spec.label.split(" (")[0])
+        fig.text(0.35 + 0.15 * i, step, "\u25a0 " + name, color=_rgb(spec.color_rgb), **style)
     return _render(fig), factor
 
 
@@ -223,6 +222,7 @@ def _sc(
     ref: Dataset,
     pixels: np.ndarray,
     series_uid: str,
+    placement: SeriesPlacement,
     number: int,
     spacing: tuple | None,
     orientation: tuple[str, str],
@@ -234,15 +234,16 @@ def _sc(
         bits_allocated=8,
         coordinate_system="PATIENT",
         series_instance_uid=series_uid,
-        series_number=OVERLAY_SERIES.number,
+        series_number=placement.number,
         sop_instance_uid=new_uid(),
         instance_number=number,
         manufacturer=MANUFACTURER,
         pixel_spacing=spacing,
         patient_orientation=orientation,
-        series_description=OVERLAY_SERIES.description,
+        series_description=placement.description,
         specific_character_set=character_set(ref),
     )
+    sc.Modality = DERIVED_MODALITY
     sc.BurnedInAnnotation = "YES"
     sc.BodyPartExamined = "HEART"  # unpaired: no Laterality needed
     sc.ImageType = ["DERIVED", "SECONDARY"]
@@ -250,10 +251,27 @@ def _sc(
     return sc
 
 
+def _source_image(volume: Volume, k: int) -> Dataset:
+    """A Source Image Sequence item for slice ``k`` (its frame, for enhanced MR)."""
+    frame = volume.frames[k]
+    item = Dataset()
+    item.ReferencedSOPClassUID = frame.sop_class_uid
+    item.ReferencedSOPInstanceUID = frame.sop_instance_uid
+    if frame.frame_number is not None:
+        item.ReferencedFrameNumber = frame.frame_number
+    purpose = Dataset()
+    purpose.CodeValue = "121322"
+    purpose.CodingSchemeDesignator = "DCM"
+    purpose.CodeMeaning = "Source image for image processing operation"
+    item.PurposeOfReferenceCodeSequence = [purpose]
+    return item
+
+
 def build_overlays(
     volume: Volume, labels: np.ndarray, metrics: Metrics, algorithm: Algorithm
-) -> list[hd.sc.SCImage]:
-    """One SC per slice (slice order) followed by the summary page, in one new series."""
+) -> tuple[list[hd.sc.SCImage], hd.sc.SCImage]:
+    """One SC per slice (slice order) in the overlay series, each referencing its source
+    image; and the summary page (bullseye and key numbers) in a series of its own."""
     series_uid = new_uid()
     ref = volume.datasets[0]
     window = window_for(volume.array, myocardium_mask(labels))
@@ -261,12 +279,17 @@ def build_overlays(
     out = []
     n = volume.array.shape[0]
     for k in range(n):
-        caption = f"slice {k + 1}/{n}  {algorithm.label}"
+        caption = f"{algorithm.label}\nslice {k + 1} of {n}"
         pixels, factor = render_slice(volume.array[k], labels[k], caption, window)
         ps = volume.geometry.pixel_spacing
         spacing = (ps[0] / factor, ps[1] / factor)
-        out.append(_sc(ref, pixels, series_uid, k + 1, spacing, orientation))
-    summary = _sc(ref, render_summary(metrics, algorithm), series_uid, n + 1, None, orientation)
+        sc = _sc(ref, pixels, series_uid, OVERLAY_SERIES, k + 1, spacing, orientation)
+        if volume.frames:
+            sc.SourceImageSequence = [_source_image(volume, k)]
+            sc.DerivationDescription = "LGE image with segmentation outlines burned in"
+        out.append(sc)
+    summary = _sc(
+        ref, render_summary(metrics, algorithm), new_uid(), SUMMARY_SERIES, 1, None, orientation
+    )
     summary.PatientOrientation = ""  # a report page has no anatomical orientation
-    out.append(summary)
-    return out
+    return out, summary

@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.backends.backend_pdf import PdfPages
+from matplotlib.font_manager import FontProperties, findfont, get_font
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
@@ -81,11 +82,28 @@ def key_rows(m: Metrics) -> list[tuple[str, str, str]]:
     return rows
 
 
+def printable(text: str) -> bool:
+    """Whether the bundled DejaVu Sans has a glyph for every character (no CJK)."""
+    font = get_font(findfont(FontProperties(family="DejaVu Sans")))
+    return all(font.get_char_index(ord(c)) for c in text if not c.isspace())
+
+
+def readable_name(value: object) -> str:
+    """The patient name as the PDF can print it: whole when every glyph exists, else its
+    alphabetic component group (``Yamada^Tarou`` of ``Yamada^Tarou=山田^太郎``), with
+    the name's other forms left to the DICOM header (no CJK font is bundled)."""
+    text = str(value or "")
+    if printable(text):
+        return text
+    alphabetic = text.split("=")[0]
+    return f"{alphabetic} (full name in the DICOM header)" if alphabetic else "(see header)"
+
+
 def _text_page(fig: plt.Figure, volume: Volume, algorithm: Algorithm) -> None:
     ds = volume.datasets[0]
     fig.text(0.06, 0.965, DOCUMENT_TITLE, fontsize=16, weight="bold", va="top")
     who = (
-        f"Patient: {ds.get('PatientName', '')}   ID: {ds.get('PatientID', '')}   "
+        f"Patient: {readable_name(ds.get('PatientName', ''))}   ID: {ds.get('PatientID', '')}   "
         f"Study date: {ds.get('StudyDate', '')}\n"
         f"Series: {ds.get('SeriesNumber', '')} {ds.get('SeriesDescription', '')}   "
         f"Accession: {ds.get('AccessionNumber', '')}"

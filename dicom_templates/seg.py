@@ -19,6 +19,7 @@ from highdicom.seg import SegmentAlgorithmTypeValues, SegmentationTypeValues
 
 from dicom_templates import codes
 from dicom_templates.identity import (
+    CONTENT_CREATOR,
     DEVICE_SERIAL,
     MANUFACTURER,
     MODEL_NAME,
@@ -132,6 +133,7 @@ def build_seg(
         series_description=SEG_SERIES.description,
         omit_empty_frames=False,
         specific_character_set=character_set(volume.datasets[0]),
+        content_creator_name=CONTENT_CREATOR,
     )
     copy_character_set(volume.datasets[0], seg)
     return seg

@@ -87,7 +87,8 @@ def test_report_writes_seg_sr_and_overlays_from_phantom_truth(psir_classic, tmp_
     assert proc.returncode == 0, proc.stderr
     assert (out / "seg.dcm").is_file() and (out / "sr.dcm").is_file()
     overlays = sorted((out / "overlay").glob("*.dcm"))
-    assert len(overlays) == psir_classic.geometry.shape[0] + 1
+    assert len(overlays) == psir_classic.geometry.shape[0]
+    assert (out / "summary.dcm").is_file() and (out / "report.dcm").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
     truth = json.loads((psir_classic.out_dir / "truth.json").read_text())
     # Same labels, geometry read back from 16-character decimal strings: equal to 1e-9.

@@ -49,7 +49,8 @@ def test_demo_command_round_trips_through_orthanc(tmp_path: Path) -> None:
 def test_demo_without_orthanc_uses_a_storage_scp(tmp_path: Path) -> None:
     result = run_demo(tmp_path / "demo", seed=11, use_orthanc=False)
     received = list((tmp_path / "demo" / "received").glob("*.dcm"))
-    sent = 2 + len(list((result.results_dir / "overlay").glob("*.dcm")))
+    # SEG, SR, PDF report, summary page and one overlay per slice
+    sent = 4 + len(list((result.results_dir / "overlay").glob("*.dcm")))
     assert len(received) == sent
     assert result.metrics["source_series_instance_uid"] == result.series_uid
     assert result.seconds["total"] < 120

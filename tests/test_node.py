@@ -101,7 +101,8 @@ def test_orthanc_round_trip_results_land_in_the_study_and_match_the_truth(
     by_modality = {s["MainDicomTags"]["Modality"]: s for s in series}
     assert {"MR", "SEG", "SR"} <= set(by_modality)
     descriptions = {s["MainDicomTags"].get("SeriesDescription") for s in series}
-    assert {"LGE scar SEG", "LGE scar report", "LGE scar overlay"} <= descriptions
+    assert {"LGE scar SEG", "LGE scar report", "LGE scar overlay", "LGE scar summary",
+            "LGE scar report (PDF)"} <= descriptions  # fmt: skip
     seg = pydicom.dcmread(io.BytesIO(pacs.file(by_modality["SEG"]["Instances"][0])))
     assert seg.SOPClassUID == SEG
     assert seg.StudyInstanceUID == study_uid
@@ -119,7 +120,7 @@ def test_orthanc_round_trip_results_land_in_the_study_and_match_the_truth(
     overlays = [
         s for s in series if s["MainDicomTags"].get("SeriesDescription") == "LGE scar overlay"
     ]
-    assert len(overlays[0]["Instances"]) == len(files) + 1  # one per slice + the summary
+    assert len(overlays[0]["Instances"]) == len(files)  # one per slice
     # the node knew who sent the study, and the operator view shows the job
     status = subprocess.run(
         [sys.executable, "-m", "node.cli", "status", "--config", str(node.config_path), "--json"],
@@ -239,7 +240,7 @@ def test_ten_concurrent_associations_each_with_a_study_are_all_processed(
         node.wait_done(series, timeout=240)
     for study, series, _ in copies:
         kinds = {s["MainDicomTags"]["Modality"] for s in pacs.study_series(study)}
-        assert {"SEG", "SR", "OT"} <= kinds  # the overlays are secondary captures (OT)
+        assert {"SEG", "SR", "DOC"} <= kinds  # DOC: the PDF report
         assert node.query("SELECT n_instances FROM series WHERE series_uid = ?", series)[0][0] == 14
 
 

@@ -138,9 +138,14 @@ def test_placement_identity_and_character_set(written) -> None:
     src = volume.datasets[0]
     seg, sr = pydicom.dcmread(files.seg), pydicom.dcmread(files.sr)
     scs = [pydicom.dcmread(p) for p in files.overlays]
+    summary, pdf = pydicom.dcmread(files.summary), pydicom.dcmread(files.pdf)
     source_uids = {str(d.SOPInstanceUID) for d in volume.datasets} | {src.SeriesInstanceUID}
-    for ds, description in [(seg, "LGE scar SEG"), (sr, "LGE scar report")] + [
-        (sc, "LGE scar overlay") for sc in scs
+    for ds, description in [
+        (seg, "LGE scar SEG"),
+        (sr, "LGE scar report"),
+        (summary, "LGE scar summary"),
+        (pdf, "LGE scar report (PDF)"),
+        *((sc, "LGE scar overlay") for sc in scs),
     ]:
         assert ds.StudyInstanceUID == src.StudyInstanceUID
         assert ds.SeriesDescription == description
@@ -151,8 +156,20 @@ def test_placement_identity_and_character_set(written) -> None:
         assert ds.PatientID == src.PatientID
     assert seg.FrameOfReferenceUID == src.FrameOfReferenceUID
     assert len({sc.SeriesInstanceUID for sc in scs}) == 1
-    assert len(scs) == volume.array.shape[0] + 1
-    assert all(sc.BurnedInAnnotation == "YES" for sc in scs)
+    assert summary.SeriesInstanceUID not in {sc.SeriesInstanceUID for sc in scs}
+    assert len(scs) == volume.array.shape[0]
+    assert all(sc.BurnedInAnnotation == "YES" for sc in [*scs, summary])
+    # Listed in this order by series number: PDF, summary, SEG, SR, then the overlays;
+    # derived images are MR, not OT (which OHIF plays as cine over the burned-in text).
+    numbers = [int(d.SeriesNumber) for d in (pdf, summary, seg, sr, scs[0])]
+    assert numbers == sorted(numbers)
+    assert {sc.Modality for sc in [*scs, summary]} == {"MR"}
+    # Each overlay names the image (and frame) it was drawn on.
+    for k, sc in enumerate(scs):
+        source = sc.SourceImageSequence[0]
+        assert source.ReferencedSOPInstanceUID == volume.frames[k].sop_instance_uid
+        assert source.get("ReferencedFrameNumber") == volume.frames[k].frame_number
+    assert seg.ContentCreatorName.family_name == "lge-node"
     # The model is identified, and says it is a synthetic-trained demo.
     alg = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     assert "synthetic-trained demo" in alg.AlgorithmName and alg.AlgorithmVersion
@@ -166,10 +183,10 @@ def test_overlays_show_the_segments_where_they_are(written) -> None:
     def count(pixels: np.ndarray, color: np.ndarray) -> int:
         return int((np.abs(pixels.astype(int) - color).sum(axis=-1) < 60).sum())
 
-    for k, path in enumerate(files.overlays[:-1]):
+    for k, path in enumerate(files.overlays):
         px = pydicom.dcmread(path).pixel_array
-        factor = px.shape[0] // case.labels.shape[1]
-        image_band = px[: int(0.9 * px.shape[0])]  # the legend swatches sit below
+        factor = px.shape[1] // case.labels.shape[2]
+        image_band = px[: case.labels.shape[1] * factor]  # text and legend sit below it
         myo = np.isin(case.labels[k], [2, 3, 4])
         if myo.sum() <= 10:
             assert count(image_band, green) == 0, f"slice {k}: outline without myocardium"
@@ -239,7 +256,8 @@ def test_orthanc_accepts_all_outputs_over_c_store_under_the_original_study(
             s["MainDicomTags"].get("SeriesDescription"): s
             for s in pacs.get(f"/studies/{study['ID']}/series?expand")
         }
-        assert {"LGE scar SEG", "LGE scar report", "LGE scar overlay"} <= set(series)
+        assert {"LGE scar SEG", "LGE scar report", "LGE scar overlay", "LGE scar summary",
+                "LGE scar report (PDF)"} <= set(series)  # fmt: skip
         assert len(series["LGE scar overlay"]["Instances"]) == len(files.overlays)
         seg_instance = series["LGE scar SEG"]["Instances"][0]
         tags = pacs.get(f"/instances/{seg_instance}/simplified-tags")
@@ -331,3 +349,19 @@ def test_the_pdf_report_reads_as_a_report(written) -> None:
     assert {r.ReferencedSOPInstanceUID for r in ds.SourceInstanceSequence} == {
         d.SOPInstanceUID for d in volume.datasets
     }
+
+
+@pytest.mark.parametrize(
+    ("name", "printed"),
+    [
+        ("Müller^Zoë", "Müller^Zoë"),
+        ("Yamada^Tarou=山田^太郎=やまだ^たろう", "Yamada^Tarou (full name in the DICOM header)"),
+        ("=洪^吉洞", "(see header)"),
+    ],
+)
+def test_the_pdf_prints_names_it_has_glyphs_for(name: str, printed: str) -> None:
+    """No CJK font is bundled: the PDF prints the alphabetic form, never tofu boxes."""
+    from dicom_templates.pdf import printable, readable_name
+
+    assert readable_name(name) == printed
+    assert printable(readable_name(name))

@@ -70,7 +70,7 @@ def test_retrieve_moves_only_the_lge_series_and_results_return(site, psir_classi
     assert node.series_state(cine) is None  # never moved
     assert node.query("SELECT calling_ae FROM series WHERE series_uid = ?", lge) == [("ORTHANC",)]
     kinds = {s["MainDicomTags"]["Modality"] for s in pacs.study_series(study)}
-    assert {"MR", "SEG", "SR", "OT"} <= kinds
+    assert {"MR", "SEG", "SR", "DOC"} <= kinds
 
 
 def test_retrieve_by_c_get(site, phantom_factory) -> None:
