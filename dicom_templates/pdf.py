@@ -96,7 +96,9 @@ def readable_name(value: object) -> str:
     if printable(text):
         return text
     alphabetic = text.split("=")[0]
-    return f"{alphabetic} (full name in the DICOM header)" if alphabetic else "(see header)"
+    if alphabetic and printable(alphabetic):
+        return f"{alphabetic} (full name in the DICOM header)"
+    return "(see header)"
 
 
 def _text_page(fig: plt.Figure, volume: Volume, algorithm: Algorithm) -> None:

@@ -357,6 +357,7 @@ def test_the_pdf_report_reads_as_a_report(written) -> None:
         ("Müller^Zoë", "Müller^Zoë"),
         ("Yamada^Tarou=山田^太郎=やまだ^たろう", "Yamada^Tarou (full name in the DICOM header)"),
         ("=洪^吉洞", "(see header)"),
+        ("ﾔﾏﾀﾞ^ﾀﾛｳ=山田^太郎", "(see header)"),  # half-width katakana: no glyphs either
     ],
 )
 def test_the_pdf_prints_names_it_has_glyphs_for(name: str, printed: str) -> None:
