@@ -34,17 +34,33 @@ MASS = CodedConcept("118538004", "SCT", "Mass")  # not 4147007, a lesion "mass"
 PERCENT_OF_LV = private("PCTLVMYO", "Percent of left ventricle myocardium")
 SEGMENT_SCAR_PERCENT = private("PCTSEGMYO", "Infarct percent of segment myocardium")
 TRANSMURALITY = private("TRANSMURAL", "Mean transmural extent of infarct")
+MAX_TRANSMURALITY = private("MAXTRANSMURAL", "Maximum transmural extent of infarct")
+NONVIABLE_SEGMENTS = private("NONVIABLESEGS", "Number of non-viable AHA segments")
+NONVIABLE = private("NONVIABLE", "Non-viable segment")
+VIABILITY = private("VIABILITY", "Segment viability")
+INFARCT_CORE = private("INFCORE", "Infarct core")
+GREY_ZONE = private("GREYZONE", "Peri-infarct grey zone")
+SUMMARY = private("SUMMARY", "Summary")
+# Methods (TID 1419 row "Measurement Method"): the segmentation, and the intensity methods
+METHOD_MODEL = private("DLSEG", "Deep-learning segmentation")
+METHOD_NSD = private("NSD", "n standard deviations above remote myocardium")
+METHOD_FWHM = private("FWHM", "Full width at half maximum")
+METHOD_EWA = private("EWA", "Weighted intensity (EWA)")
+METHOD_GREY_ZONE = private("NSDFWHM", "Between n-SD and FWHM thresholds")
 
 # Units (UCUM)
 CM3 = CodedConcept("cm3", "UCUM", "cubic centimeter")
 GRAM = CodedConcept("g", "UCUM", "gram")
 PERCENT = CodedConcept("%", "UCUM", "percent")
+SEGMENTS = CodedConcept("{segments}", "UCUM", "segments")
+UNITLESS = CodedConcept("1", "UCUM", "no units")
 
 # Report
 PROCEDURE_CARDIAC_MRI = CodedConcept("241620005", "SCT", "Magnetic resonance imaging of heart")
 QUALITY_CONTROL = private("QC", "Quality control")
 QC_FLAG = private("QCFLAG", "Quality control flag")
 QC_NONE = private("QCNONE", "No quality control flags")
+RELIABILITY = private("RELIABILITY", "QC reliability score (0-1)")
 INTENDED_USE = private("USE", "Intended use")
 RESEARCH_ONLY = private("RESEARCH", "Research only, not for clinical use")
 ALGORITHM_FAMILY = codes.cid7162.ArtificialIntelligence
@@ -72,6 +88,11 @@ AHA_SEGMENTS: dict[int, CodedConcept] = {
         17: codes.SCT.ApexOfLeftVentricle,
     }.items()
 }
+
+
+# Declared in every SR's Coding Scheme Identification Sequence (PS3.3 C.12.1.1.4).
+PRIVATE_SCHEME_NAME = "lge-node private codes"
+PRIVATE_SCHEME_ORGANIZATION = "lge-node project (README, Conformance notes)"
 
 
 def qc_flag_code(flag: str) -> CodedConcept:

@@ -1,10 +1,14 @@
 """TID 1500 Measurement Report (Comprehensive 3D SR) of the LGE quantification.
 
 Content: volumetric groups that reference the SEG segments (LV myocardium: volume, mass;
-infarct: volume, mass, % of LV myocardium; MVO: volume, % of LV myocardium); one group
-per AHA segment (finding site from CID 3717) with infarct %, mean transmurality and MVO
-volume; a quality-control group holding the QC flags and the intended-use statement; the
-node as device observer and the model in every measurement's algorithm identification.
+infarct: volume, mass, % of LV myocardium; MVO: volume, % of LV myocardium); the infarct
+core and grey zone, and the infarct by each reference intensity method, each group naming
+its method; one group per AHA segment (finding site from CID 3717) with infarct %, mean
+and maximum transmurality, MVO volume and, where it applies, "non-viable"; a summary
+group with the number of non-viable segments; a quality-control group with the
+reliability score, the QC flags and the intended-use statement; the node as device
+observer. Values are rounded to what a reader uses (metrics.json keeps full precision);
+the algorithm is identified once per group; the private coding scheme is declared.
 """
 
 from __future__ import annotations
@@ -31,13 +35,28 @@ from pipeline.volume import Volume
 DEVICE_UID = derived_uid("device", MANUFACTURER, DEVICE_SERIAL)
 
 
+# Decimals per unit as written in the SR (metrics.json keeps full precision).
+DECIMALS = {"cm3": 1, "g": 1, "%": 1, "{segments}": 0}
+MVO_DECIMALS = 2  # MVO is often well under 1 ml
+TRANSMURALITY_DECIMALS = 0
+
+
 def _measure(
     name: hd.sr.CodedConcept,
     value: float,
     unit: hd.sr.CodedConcept,
-    alg: hd.sr.AlgorithmIdentification,
+    decimals: int | None = None,
 ) -> hd.sr.Measurement:
-    return hd.sr.Measurement(name=name, value=float(value), unit=unit, algorithm_id=alg)
+    places = DECIMALS[unit.value] if decimals is None else decimals
+    return hd.sr.Measurement(name=name, value=round(float(value), places), unit=unit)
+
+
+def _coding_scheme() -> Dataset:
+    item = Dataset()
+    item.CodingSchemeDesignator = codes.PRIVATE_SCHEME
+    item.CodingSchemeName = codes.PRIVATE_SCHEME_NAME
+    item.CodingSchemeResponsibleOrganization = codes.PRIVATE_SCHEME_ORGANIZATION
+    return item
 
 
 def build_sr(
@@ -83,14 +102,34 @@ def build_sr(
         )
 
     m = metrics
+
+    def group(
+        identifier: str,
+        finding: hd.sr.CodedConcept,
+        measurements: list[hd.sr.Measurement],
+        method: hd.sr.CodedConcept | None = None,
+        sites: list[hd.sr.FindingSite] | None = None,
+        evaluations: list[hd.sr.QualitativeEvaluation] | None = None,
+    ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+        return hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=new_uid(), identifier=identifier),
+            finding_type=finding,
+            finding_category=codes.MORPHOLOGICALLY_ABNORMAL,
+            finding_sites=sites or [hd.sr.FindingSite(codes.HEART)],
+            method=method,
+            algorithm_id=alg,
+            measurements=measurements or None,
+            qualitative_evaluations=evaluations or None,
+        )
+
     groups: list = [
         segment_group(
             MYOCARDIUM_SEGMENT,
             codes.LV_MYOCARDIUM,
             codes.ANATOMICAL_STRUCTURE,
             [
-                _measure(codes.VOLUME, m.myocardium_ml, codes.CM3, alg),
-                _measure(codes.MASS, m.myocardium_mass_g, codes.GRAM, alg),
+                _measure(codes.VOLUME, m.myocardium_ml, codes.CM3),
+                _measure(codes.MASS, m.myocardium_mass_g, codes.GRAM),
             ],
         ),
         segment_group(
@@ -98,9 +137,9 @@ def build_sr(
             codes.INFARCT,
             codes.MORPHOLOGICALLY_ABNORMAL,
             [
-                _measure(codes.VOLUME, m.scar_ml, codes.CM3, alg),
-                _measure(codes.MASS, m.scar_mass_g, codes.GRAM, alg),
-                _measure(codes.PERCENT_OF_LV, m.scar_percent, codes.PERCENT, alg),
+                _measure(codes.VOLUME, m.scar_ml, codes.CM3),
+                _measure(codes.MASS, m.scar_mass_g, codes.GRAM),
+                _measure(codes.PERCENT_OF_LV, m.scar_percent, codes.PERCENT),
             ],
         ),
         segment_group(
@@ -108,36 +147,79 @@ def build_sr(
             codes.MVO,
             codes.MORPHOLOGICALLY_ABNORMAL,
             [
-                _measure(codes.VOLUME, m.mvo_ml, codes.CM3, alg),
-                _measure(codes.PERCENT_OF_LV, m.mvo_percent, codes.PERCENT, alg),
+                _measure(codes.VOLUME, m.mvo_ml, codes.CM3, MVO_DECIMALS),
+                _measure(codes.PERCENT_OF_LV, m.mvo_percent, codes.PERCENT),
             ],
         ),
     ]
+    c = m.composition
+    if c is not None:
+        groups += [
+            group("Infarct core (FWHM)", codes.INFARCT_CORE, [
+                _measure(codes.VOLUME, c.core_ml, codes.CM3),
+                _measure(codes.PERCENT_OF_LV, c.core_percent, codes.PERCENT),
+            ], codes.METHOD_FWHM),
+            group(f"Grey zone ({c.grey_zone_sd:g} SD to FWHM)", codes.GREY_ZONE, [
+                _measure(codes.VOLUME, c.grey_zone_ml, codes.CM3),
+                _measure(codes.PERCENT_OF_LV, c.grey_zone_percent, codes.PERCENT),
+            ], codes.METHOD_GREY_ZONE),
+        ]  # fmt: skip
+    methods = {"nSD": codes.METHOD_NSD, "FWHM": codes.METHOD_FWHM, "EWA": codes.METHOD_EWA}
+    for r in m.reference:
+        name = f"{r.parameter:g}-SD" if r.method == "nSD" and r.parameter else r.method
+        groups.append(group(f"Infarct by {name} (reference)", codes.INFARCT, [
+            _measure(codes.VOLUME, r.scar_ml, codes.CM3),
+            _measure(codes.PERCENT_OF_LV, r.scar_percent, codes.PERCENT),
+        ], methods.get(r.method)))  # fmt: skip
+    nonviable = set(m.nonviable_segments)
     for s in m.segments:
         groups.append(
-            hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=new_uid(), identifier=f"AHA segment {s.id}"
-                ),
-                finding_type=codes.INFARCT,
-                finding_category=codes.MORPHOLOGICALLY_ABNORMAL,
-                finding_sites=[hd.sr.FindingSite(codes.AHA_SEGMENTS[s.id])],
-                algorithm_id=alg,
-                measurements=[
-                    _measure(codes.SEGMENT_SCAR_PERCENT, s.scar_percent, codes.PERCENT, alg),
-                    _measure(codes.TRANSMURALITY, s.transmurality_percent, codes.PERCENT, alg),
-                    _measure(codes.VOLUME, s.mvo_ml, codes.CM3, alg),
+            group(
+                f"AHA segment {s.id}",
+                codes.INFARCT,
+                [
+                    _measure(codes.SEGMENT_SCAR_PERCENT, s.scar_percent, codes.PERCENT),
+                    _measure(
+                        codes.TRANSMURALITY,
+                        s.transmurality_percent,
+                        codes.PERCENT,
+                        TRANSMURALITY_DECIMALS,
+                    ),
+                    _measure(
+                        codes.MAX_TRANSMURALITY,
+                        s.max_transmurality_percent,
+                        codes.PERCENT,
+                        TRANSMURALITY_DECIMALS,
+                    ),
+                    _measure(codes.VOLUME, s.mvo_ml, codes.CM3, MVO_DECIMALS),
                 ],
+                sites=[hd.sr.FindingSite(codes.AHA_SEGMENTS[s.id])],
+                evaluations=[hd.sr.QualitativeEvaluation(codes.VIABILITY, codes.NONVIABLE)]
+                if s.id in nonviable
+                else None,
             )
         )
+    groups.append(
+        group(
+            f"Summary (non-viable: > {m.nonviable_percent:g} % transmural)",
+            codes.SUMMARY,
+            [_measure(codes.NONVIABLE_SEGMENTS, len(nonviable), codes.SEGMENTS)],
+        )
+    )
     flags = [
         hd.sr.QualitativeEvaluation(codes.QC_FLAG, codes.qc_flag_code(f)) for f in m.qc.flags
     ] or [hd.sr.QualitativeEvaluation(codes.QC_FLAG, codes.QC_NONE)]
+    reliability = (
+        [_measure(codes.RELIABILITY, m.qc.reliability, codes.UNITLESS, 2)]
+        if m.qc.reliability is not None
+        else None
+    )
     groups.append(
         hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=new_uid(), identifier="QC"),
             finding_type=codes.QUALITY_CONTROL,
             algorithm_id=alg,
+            measurements=reliability,
             qualitative_evaluations=[
                 *flags,
                 hd.sr.QualitativeEvaluation(codes.INTENDED_USE, codes.RESEARCH_ONLY),
@@ -165,4 +247,5 @@ def build_sr(
         specific_character_set=character_set(volume.datasets[0]),
     )
     copy_character_set(volume.datasets[0], sr)
+    sr.CodingSchemeIdentificationSequence = [_coding_scheme()]
     return sr

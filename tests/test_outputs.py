@@ -98,19 +98,67 @@ def test_sr_numbers_equal_metrics_json(written) -> None:
         groups["Infarct (scar)"],
         groups["Microvascular obstruction"],
     )
-    assert myo[vol] == pytest.approx(metrics["myocardium_ml"], rel=1e-9)
-    assert myo[mass] == pytest.approx(metrics["myocardium_mass_g"], rel=1e-9)
-    assert inf[vol] == pytest.approx(metrics["scar_ml"], rel=1e-9, abs=1e-12)
-    assert inf[mass] == pytest.approx(metrics["scar_mass_g"], rel=1e-9, abs=1e-12)
-    assert inf[pct] == pytest.approx(metrics["scar_percent"], rel=1e-9, abs=1e-12)
-    assert mvo[vol] == pytest.approx(metrics["mvo_ml"], rel=1e-9, abs=1e-12)
-    assert mvo[pct] == pytest.approx(metrics["mvo_percent"], rel=1e-9, abs=1e-12)
+
+    # Rounded as a reader uses them; metrics.json keeps full precision.
+    def shown(value: float, decimals: int = 1) -> float:
+        return pytest.approx(round(value, decimals), abs=1e-9)
+
+    assert myo[vol] == shown(metrics["myocardium_ml"])
+    assert myo[mass] == shown(metrics["myocardium_mass_g"])
+    assert inf[vol] == shown(metrics["scar_ml"])
+    assert inf[mass] == shown(metrics["scar_mass_g"])
+    assert inf[pct] == shown(metrics["scar_percent"])
+    assert mvo[vol] == shown(metrics["mvo_ml"], 2)
+    assert mvo[pct] == shown(metrics["mvo_percent"])
     for s in metrics["segments"]:
         g = groups[f"AHA segment {s['id']}"]
         assert g["site"] == codes.AHA_SEGMENTS[s["id"]].value
-        assert g["PCTSEGMYO"] == pytest.approx(s["scar_percent"], rel=1e-9, abs=1e-12)
-        assert g["TRANSMURAL"] == pytest.approx(s["transmurality_percent"], rel=1e-9, abs=1e-12)
-        assert g[vol] == pytest.approx(s["mvo_ml"], rel=1e-9, abs=1e-12)
+        assert g["PCTSEGMYO"] == shown(s["scar_percent"])
+        assert g["TRANSMURAL"] == shown(s["transmurality_percent"], 0)
+        assert g["MAXTRANSMURAL"] == shown(s["max_transmurality_percent"], 0)
+        assert g[vol] == shown(s["mvo_ml"], 2)
+    summary = next(v for k, v in groups.items() if k.startswith("Summary"))
+    assert summary["NONVIABLESEGS"] == len(metrics["nonviable_segments"])
+
+
+def test_sr_names_methods_once_per_group_and_declares_its_codes(psir_classic, tmp_path) -> None:
+    """With what the pipeline adds (references, composition, reliability): every number
+    names its method, the algorithm appears once per group, not per number, and the
+    private coding scheme is declared."""
+    from pipeline.reference import composition, reference_scar
+
+    volume = load_series(psir_classic.out_dir / "dicom")
+    metrics = quantify(psir_classic.labels, volume.geometry)
+    metrics.reference = reference_scar(volume.array, psir_classic.labels, volume.geometry)
+    metrics.composition = composition(volume.array, psir_classic.labels, volume.geometry)
+    metrics.qc.reliability = 0.834
+    files = write_outputs(tmp_path, volume, psir_classic.labels, metrics, ALGORITHM)
+    groups = dsr_numbers(files.sr)
+    vol, pct = "118565006", "PCTLVMYO"
+    assert groups["Infarct core (FWHM)"][vol] == pytest.approx(
+        round(metrics.composition.core_ml, 1), abs=1e-9
+    )
+    assert groups["Grey zone (2 SD to FWHM)"][pct] == pytest.approx(
+        round(metrics.composition.grey_zone_percent, 1), abs=1e-9
+    )
+    for r in metrics.reference:
+        name = "5-SD" if r.method == "nSD" else r.method
+        assert groups[f"Infarct by {name} (reference)"][pct] == pytest.approx(
+            round(r.scar_percent, 1), abs=1e-9
+        )
+    assert groups["QC"]["RELIABILITY"] == 0.83
+    text = dsrdump(files.sr)
+    methods = [line for line in text.splitlines() if "Measurement Method" in line]
+    assert any("Full width at half maximum" in line for line in methods)
+    assert any("EWA" in line for line in methods)
+    n_groups = text.count('"Tracking Identifier")=')
+    assert text.count('"Algorithm Name")=') == n_groups
+    sr = pydicom.dcmread(files.sr)
+    (scheme,) = sr.CodingSchemeIdentificationSequence
+    assert scheme.CodingSchemeDesignator == codes.PRIVATE_SCHEME
+    assert scheme.CodingSchemeName and scheme.CodingSchemeResponsibleOrganization
+    verdict = dciodvfy(files.sr)
+    assert verdict.errors == [], verdict.output
 
 
 def test_no_scar_case_reports_zero(phantom_factory, tmp_path: Path) -> None:
