@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -73,7 +74,8 @@ def test_the_installed_wheel_analyses_a_phantom(tmp_path: Path) -> None:
     env.pop("LGE_NODE_CACHE_DIR", None)
     env.pop("YOLO_CONFIG_DIR", None)
     lge = str(venv / "bin" / "lge-node")
-    assert "lge-node 0.1.0" in _run([lge, "version"], work, env)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert f"lge-node {project['version']}" in _run([lge, "version"], work, env)
     _run([lge, "phantom", "case", "--seed", "3", "--slices", "8"], work, env)
     _run([lge, "analyze", "case/dicom", "--out", "out"], work, env)
 
