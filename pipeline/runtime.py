@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -68,6 +69,12 @@ def set_threads(n: int | None = None) -> None:
 
     n = n or os.cpu_count() or 1
     torch.set_num_threads(n)
+    # ultralytics' select_device() sets torch back to its own NUM_THREADS (cpu_count - 1,
+    # so 1 on 2 cores) at every train and at the first predict, which then slowed the
+    # detector and nnU-Net after it; it reads that module constant each time.
+    torch_utils = sys.modules.get("ultralytics.utils.torch_utils")
+    if torch_utils is not None:
+        torch_utils.NUM_THREADS = n
     os.environ["OMP_NUM_THREADS"] = str(n)
     # ultralytics caps numexpr at cpu_count - 1; numexpr (imported later via nnU-Net)
     # prints an "Error." when OMP_NUM_THREADS exceeds that cap.

@@ -239,7 +239,7 @@ def train_demo(
     cases: Annotated[int, typer.Option(help="Training phantoms.")] = 240,
     nnunet_epochs: Annotated[int, typer.Option(help="nnU-Net epochs.")] = 200,
     nnunet_iterations: Annotated[int, typer.Option(help="Iterations per epoch.")] = 50,
-    yolo_epochs: Annotated[int, typer.Option(help="YOLO epochs.")] = 12,
+    yolo_epochs: Annotated[int, typer.Option(help="YOLO epochs.")] = 6,
     work: Annotated[Path | None, typer.Option(help="Scratch folder.")] = None,
     small_infarct_every: Annotated[
         int, typer.Option(help="Make every k-th phantom a ~1 ml infarct (0: none).")
