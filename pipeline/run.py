@@ -83,9 +83,11 @@ class Pipeline:
         t = time.perf_counter()
         stage("quantifying")
         metrics = quantify(labels, volume.geometry, self.settings.nonviable_percent)
-        metrics.reference = reference_scar(volume.array, labels, volume.geometry, self.settings.nsd)
+        # Intensity methods on the heart crop: it holds all of the myocardium (the box has a
+        # 15 mm margin) and their distance maps cost the crop's size, not the image's.
+        metrics.reference = reference_scar(crop, crop_final, volume.geometry, self.settings.nsd)
         metrics.composition = composition(
-            volume.array, labels, volume.geometry, self.settings.grey_zone_sd
+            crop, crop_final, volume.geometry, self.settings.grey_zone_sd
         )
         qc = metrics.qc
         qc.localization_confidence = loc.confidence

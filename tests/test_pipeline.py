@@ -69,7 +69,8 @@ def test_held_out_phantom_end_to_end(pipeline, phantom_factory, seed, kind, enha
     assert m.mvo_ml > 0 and t.mvo_ml > 0
     assert dice(mvo_mask(case.labels), mvo_mask(result.labels)) >= 0.5
     assert result.localization.found and result.localization.confidence > 0.3
-    assert {r.method for r in m.reference} == {"nSD", "FWHM"}
+    assert {r.method for r in m.reference} == {"nSD", "FWHM", "EWA"}
+    assert m.composition is not None and m.composition.core_ml > 0
     assert "no_heart_found" not in m.qc.flags and "empty_segmentation" not in m.qc.flags
 
 
@@ -119,7 +120,8 @@ def test_analyze_writes_metrics_and_dicom_outputs(phantom_factory, tmp_path: Pat
     seg = pydicom.dcmread(out / "seg.dcm")
     alg = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     assert "synthetic-trained demo" in alg.AlgorithmName
-    assert len(list((out / "overlay").glob("*.dcm"))) == case.geometry.shape[0] + 1
+    assert len(list((out / "overlay").glob("*.dcm"))) == case.geometry.shape[0]
+    assert (out / "summary.dcm").is_file() and (out / "report.pdf").is_file()
 
 
 def test_analyze_refuses_unusable_input(tmp_path: Path) -> None:
