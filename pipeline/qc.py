@@ -227,17 +227,24 @@ def scar_cnr(image: np.ndarray | None, labels: np.ndarray) -> float | None:
     return (float(np.median(image[labels == Label.SCAR])) - float(ref.mean())) / sd
 
 
-def measure(
-    labels: np.ndarray,
-    geometry: Geometry,
-    probabilities: np.ndarray | None,
-    localization_confidence: float | None,
-    scar_percent: float,
-    reference_percents: list[float],
-    image: np.ndarray | None = None,
-) -> tuple[dict[str, float], dict[int, float]]:
+@dataclass(frozen=True)
+class QcInputs:
+    """What the QC reads of one result; arrays on the labels' grid (the heart crop)."""
+
+    labels: np.ndarray  # (z, y, x)
+    geometry: Geometry
+    probabilities: np.ndarray | None  # (C, z, y, x) class probabilities, if the model gave them
+    localization_confidence: float | None
+    scar_percent: float
+    reference_percents: list[float]
+    image: np.ndarray | None = None
+
+
+def measure(inputs: QcInputs) -> tuple[dict[str, float], dict[int, float]]:
     """The raw measures behind the components (those that apply), and a 0..1 shape score
     per slice (ring closure, wall thickness and evenness on fixed plausibility ramps)."""
+    labels, probabilities, image = inputs.labels, inputs.probabilities, inputs.image
+    scar_percent = inputs.scar_percent
     raw: dict[str, float] = {}
     slices: dict[int, float] = {}
     agree = self_agreement(probabilities, labels)
@@ -252,7 +259,7 @@ def measure(
     shapes = {
         k: s
         for k in range(labels.shape[0])
-        if (s := ring_shape(labels[k], geometry.pixel_spacing)) is not None
+        if (s := ring_shape(labels[k], inputs.geometry.pixel_spacing)) is not None
     }
     lo, hi = PLAUSIBLE_WALL_MM
     for k, s in shapes.items():
@@ -267,32 +274,19 @@ def measure(
         raw["wall_mm_low"] = raw["wall_mm_high"] = wall_mm
         raw["wall_cv"] = float(np.median([s.wall_cv for s in shapes.values()]))
     raw["continuity"] = continuity(labels)
-    if localization_confidence is not None:
-        raw["localization"] = localization_confidence
-    if reference_percents:
-        raw["reference_gap"] = min(abs(scar_percent - r) for r in reference_percents)
+    if inputs.localization_confidence is not None:
+        raw["localization"] = inputs.localization_confidence
+    if inputs.reference_percents:
+        raw["reference_gap"] = min(abs(scar_percent - r) for r in inputs.reference_percents)
     return raw, slices
 
 
-def assess(
-    labels: np.ndarray,
-    geometry: Geometry,
-    probabilities: np.ndarray | None,
-    localization_confidence: float | None,
-    scar_percent: float,
-    reference_percents: list[float],
-    image: np.ndarray | None = None,
-    calibration: QcCalibration | None = None,
-) -> Reliability:
-    """Reliability of one result (``probabilities``: (C, z, y, x) and ``image`` on
-    ``labels``' grid)."""
-    if not myocardium_mask(labels).any():
+def assess(inputs: QcInputs, calibration: QcCalibration | None = None) -> Reliability:
+    """Reliability of one result under ``calibration`` (default thresholds without)."""
+    if not myocardium_mask(inputs.labels).any():
         return Reliability(0.0, True, {"empty": 0.0}, {}, "empty")
     thresholds = (calibration or QcCalibration.defaults()).thresholds
-    raw, slices = measure(
-        labels, geometry, probabilities, localization_confidence, scar_percent,
-        reference_percents, image,
-    )  # fmt: skip
+    raw, slices = measure(inputs)
     comps: dict[str, float] = {}
     for name, value in raw.items():
         component = MEASURES[name][0]

@@ -15,7 +15,7 @@ import numpy as np
 from pipeline.localize import HeartLocator, Localization
 from pipeline.models import ModelBundle
 from pipeline.postprocess import postprocess
-from pipeline.qc import assess
+from pipeline.qc import QcInputs, assess
 from pipeline.quantify import Metrics, quantify
 from pipeline.reference import composition, reference_scar
 from pipeline.segment import Segmenter
@@ -99,16 +99,16 @@ class Pipeline:
             for r in metrics.reference
         ):
             qc.flags.append("reference_disagreement")
-        reliability = assess(
-            crop_final,
-            volume.geometry,
-            probabilities,
-            loc.confidence if loc.found else 0.0,
-            metrics.scar_percent,
-            [r.scar_percent for r in metrics.reference],
-            crop,
-            self.bundle.qc,
+        inputs = QcInputs(
+            labels=crop_final,
+            geometry=volume.geometry,
+            probabilities=probabilities,
+            localization_confidence=loc.confidence if loc.found else 0.0,
+            scar_percent=metrics.scar_percent,
+            reference_percents=[r.scar_percent for r in metrics.reference],
+            image=crop,
         )
+        reliability = assess(inputs, self.bundle.qc)
         qc.reliability = reliability.score
         qc.reliability_components = reliability.components
         qc.reliability_measures = reliability.measures

@@ -74,7 +74,7 @@ def set_threads(n: int | None = None) -> None:
     # detector and nnU-Net after it; it reads that module constant each time.
     torch_utils = sys.modules.get("ultralytics.utils.torch_utils")
     if torch_utils is not None:
-        torch_utils.NUM_THREADS = n
+        torch_utils.NUM_THREADS = n  # type: ignore[attr-defined]  # a module from sys.modules
     os.environ["OMP_NUM_THREADS"] = str(n)
     # ultralytics caps numexpr at cpu_count - 1; numexpr (imported later via nnU-Net)
     # prints an "Error." when OMP_NUM_THREADS exceeds that cap.

@@ -12,7 +12,15 @@ import pytest
 
 from pipeline.labels import Label, myocardium_mask
 from pipeline.models import BUNDLED, ModelBundle
-from pipeline.qc import DEFAULT_THRESHOLDS, MEASURES, QcCalibration, Threshold, assess, calibrate
+from pipeline.qc import (
+    DEFAULT_THRESHOLDS,
+    MEASURES,
+    QcCalibration,
+    QcInputs,
+    Threshold,
+    assess,
+    calibrate,
+)
 from pipeline.quantify import quantify
 from pipeline.reference import reference_scar
 from pipeline.research.evaluate import CaseResult, reflag
@@ -25,10 +33,11 @@ def _assess(case: PhantomCase, labels: np.ndarray, calibration: QcCalibration | 
     metrics = quantify(labels, volume.geometry)
     refs = reference_scar(volume.array, labels, volume.geometry, 5.0)
     onehot = np.eye(len(Label), dtype=np.float32)[labels].transpose(3, 0, 1, 2)
-    return assess(
+    inputs = QcInputs(
         labels, volume.geometry, onehot, 0.9, metrics.scar_percent,
-        [r.scar_percent for r in refs], volume.array, calibration,
+        [r.scar_percent for r in refs], volume.array,
     )  # fmt: skip
+    return assess(inputs, calibration)
 
 
 def test_the_true_segmentation_is_trusted(psir_classic: PhantomCase) -> None:

@@ -14,6 +14,9 @@ from tests.orthanc import Orthanc, free_port
 
 pytestmark = pytest.mark.timeout(600)
 
+SOURCES = 14  # the phantom series
+RESULTS = 4 + SOURCES  # SEG, SR, PDF report, summary page + one overlay per slice
+
 
 @pytest.fixture(scope="module")
 def held(tmp_path_factory: pytest.TempPathFactory, psir_classic):
@@ -74,7 +77,7 @@ def test_findscu_at_study_series_and_image_level(held, tmp_path: Path) -> None:
     mine = [a for a in answers if a.StudyInstanceUID == study]
     assert len(mine) == 1
     assert {"MR", "SEG", "SR"} <= set(mine[0].ModalitiesInStudy)
-    assert int(mine[0].NumberOfStudyRelatedInstances) == 14 + 17  # sources + results
+    assert int(mine[0].NumberOfStudyRelatedInstances) == SOURCES + RESULTS
 
     proc = _dcmtk("findscu", node, {"QueryRetrieveLevel": "SERIES", "StudyInstanceUID": study,
                                    "SeriesInstanceUID": "", "SeriesDescription": "",
@@ -85,6 +88,8 @@ def test_findscu_at_study_series_and_image_level(held, tmp_path: Path) -> None:
         "LGE scar SEG",
         "LGE scar report",
         "LGE scar overlay",
+        "LGE scar summary",
+        "LGE scar report (PDF)",
     }
     seg = next(a for a in series_answers if a.Modality == "SEG").SeriesInstanceUID
     proc = _dcmtk("findscu", node, {"QueryRetrieveLevel": "IMAGE", "StudyInstanceUID": study,
@@ -109,7 +114,7 @@ def test_movescu_to_a_configured_destination_only(held, tmp_path: Path) -> None:
     ok = _dcmtk("movescu", node, keys, tmp_path / "m", "-aem", "WORKSTATION")
     assert ok.returncode == 0, ok.stderr
     received = list((work / "sink").glob("*"))
-    assert len(received) == 14 + 17
+    assert len(received) == SOURCES + RESULTS
     refused = _dcmtk("movescu", node, keys, tmp_path / "x", "-aem", "EVIL")
     assert "refused:movedestinationunknown" in refused.stderr.replace(" ", "").lower()
     assert any("'EVIL' is not a configured destination" in m
