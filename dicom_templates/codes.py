@@ -43,10 +43,22 @@ GREY_ZONE = private("GREYZONE", "Peri-infarct grey zone")
 SUMMARY = private("SUMMARY", "Summary")
 # Methods (TID 1419 row "Measurement Method"): the segmentation, and the intensity methods
 METHOD_MODEL = private("DLSEG", "Deep-learning segmentation")
-METHOD_NSD = private("NSD", "n standard deviations above remote myocardium")
 METHOD_FWHM = private("FWHM", "Full width at half maximum")
 METHOD_EWA = private("EWA", "Weighted intensity (EWA)")
-METHOD_GREY_ZONE = private("NSDFWHM", "Between n-SD and FWHM thresholds")
+
+
+def method_nsd(n: float) -> CodedConcept:
+    """n-SD threshold; the n is part of the code so a reader sees which."""
+    return private(f"NSD{n:g}", f"{n:g} standard deviations above remote myocardium")
+
+
+def method_grey_zone(n: float) -> CodedConcept:
+    return private(f"GZ{n:g}SDFWHM", f"Between {n:g}-SD and FWHM thresholds")
+
+
+def method_nonviable(percent: float) -> CodedConcept:
+    return private(f"NONVIAB{percent:g}", f"Non-viable: infarct > {percent:g} % transmural")
+
 
 # Units (UCUM)
 CM3 = CodedConcept("cm3", "UCUM", "cubic centimeter")

@@ -87,7 +87,7 @@ def write_outputs(
     out_dir.mkdir(parents=True, exist_ok=True)
     predecessor = pydicom.dcmread(predecessor_sr) if predecessor_sr else None
     seg = build_seg(volume, labels, algorithm, include_blood_pools)
-    sr = build_sr(volume, seg, metrics, algorithm, predecessor=predecessor)
+    sr = build_sr(volume, seg, labels, metrics, algorithm, predecessor=predecessor)
     overlays, summary = build_overlays(volume, labels, metrics, algorithm)
     document = render_report(volume, labels, metrics, algorithm)
     pdf = build_pdf(volume, document, algorithm)

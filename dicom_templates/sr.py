@@ -13,7 +13,10 @@ the algorithm is identified once per group; the private coding scheme is declare
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import highdicom as hd
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
 
@@ -27,9 +30,15 @@ from dicom_templates.identity import (
     character_set,
     copy_character_set,
 )
-from dicom_templates.seg import INFARCT_SEGMENT, MVO_SEGMENT, MYOCARDIUM_SEGMENT
+from dicom_templates.regions import image_regions
+from dicom_templates.seg import (
+    INFARCT_SEGMENT,
+    MVO_SEGMENT,
+    MYOCARDIUM_SEGMENT,
+    segment_masks,
+)
 from dicom_templates.uids import derived_uid, new_uid
-from pipeline.quantify import Metrics
+from pipeline.quantify import Metrics, aha_segments
 from pipeline.volume import Volume
 
 DEVICE_UID = derived_uid("device", MANUFACTURER, DEVICE_SERIAL)
@@ -59,15 +68,29 @@ def _coding_scheme() -> Dataset:
     return item
 
 
+@dataclass(frozen=True)
+class _Tracked:
+    """A tracked finding: its identifier and, when it has pixels, its outline."""
+
+    uid: str
+    label: str
+    regions: list[hd.sr.ImageRegion]
+
+    @property
+    def identifier(self) -> hd.sr.TrackingIdentifier:
+        return hd.sr.TrackingIdentifier(uid=self.uid, identifier=self.label)
+
+
 def build_sr(
     volume: Volume,
     seg: Dataset,
+    labels: np.ndarray,
     metrics: Metrics,
     algorithm: Algorithm,
     predecessor: Dataset | None = None,
     series_instance_uid: str | None = None,
 ) -> hd.sr.Comprehensive3DSR:
-    """The measurement report for ``metrics``, whose segments are in ``seg``."""
+    """The measurement report for ``metrics`` of ``labels``, whose segments are in ``seg``."""
     alg = hd.sr.AlgorithmIdentification(name=algorithm.label, version=algorithm.version)
     observer = hd.sr.ObservationContext(
         observer_device_context=hd.sr.ObserverContext(
@@ -82,12 +105,39 @@ def build_sr(
         )
     )
     source_series = hd.sr.SourceSeriesForSegmentation(volume.series_instance_uid)
+    masks = segment_masks(labels)
 
-    def segment_group(
-        spec, finding_type, category, measurements
+    def tracked(label: str, mask: np.ndarray, parent: _Tracked | None) -> _Tracked:
+        # A finding without pixels (no MVO) is reported under the finding that contains
+        # it, so that every group has image coordinates a viewer can open it on.
+        regions = image_regions(volume, mask)
+        if not regions and parent is not None:
+            return parent
+        return _Tracked(new_uid(), label, regions)
+
+    myocardium = tracked(MYOCARDIUM_SEGMENT.label, masks[..., 0], None)
+    infarct = tracked(INFARCT_SEGMENT.label, masks[..., 1], myocardium)
+    mvo = tracked(MVO_SEGMENT.label, masks[..., 2], infarct)
+
+    def outline_group(
+        finding: _Tracked, finding_type, category, sites=None, measurements=None, evaluations=None
     ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
         return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=new_uid(), identifier=spec.label),
+            tracking_identifier=finding.identifier,
+            referenced_regions=finding.regions,
+            finding_type=finding_type,
+            finding_category=category,
+            finding_sites=sites or [hd.sr.FindingSite(codes.HEART)],
+            algorithm_id=alg,
+            measurements=measurements,
+            qualitative_evaluations=evaluations,
+        )
+
+    def segment_group(
+        spec, finding: _Tracked, finding_type, category, measurements
+    ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+        return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=finding.identifier,
             referenced_segment=hd.sr.ReferencedSegment(
                 sop_class_uid=seg.SOPClassUID,
                 sop_instance_uid=seg.SOPInstanceUID,
@@ -104,27 +154,38 @@ def build_sr(
     m = metrics
 
     def group(
-        identifier: str,
-        finding: hd.sr.CodedConcept,
+        finding: _Tracked,
+        finding_type: hd.sr.CodedConcept,
         measurements: list[hd.sr.Measurement],
         method: hd.sr.CodedConcept | None = None,
-        sites: list[hd.sr.FindingSite] | None = None,
         evaluations: list[hd.sr.QualitativeEvaluation] | None = None,
     ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
         return hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=new_uid(), identifier=identifier),
-            finding_type=finding,
+            tracking_identifier=finding.identifier,
+            finding_type=finding_type,
             finding_category=codes.MORPHOLOGICALLY_ABNORMAL,
-            finding_sites=sites or [hd.sr.FindingSite(codes.HEART)],
+            finding_sites=[hd.sr.FindingSite(codes.HEART)],
             method=method,
             algorithm_id=alg,
             measurements=measurements or None,
             qualitative_evaluations=evaluations or None,
         )
 
-    groups: list = [
+    # Outline groups first: a viewer opens the report on the first measurement.
+    outlined: set[str] = set()
+    groups: list = []
+    for f, ftype, category in (
+        (myocardium, codes.LV_MYOCARDIUM, codes.ANATOMICAL_STRUCTURE),
+        (infarct, codes.INFARCT, codes.MORPHOLOGICALLY_ABNORMAL),
+        (mvo, codes.MVO, codes.MORPHOLOGICALLY_ABNORMAL),
+    ):
+        if f.regions and f.uid not in outlined:
+            groups.append(outline_group(f, ftype, category))
+            outlined.add(f.uid)
+    groups += [
         segment_group(
             MYOCARDIUM_SEGMENT,
+            myocardium,
             codes.LV_MYOCARDIUM,
             codes.ANATOMICAL_STRUCTURE,
             [
@@ -134,6 +195,7 @@ def build_sr(
         ),
         segment_group(
             INFARCT_SEGMENT,
+            infarct,
             codes.INFARCT,
             codes.MORPHOLOGICALLY_ABNORMAL,
             [
@@ -144,6 +206,7 @@ def build_sr(
         ),
         segment_group(
             MVO_SEGMENT,
+            mvo,
             codes.MVO,
             codes.MORPHOLOGICALLY_ABNORMAL,
             [
@@ -155,55 +218,70 @@ def build_sr(
     c = m.composition
     if c is not None:
         groups += [
-            group("Infarct core (FWHM)", codes.INFARCT_CORE, [
+            group(infarct, codes.INFARCT_CORE, [
                 _measure(codes.VOLUME, c.core_ml, codes.CM3),
                 _measure(codes.PERCENT_OF_LV, c.core_percent, codes.PERCENT),
             ], codes.METHOD_FWHM),
-            group(f"Grey zone ({c.grey_zone_sd:g} SD to FWHM)", codes.GREY_ZONE, [
+            group(infarct, codes.GREY_ZONE, [
                 _measure(codes.VOLUME, c.grey_zone_ml, codes.CM3),
                 _measure(codes.PERCENT_OF_LV, c.grey_zone_percent, codes.PERCENT),
-            ], codes.METHOD_GREY_ZONE),
+            ], codes.method_grey_zone(c.grey_zone_sd)),
         ]  # fmt: skip
-    methods = {"nSD": codes.METHOD_NSD, "FWHM": codes.METHOD_FWHM, "EWA": codes.METHOD_EWA}
     for r in m.reference:
-        name = f"{r.parameter:g}-SD" if r.method == "nSD" and r.parameter else r.method
-        groups.append(group(f"Infarct by {name} (reference)", codes.INFARCT, [
+        method = {"FWHM": codes.METHOD_FWHM, "EWA": codes.METHOD_EWA}.get(r.method)
+        if r.method == "nSD" and r.parameter is not None:
+            method = codes.method_nsd(r.parameter)
+        groups.append(group(infarct, codes.INFARCT, [
             _measure(codes.VOLUME, r.scar_ml, codes.CM3),
             _measure(codes.PERCENT_OF_LV, r.scar_percent, codes.PERCENT),
-        ], methods.get(r.method)))  # fmt: skip
+        ], method))  # fmt: skip
     nonviable = set(m.nonviable_segments)
+    aha_map, _ = aha_segments(labels, volume.geometry)
     for s in m.segments:
-        groups.append(
-            group(
-                f"AHA segment {s.id}",
-                codes.INFARCT,
-                [
-                    _measure(codes.SEGMENT_SCAR_PERCENT, s.scar_percent, codes.PERCENT),
-                    _measure(
-                        codes.TRANSMURALITY,
-                        s.transmurality_percent,
-                        codes.PERCENT,
-                        TRANSMURALITY_DECIMALS,
-                    ),
-                    _measure(
-                        codes.MAX_TRANSMURALITY,
-                        s.max_transmurality_percent,
-                        codes.PERCENT,
-                        TRANSMURALITY_DECIMALS,
-                    ),
-                    _measure(codes.VOLUME, s.mvo_ml, codes.CM3, MVO_DECIMALS),
-                ],
-                sites=[hd.sr.FindingSite(codes.AHA_SEGMENTS[s.id])],
-                evaluations=[hd.sr.QualitativeEvaluation(codes.VIABILITY, codes.NONVIABLE)]
-                if s.id in nonviable
-                else None,
-            )
+        measurements = [
+            _measure(codes.SEGMENT_SCAR_PERCENT, s.scar_percent, codes.PERCENT),
+            _measure(
+                codes.TRANSMURALITY, s.transmurality_percent, codes.PERCENT,
+                TRANSMURALITY_DECIMALS,
+            ),
+            _measure(
+                codes.MAX_TRANSMURALITY, s.max_transmurality_percent, codes.PERCENT,
+                TRANSMURALITY_DECIMALS,
+            ),
+            _measure(codes.VOLUME, s.mvo_ml, codes.CM3, MVO_DECIMALS),
+        ]  # fmt: skip
+        evaluations = (
+            [hd.sr.QualitativeEvaluation(codes.VIABILITY, codes.NONVIABLE)]
+            if s.id in nonviable
+            else None
         )
+        site = [hd.sr.FindingSite(codes.AHA_SEGMENTS[s.id])]
+        segment = tracked(f"AHA segment {s.id}", aha_map == s.id, None)
+        if segment.regions:
+            groups.append(
+                outline_group(
+                    segment, codes.INFARCT, codes.MORPHOLOGICALLY_ABNORMAL, site,
+                    measurements, evaluations,
+                )
+            )  # fmt: skip
+        else:  # a segment the slices do not reach
+            groups.append(
+                hd.sr.MeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=myocardium.identifier,
+                    finding_type=codes.INFARCT,
+                    finding_category=codes.MORPHOLOGICALLY_ABNORMAL,
+                    finding_sites=site,
+                    algorithm_id=alg,
+                    measurements=measurements,
+                    qualitative_evaluations=evaluations,
+                )
+            )
     groups.append(
         group(
-            f"Summary (non-viable: > {m.nonviable_percent:g} % transmural)",
+            myocardium,
             codes.SUMMARY,
             [_measure(codes.NONVIABLE_SEGMENTS, len(nonviable), codes.SEGMENTS)],
+            codes.method_nonviable(m.nonviable_percent),
         )
     )
     flags = [
@@ -216,7 +294,7 @@ def build_sr(
     )
     groups.append(
         hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=new_uid(), identifier="QC"),
+            tracking_identifier=myocardium.identifier,
             finding_type=codes.QUALITY_CONTROL,
             algorithm_id=alg,
             measurements=reliability,

@@ -61,19 +61,40 @@ def dsrdump(path: Path) -> str:
 
 
 def dsr_numbers(path: Path) -> dict[str, dict[str, float]]:
-    """{tracking identifier: {concept code: value}} from DCMTK's dsrdump."""
-    out = dsrdump(path)
+    """{group key: {concept code: value, "site": code}} of the measurement groups with
+    numbers, from DCMTK's dsrdump. The first such group of a tracked finding is keyed by
+    its tracking identifier ("Infarct (scar)"); further groups of the same finding by
+    "identifier / finding[ by method][ @ site]" ("Infarct (scar) / Infarct core by Full
+    width at half maximum")."""
+    parsed: list[dict] = []
+    for line in dsrdump(path).splitlines():
+        if '"Measurement Group")' in line:
+            parsed.append({"nums": {}, "finding": "", "method": "", "site": None})
+            continue
+        if not parsed:
+            continue
+        g = parsed[-1]
+        if m := re.search(r'"Tracking Identifier"\)="([^"]+)"', line):
+            g["id"] = m.group(1)
+        elif m := re.search(r'NUM:\(([^,]+),([^,]+),"[^"]*"\)="([^"]+)"', line):
+            g["nums"][m.group(1)] = float(m.group(3))
+        elif m := re.search(r'"Finding"\)=\([^,]+,[^,]+,"([^"]+)"\)', line):
+            g["finding"] = m.group(1)
+        elif m := re.search(r'"Measurement Method"\)=\([^,]+,[^,]+,"([^"]+)"\)', line):
+            g["method"] = m.group(1)
+        elif m := re.search(r'"Finding Site"\)=\(([^,]+),SCT,"([^"]+)"\)', line):
+            if m.group(1) != "80891009":  # the heart: every group's site
+                g["site"] = (m.group(1), m.group(2))
     groups: dict[str, dict[str, float]] = {}
-    current = None
-    for line in out.splitlines():
-        m = re.search(r'"Tracking Identifier"\)="([^"]+)"', line)
-        if m:
-            current = m.group(1)
-            groups.setdefault(current, {})
-        m = re.search(r'NUM:\(([^,]+),([^,]+),"[^"]*"\)="([^"]+)"', line)
-        if m and current:
-            groups[current][m.group(1)] = float(m.group(3))
-        m = re.search(r'"Finding Site"\)=\(([^,]+),SCT', line)
-        if m and current:
-            groups[current]["site"] = m.group(1)
+    for g in parsed:
+        if not g["nums"]:
+            continue  # an outline-only group; its numbers are in a sibling group
+        key = g["id"]
+        if key in groups:
+            key += f" / {g['finding']}"
+            key += f" by {g['method']}" if g["method"] else ""
+            key += f" @ {g['site'][1]}" if g["site"] else ""
+        groups[key] = dict(g["nums"])
+        if g["site"]:
+            groups[key]["site"] = g["site"][0]
     return groups

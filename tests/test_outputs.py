@@ -93,11 +93,15 @@ def test_sr_numbers_equal_metrics_json(written) -> None:
     assert f"Patient             : {volume.datasets[0].PatientName} (" in dsrdump(files.sr)
     groups = dsr_numbers(files.sr)
     vol, mass, pct = "118565006", "118538004", "PCTLVMYO"
-    myo, inf, mvo = (
-        groups["LV myocardium"],
-        groups["Infarct (scar)"],
-        groups["Microvascular obstruction"],
+    # A finding without pixels has no outline of its own: it is reported under the
+    # finding that contains it, so that a viewer can open every group on an image.
+    inf_key = "Infarct (scar)" if metrics["scar_ml"] > 0 else "LV myocardium / Infarct"
+    mvo_key = (
+        "Microvascular obstruction"
+        if metrics["mvo_ml"] > 0
+        else f"{inf_key.split(' / ')[0]} / Microvascular obstruction"
     )
+    myo, inf, mvo = groups["LV myocardium"], groups[inf_key], groups[mvo_key]
 
     # Rounded as a reader uses them; metrics.json keeps full precision.
     def shown(value: float, decimals: int = 1) -> float:
@@ -111,13 +115,13 @@ def test_sr_numbers_equal_metrics_json(written) -> None:
     assert mvo[vol] == shown(metrics["mvo_ml"], 2)
     assert mvo[pct] == shown(metrics["mvo_percent"])
     for s in metrics["segments"]:
-        g = groups[f"AHA segment {s['id']}"]
-        assert g["site"] == codes.AHA_SEGMENTS[s["id"]].value
+        site = codes.AHA_SEGMENTS[s["id"]].value
+        (g,) = [g for g in groups.values() if g.get("site") == site]
         assert g["PCTSEGMYO"] == shown(s["scar_percent"])
         assert g["TRANSMURAL"] == shown(s["transmurality_percent"], 0)
         assert g["MAXTRANSMURAL"] == shown(s["max_transmurality_percent"], 0)
         assert g[vol] == shown(s["mvo_ml"], 2)
-    summary = next(v for k, v in groups.items() if k.startswith("Summary"))
+    (summary,) = [v for k, v in groups.items() if k.startswith("LV myocardium / Summary by")]
     assert summary["NONVIABLESEGS"] == len(metrics["nonviable_segments"])
 
 
@@ -135,18 +139,25 @@ def test_sr_names_methods_once_per_group_and_declares_its_codes(psir_classic, tm
     files = write_outputs(tmp_path, volume, psir_classic.labels, metrics, ALGORITHM)
     groups = dsr_numbers(files.sr)
     vol, pct = "118565006", "PCTLVMYO"
-    assert groups["Infarct core (FWHM)"][vol] == pytest.approx(
+    infarct = "Infarct (scar) / "
+    fwhm = "Full width at half maximum"
+    assert groups[f"{infarct}Infarct core by {fwhm}"][vol] == pytest.approx(
         round(metrics.composition.core_ml, 1), abs=1e-9
     )
-    assert groups["Grey zone (2 SD to FWHM)"][pct] == pytest.approx(
+    grey = f"{infarct}Peri-infarct grey zone by Between 2-SD and FWHM thresholds"
+    assert groups[grey][pct] == pytest.approx(
         round(metrics.composition.grey_zone_percent, 1), abs=1e-9
     )
+    names = {
+        "nSD": "5 standard deviations above remote myocardium",
+        "FWHM": fwhm,
+        "EWA": "Weighted intensity (EWA)",
+    }
     for r in metrics.reference:
-        name = "5-SD" if r.method == "nSD" else r.method
-        assert groups[f"Infarct by {name} (reference)"][pct] == pytest.approx(
+        assert groups[f"{infarct}Infarct by {names[r.method]}"][pct] == pytest.approx(
             round(r.scar_percent, 1), abs=1e-9
         )
-    assert groups["QC"]["RELIABILITY"] == 0.83
+    assert groups["LV myocardium / Quality control"]["RELIABILITY"] == 0.83
     text = dsrdump(files.sr)
     methods = [line for line in text.splitlines() if "Measurement Method" in line]
     assert any("Full width at half maximum" in line for line in methods)
@@ -164,8 +175,9 @@ def test_sr_names_methods_once_per_group_and_declares_its_codes(psir_classic, tm
 def test_no_scar_case_reports_zero(phantom_factory, tmp_path: Path) -> None:
     files, _ = _write(phantom_factory(**CASES["enhanced-psir-no-scar"]), tmp_path)
     groups = dsr_numbers(files.sr)
-    assert groups["Infarct (scar)"]["118565006"] == 0
-    assert groups["Microvascular obstruction"]["118565006"] == 0
+    assert "Infarct (scar)" not in groups and "Microvascular obstruction" not in groups
+    assert groups["LV myocardium / Infarct"]["118565006"] == 0
+    assert groups["LV myocardium / Microvascular obstruction"]["118565006"] == 0
     assert groups["LV myocardium"]["118565006"] > 50
     # The SEG is still complete: every frame of every segment, the empty ones empty.
     seg = pydicom.dcmread(files.seg)

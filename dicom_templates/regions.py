@@ -1,0 +1,88 @@
+"""Image regions (SR SCOORD POLYLINEs) that outline a mask on its source images.
+
+A viewer draws an SR measurement only where it has image coordinates, so every group in
+the report carries the outline of what it measured. One closed polyline per connected
+component and slice; a component with holes (the myocardium ring around the blood pool)
+becomes one polyline with a zero-width cut to each hole, as RT structure sets do, so
+the region stays the same set of pixels rather than the filled outer contour.
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+from matplotlib.path import Path as PolyPath
+from skimage.measure import approximate_polygon, find_contours
+
+from pipeline.volume import Volume
+
+TOLERANCE_PX = 0.35  # polygon simplification; well under a pixel
+
+
+def _signed_area(c: np.ndarray) -> float:
+    x, y = c[:, 0], c[:, 1]
+    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+
+
+def _bridge(outer: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """``outer`` with a zero-width cut into ``hole`` at their closest points."""
+    d = np.linalg.norm(outer[:-1, None, :] - hole[None, :-1, :], axis=2)
+    i, j = np.unravel_index(int(np.argmin(d)), d.shape)
+    ring = np.concatenate([hole[j:-1], hole[: j + 1]])  # closed, starting at hole[j]
+    return np.concatenate([outer[: i + 1], ring, outer[i:]])
+
+
+def outlines(mask: np.ndarray) -> list[np.ndarray]:
+    """Closed polylines (N, 2) as (column, row) image coordinates, DICOM's convention
+    (pixel centres at .5), one per connected component of the 2D ``mask``."""
+    if not mask.any():
+        return []
+    padded = np.pad(mask.astype(np.float32), 1)
+    contours = []
+    for c in find_contours(padded, 0.5):
+        c = approximate_polygon(c, TOLERANCE_PX)
+        if len(c) < 4:
+            continue
+        xy = c[:, ::-1] - 1.0 + 0.5  # (row, col) in the padded array -> (x, y)
+        if not np.allclose(xy[0], xy[-1]):
+            xy = np.vstack([xy, xy[:1]])
+        contours.append(xy)
+    # Nesting depth decides outer (even) or hole (odd); a hole joins its innermost parent.
+    paths = [PolyPath(c) for c in contours]
+    depth = [
+        sum(paths[j].contains_point(c[0]) for j in range(len(contours)) if j != i)
+        for i, c in enumerate(contours)
+    ]
+    result: dict[int, np.ndarray] = {i: c for i, c in enumerate(contours) if depth[i] % 2 == 0}
+    for i, c in enumerate(contours):
+        if depth[i] % 2 == 0:
+            continue
+        parents = [j for j in result if depth[j] == depth[i] - 1 and paths[j].contains_point(c[0])]
+        if parents:
+            j = min(parents, key=lambda j: abs(_signed_area(result[j])))
+            result[j] = _bridge(result[j], c)
+    return list(result.values())
+
+
+def image_regions(volume: Volume, mask: np.ndarray) -> list[hd.sr.ImageRegion]:
+    """SR image regions outlining the 3D ``mask`` (z, y, x), the slice where the mask is
+    largest first (a viewer opens a measurement on its first region)."""
+    areas = mask.reshape(mask.shape[0], -1).sum(axis=1)
+    order = [int(k) for k in np.argsort(-areas, kind="stable") if areas[k] > 0]
+    regions = []
+    for k in order:
+        ref = volume.frames[k]
+        source = hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=ref.sop_class_uid,
+            referenced_sop_instance_uid=ref.sop_instance_uid,
+            referenced_frame_numbers=[ref.frame_number] if ref.frame_number else None,
+        )
+        for xy in outlines(mask[k]):
+            regions.append(
+                hd.sr.ImageRegion(
+                    graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                    graphic_data=np.round(xy, 2),
+                    source_image=source,
+                )
+            )
+    return regions
