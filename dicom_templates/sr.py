@@ -1,14 +1,23 @@
 """TID 1500 Measurement Report (Comprehensive 3D SR) of the LGE quantification.
 
-Content: volumetric groups that reference the SEG segments (LV myocardium: volume, mass;
-infarct: volume, mass, % of LV myocardium; MVO: volume, % of LV myocardium); the infarct
-core and grey zone, and the infarct by each reference intensity method, each group naming
-its method; one group per AHA segment (finding site from CID 3717) with infarct %, mean
-and maximum transmurality, MVO volume and, where it applies, "non-viable"; a summary
-group with the number of non-viable segments; a quality-control group with the
-reliability score, the QC flags and the intended-use statement; the node as device
-observer. Values are rounded to what a reader uses (metrics.json keeps full precision);
-the algorithm is identified once per group; the private coding scheme is declared.
+Every measurement group carries image coordinates, because web viewers (OHIF) open an SR
+measurement on the image its first SCOORD references and fail on groups without one:
+
+- outline groups (TID 1411, Image Region POLYLINEs on every slice, largest slice first)
+  for the infarct, the MVO and the LV myocardium, infarct first;
+- the same findings (same Tracking UID) as groups that reference their SEG segments, with
+  the numbers (myocardium volume, mass; infarct volume, mass, % of LV; MVO volume, % LV);
+- infarct core and grey zone and the infarct by each reference intensity method, each
+  naming its method (with its parameter), tracked as the infarct;
+- one outline group per AHA segment (finding site from CID 3717) with infarct %, mean
+  and maximum transmurality, MVO volume and, where it applies, "non-viable";
+- the number of non-viable segments (the criterion as its method) and quality control
+  (reliability, flags, intended use), tracked as the myocardium.
+
+A finding without pixels (no MVO, no infarct) is reported under the finding that
+contains it. Values are rounded to what a reader uses (metrics.json keeps full
+precision); the algorithm is identified once per group; the private coding scheme is
+declared; the node is the device observer.
 """
 
 from __future__ import annotations
@@ -174,10 +183,11 @@ def build_sr(
     # Outline groups first: a viewer opens the report on the first measurement.
     outlined: set[str] = set()
     groups: list = []
+    # The infarct leads: the reader lands on its largest slice with its numbers.
     for f, ftype, category in (
-        (myocardium, codes.LV_MYOCARDIUM, codes.ANATOMICAL_STRUCTURE),
         (infarct, codes.INFARCT, codes.MORPHOLOGICALLY_ABNORMAL),
         (mvo, codes.MVO, codes.MORPHOLOGICALLY_ABNORMAL),
+        (myocardium, codes.LV_MYOCARDIUM, codes.ANATOMICAL_STRUCTURE),
     ):
         if f.regions and f.uid not in outlined:
             groups.append(outline_group(f, ftype, category))

@@ -82,9 +82,10 @@ def dsr_numbers(path: Path) -> dict[str, dict[str, float]]:
             g["finding"] = m.group(1)
         elif m := re.search(r'"Measurement Method"\)=\([^,]+,[^,]+,"([^"]+)"\)', line):
             g["method"] = m.group(1)
-        elif m := re.search(r'"Finding Site"\)=\(([^,]+),SCT,"([^"]+)"\)', line):
-            if m.group(1) != "80891009":  # the heart: every group's site
-                g["site"] = (m.group(1), m.group(2))
+        elif (m := re.search(r'"Finding Site"\)=\(([^,]+),SCT,"([^"]+)"\)', line)) and (
+            m.group(1) != "80891009"  # the heart: every group's site
+        ):
+            g["site"] = (m.group(1), m.group(2))
     groups: dict[str, dict[str, float]] = {}
     for g in parsed:
         if not g["nums"]:

@@ -426,3 +426,30 @@ def test_the_pdf_prints_names_it_has_glyphs_for(name: str, printed: str) -> None
 
     assert readable_name(name) == printed
     assert printable(readable_name(name))
+
+
+def test_dcmqi_reads_the_seg_without_warnings_voxel_for_voxel(written, tmp_path: Path) -> None:
+    """dcmqi (what 3D Slicer's QuantitativeReporting uses) converts each segment back to
+    an image on the source geometry: no warnings, no voxel different from the labels."""
+    import subprocess
+    import sys
+
+    import SimpleITK as sitk
+
+    case, files, volume = written
+    tool = Path(sys.executable).parent / "segimage2itkimage"
+    proc = subprocess.run(
+        [str(tool), "--inputDICOM", str(files.seg), "--outputDirectory", str(tmp_path),
+         "--outputType", "nrrd"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    output = proc.stdout + proc.stderr
+    assert "warn" not in output.lower(), output
+    expected = segment_masks(case.labels)
+    reference = volume.geometry.to_sitk(np.zeros(volume.array.shape, np.uint8))
+    for number in (1, 2, 3):
+        image = sitk.ReadImage(str(tmp_path / f"{number}.nrrd"))
+        on_source = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor)
+        got = sitk.GetArrayFromImage(on_source) > 0
+        assert int((got != expected[..., number - 1]).sum()) == 0, number
