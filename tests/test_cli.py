@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -16,10 +17,11 @@ from pipeline.series import load_series
 from tests.dicom_tools import dciodvfy
 
 
-def lge_node(*args: str) -> subprocess.CompletedProcess:
+def lge_node(*args: str, columns: int | None = None) -> subprocess.CompletedProcess:
     exe = shutil.which("lge-node", path=str(Path(sys.executable).parent))
     assert exe, "lge-node console script is not installed in this environment"
-    return subprocess.run([exe, *args], capture_output=True, text=True, check=False)
+    env = {**os.environ, "COLUMNS": str(columns)} if columns else None
+    return subprocess.run([exe, *args], capture_output=True, text=True, check=False, env=env)
 
 
 def test_phantom_seed_7_writes_a_valid_study_with_matching_truth(tmp_path: Path) -> None:
@@ -59,9 +61,10 @@ def test_inspect_reports_geometry_or_a_named_error(psir_classic, tmp_path: Path)
     info = json.loads(ok.stdout)
     assert info["shape_zyx"] == list(psir_classic.geometry.shape)
     (tmp_path / "junk.dcm").write_bytes(b"\x00" * 50)
-    bad = lge_node("inspect", str(tmp_path))
+    # A narrow terminal must not fold the path: it is what the user copies.
+    bad = lge_node("inspect", str(tmp_path), columns=40)
     assert bad.returncode == 1
-    assert "NotDicomError" in bad.stderr and "junk.dcm" in bad.stderr
+    assert "NotDicomError" in bad.stderr and str(tmp_path / "junk.dcm") in bad.stderr
 
 
 def test_check_config_exit_codes(tmp_path: Path) -> None:

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from pipeline.volume import Volume
 
 console = Console()
-err = Console(stderr=True)
+# Errors are not wrapped: a file path split over two lines cannot be copied or grepped.
+err = Console(stderr=True, soft_wrap=True)
 
 
 @contextmanager
