@@ -168,12 +168,13 @@ def build_sr(
         measurements: list[hd.sr.Measurement],
         method: hd.sr.CodedConcept | None = None,
         evaluations: list[hd.sr.QualitativeEvaluation] | None = None,
+        sites: list[hd.sr.FindingSite] | None = None,
     ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
         return hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=finding.identifier,
             finding_type=finding_type,
             finding_category=codes.MORPHOLOGICALLY_ABNORMAL,
-            finding_sites=[hd.sr.FindingSite(codes.HEART)],
+            finding_sites=sites or [hd.sr.FindingSite(codes.HEART)],
             method=method,
             algorithm_id=alg,
             measurements=measurements or None,
@@ -274,17 +275,9 @@ def build_sr(
                     measurements, evaluations,
                 )
             )  # fmt: skip
-        else:  # a segment the slices do not reach
+        else:  # a segment the slices do not reach: tracked as the myocardium
             groups.append(
-                hd.sr.MeasurementsAndQualitativeEvaluations(
-                    tracking_identifier=myocardium.identifier,
-                    finding_type=codes.INFARCT,
-                    finding_category=codes.MORPHOLOGICALLY_ABNORMAL,
-                    finding_sites=site,
-                    algorithm_id=alg,
-                    measurements=measurements,
-                    qualitative_evaluations=evaluations,
-                )
+                group(myocardium, codes.INFARCT, measurements, evaluations=evaluations, sites=site)
             )
     groups.append(
         group(
