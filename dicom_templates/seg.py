@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import highdicom as hd
 import numpy as np
 from highdicom.seg import SegmentAlgorithmTypeValues, SegmentationTypeValues
+from pydicom.dataset import Dataset
+from pydicom.uid import SegmentationStorage
 
 from dicom_templates import codes
 from dicom_templates.identity import (
@@ -137,3 +139,53 @@ def build_seg(
     )
     copy_character_set(volume.datasets[0], seg)
     return seg
+
+
+def _spec_of(segment: Dataset) -> SegmentSpec | None:
+    """Which of our segments a SEG segment is: by its property type code, else its label
+    (an editor may renumber segments; the codes are what it keeps)."""
+    specs = segment_specs(include_blood_pools=True)
+    types = segment.get("SegmentedPropertyTypeCodeSequence") or []
+    for spec in specs:
+        if types and (types[0].CodeValue, types[0].CodingSchemeDesignator) == (
+            spec.type.value,
+            spec.type.scheme_designator,
+        ):
+            return spec
+    label = str(segment.get("SegmentLabel", "")).strip().lower()
+    return next((spec for spec in specs if spec.label.lower() == label), None)
+
+
+def read_seg_masks(seg: Dataset, volume: Volume) -> np.ndarray:
+    """(z, y, x, 3) masks of myocardium, infarct and MVO from a SEG on ``volume``'s
+    frames, in `segment_specs` order: the inverse of `build_seg`, for a SEG a reader
+    edited. A segment the SEG lacks is empty; frames are matched by source reference."""
+    if seg.get("SOPClassUID") != SegmentationStorage:
+        raise ValueError("not a Segmentation object")
+    parsed = hd.seg.Segmentation.from_dataset(seg, copy=True)
+    numbers: dict[int, int] = {}  # our index -> the SEG's segment number
+    for segment in parsed.SegmentSequence:
+        spec = _spec_of(segment)
+        if spec is not None and spec.number <= 3:
+            numbers[spec.number - 1] = int(segment.SegmentNumber)
+    masks = np.zeros((*volume.array.shape, 3), dtype=bool)
+    if not numbers:
+        raise ValueError("the SEG has none of the segments LV myocardium, infarct, MVO")
+    wanted = sorted(numbers.values())
+    for k, frame in enumerate(volume.frames):
+        if frame.frame_number is None:
+            pixels = parsed.get_pixels_by_source_instance(
+                source_sop_instance_uids=[frame.sop_instance_uid],
+                segment_numbers=wanted,
+                assert_missing_frames_are_empty=True,
+            )[0]
+        else:
+            pixels = parsed.get_pixels_by_source_frame(
+                source_sop_instance_uid=frame.sop_instance_uid,
+                source_frame_numbers=[frame.frame_number],
+                segment_numbers=wanted,
+                assert_missing_frames_are_empty=True,
+            )[0]
+        for index, number in numbers.items():
+            masks[k, ..., index] = pixels[..., wanted.index(number)] > 0
+    return masks

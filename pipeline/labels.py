@@ -29,3 +29,20 @@ def scar_mask(labels: np.ndarray) -> np.ndarray:
 
 def mvo_mask(labels: np.ndarray) -> np.ndarray:
     return labels == Label.MVO
+
+
+def compose(
+    myocardium: np.ndarray, scar: np.ndarray, mvo: np.ndarray, pools: np.ndarray
+) -> np.ndarray:
+    """Labels from the three nested masks (the SEG's segments), the inverse of taking
+    `myocardium_mask`, `scar_mask` and `mvo_mask`. Blood pools come from ``pools`` (a
+    label array, e.g. the model's) wherever the masks leave the pixel free; a pixel the
+    masks give up becomes background. MVO implies scar implies myocardium, as drawn by
+    a reader or not."""
+    labels = np.where(
+        (pools == Label.LV_BLOOD) | (pools == Label.RV_BLOOD), pools, Label.BACKGROUND
+    ).astype(np.uint8)
+    labels[myocardium | scar | mvo] = Label.MYOCARDIUM
+    labels[scar | mvo] = Label.SCAR
+    labels[mvo] = Label.MVO
+    return labels

@@ -453,3 +453,35 @@ def test_dcmqi_reads_the_seg_without_warnings_voxel_for_voxel(written, tmp_path:
         on_source = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor)
         got = sitk.GetArrayFromImage(on_source) > 0
         assert int((got != expected[..., number - 1]).sum()) == 0, number
+
+
+def test_a_reader_edited_seg_reads_back_to_the_edited_labels(written) -> None:
+    """The start of a correction: a reader erases part of the infarct and stores the SEG
+    from another tool (segments in another order, new UIDs); reading it onto the source
+    frames and composing labels gives exactly the edited labels, blood pools kept."""
+    from pydicom.uid import generate_uid
+
+    from dicom_templates.seg import build_seg, read_seg_masks
+    from pipeline.labels import Label, compose
+
+    case, files, volume = written
+    edited = case.labels.copy()
+    scar_slices = [k for k in range(edited.shape[0]) if (edited[k] == Label.SCAR).any()]
+    for k in scar_slices[: max(1, len(scar_slices) // 2)]:
+        edited[k][edited[k] == Label.SCAR] = Label.MYOCARDIUM  # "not scar" on these slices
+    seg = build_seg(volume, edited, ALGORITHM)
+    # Another tool's SEG: segments renumbered in reverse, so only their codes identify them.
+    order = list(reversed(seg.SegmentSequence))
+    renumber = {int(s.SegmentNumber): i + 1 for i, s in enumerate(order)}
+    for s in order:
+        s.SegmentNumber = renumber[int(s.SegmentNumber)]
+    seg.SegmentSequence = order
+    for f in seg.PerFrameFunctionalGroupsSequence:
+        ref = f.SegmentIdentificationSequence[0]
+        ref.ReferencedSegmentNumber = renumber[int(ref.ReferencedSegmentNumber)]
+    seg.SOPInstanceUID = generate_uid()
+    masks = read_seg_masks(seg, volume)
+    labels = compose(masks[..., 0], masks[..., 1], masks[..., 2], pools=case.labels)
+    assert np.array_equal(labels, edited)
+    with pytest.raises(ValueError, match="not a Segmentation"):
+        read_seg_masks(pydicom.dcmread(files.sr), volume)
