@@ -1,6 +1,7 @@
-"""Write the full result of one analysed series: ``metrics.json``, ``seg.dcm``, ``sr.dcm``,
-``report.dcm`` (Encapsulated PDF; the same PDF as ``report.pdf``), ``summary.dcm`` and
-``overlay/*.dcm``.
+"""Write the full result of one analysed series: ``metrics.json``, ``labels.nii.gz`` (the
+label map on the source geometry: what a reader's correction is merged into),
+``seg.dcm``, ``sr.dcm``, ``report.dcm`` (Encapsulated PDF; the same PDF as ``report.pdf``),
+``summary.dcm`` and ``overlay/*.dcm``.
 Files are written to a temporary name and renamed, so a reader
 (the node's dispatcher, a user) never sees half a file."""
 
@@ -34,6 +35,7 @@ class OutputFiles:
     summary: Path  # the bullseye / key-numbers page (SC)
     overlays: list[Path]  # one SC per slice
     objects: list[WrittenObject]  # seg, sr, pdf, summary, overlays, in that order
+    labels: Path  # labels.nii.gz (pipeline.labels.Label values)
 
     @property
     def dicom(self) -> list[Path]:
@@ -74,6 +76,17 @@ def write_metrics(out_dir: Path, volume: Volume, metrics: Metrics, algorithm: Al
     return path
 
 
+def write_labels(out_dir: Path, volume: Volume, labels: np.ndarray) -> Path:
+    """``labels.nii.gz`` on the source geometry, written atomically."""
+    import SimpleITK as sitk
+
+    path = out_dir / "labels.nii.gz"
+    tmp = out_dir / ".labels.tmp.nii.gz"  # the suffix tells SimpleITK the format
+    sitk.WriteImage(volume.geometry.to_sitk(labels.astype(np.uint8)), str(tmp), True)
+    os.replace(tmp, path)
+    return path
+
+
 def write_outputs(
     out_dir: Path,
     volume: Volume,
@@ -93,6 +106,7 @@ def write_outputs(
     pdf = build_pdf(volume, document, algorithm)
 
     metrics_path = write_metrics(out_dir, volume, metrics, algorithm)
+    labels_path = write_labels(out_dir, volume, labels)
     tmp = out_dir / ".report.pdf.tmp"
     tmp.write_bytes(document)
     os.replace(tmp, out_dir / "report.pdf")
@@ -112,5 +126,6 @@ def write_outputs(
         objects.append(_atomic_save(sc, path))
         overlay_paths.append(path)
     return OutputFiles(
-        metrics_path, seg_path, sr_path, pdf_path, summary_path, overlay_paths, objects
-    )
+        metrics_path, seg_path, sr_path, pdf_path, summary_path, overlay_paths, objects,
+        labels_path,
+    )  # fmt: skip

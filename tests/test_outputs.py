@@ -485,3 +485,16 @@ def test_a_reader_edited_seg_reads_back_to_the_edited_labels(written) -> None:
     assert np.array_equal(labels, edited)
     with pytest.raises(ValueError, match="not a Segmentation"):
         read_seg_masks(pydicom.dcmread(files.sr), volume)
+
+
+def test_labels_are_kept_on_the_source_geometry(written) -> None:
+    """labels.nii.gz (what a correction is merged into) equals the labels, with the
+    source's geometry, so a reader's SEG and the model's blood pools line up."""
+    import SimpleITK as sitk
+
+    from pipeline.volume import Geometry
+
+    case, files, volume = written
+    image = sitk.ReadImage(str(files.labels))
+    assert np.array_equal(sitk.GetArrayFromImage(image), case.labels)
+    assert Geometry.from_sitk(image).mismatch(volume.geometry, tol_mm=1e-3) is None
