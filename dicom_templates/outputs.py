@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from dicom_templates.identity import Algorithm
@@ -78,8 +79,6 @@ def write_metrics(out_dir: Path, volume: Volume, metrics: Metrics, algorithm: Al
 
 def write_labels(out_dir: Path, volume: Volume, labels: np.ndarray) -> Path:
     """``labels.nii.gz`` on the source geometry, written atomically."""
-    import SimpleITK as sitk
-
     path = out_dir / "labels.nii.gz"
     tmp = out_dir / ".labels.tmp.nii.gz"  # the suffix tells SimpleITK the format
     sitk.WriteImage(volume.geometry.to_sitk(labels.astype(np.uint8)), str(tmp), True)

@@ -146,12 +146,11 @@ def _spec_of(segment: Dataset) -> SegmentSpec | None:
     (an editor may renumber segments; the codes are what it keeps)."""
     specs = segment_specs(include_blood_pools=True)
     types = segment.get("SegmentedPropertyTypeCodeSequence") or []
-    for spec in specs:
-        if types and (types[0].CodeValue, types[0].CodingSchemeDesignator) == (
-            spec.type.value,
-            spec.type.scheme_designator,
-        ):
-            return spec
+    if types:
+        code = (types[0].CodeValue, types[0].CodingSchemeDesignator)
+        for spec in specs:
+            if code == (spec.type.value, spec.type.scheme_designator):
+                return spec
     label = str(segment.get("SegmentLabel", "")).strip().lower()
     return next((spec for spec in specs if spec.label.lower() == label), None)
 
@@ -168,9 +167,9 @@ def read_seg_masks(seg: Dataset, volume: Volume) -> np.ndarray:
         spec = _spec_of(segment)
         if spec is not None and spec.number <= 3:
             numbers[spec.number - 1] = int(segment.SegmentNumber)
-    masks = np.zeros((*volume.array.shape, 3), dtype=bool)
     if not numbers:
         raise ValueError("the SEG has none of the segments LV myocardium, infarct, MVO")
+    masks = np.zeros((*volume.array.shape, 3), dtype=bool)
     wanted = sorted(numbers.values())
     for k, frame in enumerate(volume.frames):
         if frame.frame_number is None:

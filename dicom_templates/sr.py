@@ -129,7 +129,12 @@ def build_sr(
     mvo = tracked(MVO_SEGMENT.label, masks[..., 2], infarct)
 
     def outline_group(
-        finding: _Tracked, finding_type, category, sites=None, measurements=None, evaluations=None
+        finding: _Tracked,
+        finding_type: hd.sr.CodedConcept,
+        category: hd.sr.CodedConcept,
+        sites: list[hd.sr.FindingSite] | None = None,
+        measurements: list[hd.sr.Measurement] | None = None,
+        evaluations: list[hd.sr.QualitativeEvaluation] | None = None,
     ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
         return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=finding.identifier,
