@@ -3,7 +3,7 @@ series a radiologist will see in the study (descriptions, numbers)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from highdicom import SpecificCharacterSetValues
@@ -23,29 +23,45 @@ SYNTHETIC_NOTE = "model trained on synthetic phantoms"
 
 @dataclass(frozen=True)
 class Algorithm:
-    """What produced the labels. ``kind``: AUTOMATIC (a model), MANUAL (supplied labels)."""
+    """What produced the labels. ``kind``: AUTOMATIC (a model), SEMIAUTOMATIC (the model's
+    labels as a reader edited them), MANUAL (supplied labels)."""
 
     name: str = "lge-node YOLOv8+nnU-Net"
     version: str = __version__
     kind: str = "AUTOMATIC"
     synthetic_trained: bool = True
+    reader_edited: bool = False
 
     @classmethod
     def of_models(cls, bundle: ModelBundle) -> Algorithm:
         """The pipeline with the models of ``bundle`` (its version, how it was trained)."""
         return cls(version=bundle.version, synthetic_trained=bundle.synthetic_trained)
 
+    def edited(self) -> Algorithm:
+        """The same algorithm, its labels corrected by a reader (SEG algorithm type
+        SEMIAUTOMATIC: "calculated segmentation with user assistance")."""
+        return replace(self, kind="SEMIAUTOMATIC", reader_edited=True)
+
     @property
     def label(self) -> str:
-        """Name as shown to users (LO, 64 chars), saying when it is a phantom-trained demo."""
+        """Name as shown to users (LO, 64 chars), saying when a reader edited the labels and
+        when it is a phantom-trained demo."""
+        edited = ", reader-edited" if self.reader_edited else ""
         suffix = " (synthetic-trained demo)" if self.synthetic_trained else ""
-        return f"{self.name}{suffix}"[:64]
+        return f"{self.name}{edited}{suffix}"[:64]
 
 
 @dataclass(frozen=True)
 class SeriesPlacement:
     description: str
     number: int
+
+    def of(self, algorithm: Algorithm) -> SeriesPlacement:
+        """Where ``algorithm``'s output goes: reader-edited results say so and are listed
+        before the automatic ones they supersede."""
+        if not algorithm.reader_edited:
+            return self
+        return SeriesPlacement(f"{self.description} (reader-edited)"[:64], self.number - 100)
 
 
 # Viewers list series by number: the PDF report and the summary page first, then the

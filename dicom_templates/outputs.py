@@ -28,6 +28,22 @@ from pipeline.volume import Volume
 
 
 @dataclass(frozen=True)
+class ReaderEdit:
+    """The SEG a reader edited and stored, which the outputs' labels come from."""
+
+    seg: Dataset
+    received_from: str  # AE title that sent it
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "source": "reader-edited",
+            "reader_seg_sop_instance_uid": str(self.seg.SOPInstanceUID),
+            "reader_seg_series_instance_uid": str(self.seg.SeriesInstanceUID),
+            "received_from": self.received_from,
+        }
+
+
+@dataclass(frozen=True)
 class OutputFiles:
     metrics: Path
     seg: Path
@@ -59,9 +75,15 @@ def _atomic_save(ds: Dataset, path: Path) -> WrittenObject:
     )  # fmt: skip
 
 
-def write_metrics(out_dir: Path, volume: Volume, metrics: Metrics, algorithm: Algorithm) -> Path:
-    """``metrics.json``: the contract keys (docs/ARCHITECTURE.md) plus reference, qc, and
-    who computed them."""
+def write_metrics(
+    out_dir: Path,
+    volume: Volume,
+    metrics: Metrics,
+    algorithm: Algorithm,
+    reader_edit: ReaderEdit | None = None,
+) -> Path:
+    """``metrics.json``: the contract keys (docs/ARCHITECTURE.md) plus reference, qc, who
+    computed them and where the labels came from (the model, or a reader's edit)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "metrics.json"
     document = metrics.to_dict()
@@ -71,6 +93,7 @@ def write_metrics(out_dir: Path, volume: Volume, metrics: Metrics, algorithm: Al
         "synthetic_trained": algorithm.synthetic_trained,
     }
     document["source_series_instance_uid"] = volume.series_instance_uid
+    document["segmentation"] = reader_edit.describe() if reader_edit else {"source": "automatic"}
     tmp = path.with_name(".metrics.json.tmp")
     tmp.write_text(json.dumps(document, indent=2) + "\n")
     os.replace(tmp, path)
@@ -94,17 +117,26 @@ def write_outputs(
     algorithm: Algorithm,
     predecessor_sr: Path | None = None,
     include_blood_pools: bool = False,
+    reader_edit: ReaderEdit | None = None,
 ) -> OutputFiles:
-    """Build and write every output object for ``volume`` into ``out_dir``."""
+    """Build and write every output object for ``volume`` into ``out_dir``.
+
+    ``predecessor_sr``: the report these outputs supersede (referenced by the new SR).
+    ``reader_edit``: the labels are a reader's correction; every object says so."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    if reader_edit is not None:
+        algorithm = algorithm.edited()
     predecessor = pydicom.dcmread(predecessor_sr) if predecessor_sr else None
     seg = build_seg(volume, labels, algorithm, include_blood_pools)
-    sr = build_sr(volume, seg, labels, metrics, algorithm, predecessor=predecessor)
+    sr = build_sr(
+        volume, seg, labels, metrics, algorithm, predecessor=predecessor,
+        reader_seg=reader_edit.seg if reader_edit else None,
+    )  # fmt: skip
     overlays, summary = build_overlays(volume, labels, metrics, algorithm)
     document = render_report(volume, labels, metrics, algorithm)
     pdf = build_pdf(volume, document, algorithm)
 
-    metrics_path = write_metrics(out_dir, volume, metrics, algorithm)
+    metrics_path = write_metrics(out_dir, volume, metrics, algorithm, reader_edit)
     labels_path = write_labels(out_dir, volume, labels)
     tmp = out_dir / ".report.pdf.tmp"
     tmp.write_bytes(document)

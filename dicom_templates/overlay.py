@@ -273,6 +273,7 @@ def build_overlays(
     """One SC per slice (slice order) in the overlay series, each referencing its source
     image; and the summary page (bullseye and key numbers) in a series of its own."""
     series_uid = new_uid()
+    placement = OVERLAY_SERIES.of(algorithm)
     ref = volume.datasets[0]
     window = window_for(volume.array, myocardium_mask(labels))
     orientation = patient_orientation(volume)
@@ -283,13 +284,12 @@ def build_overlays(
         pixels, factor = render_slice(volume.array[k], labels[k], caption, window)
         ps = volume.geometry.pixel_spacing
         spacing = (ps[0] / factor, ps[1] / factor)
-        sc = _sc(ref, pixels, series_uid, OVERLAY_SERIES, k + 1, spacing, orientation)
+        sc = _sc(ref, pixels, series_uid, placement, k + 1, spacing, orientation)
         if volume.frames:
             sc.SourceImageSequence = [_source_image(volume, k)]
             sc.DerivationDescription = "LGE image with segmentation outlines burned in"
         out.append(sc)
-    summary = _sc(
-        ref, render_summary(metrics, algorithm), new_uid(), SUMMARY_SERIES, 1, None, orientation
-    )
+    summary_page = render_summary(metrics, algorithm)
+    summary = _sc(ref, summary_page, new_uid(), SUMMARY_SERIES.of(algorithm), 1, None, orientation)
     summary.PatientOrientation = ""  # a report page has no anatomical orientation
     return out, summary

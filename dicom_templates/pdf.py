@@ -49,7 +49,11 @@ PATIENT_STUDY = (
     "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
     "AccessionNumber", "StudyDescription", "SpecificCharacterSet",
 )  # fmt: skip
-DOCUMENT_TITLE = "LGE scar quantification report - research only"
+
+
+def document_title(algorithm: Algorithm) -> str:
+    edited = " (reader-edited)" if algorithm.reader_edited else ""
+    return f"LGE scar quantification report{edited} - research only"
 
 
 def key_rows(m: Metrics) -> list[tuple[str, str, str]]:
@@ -103,7 +107,7 @@ def readable_name(value: object) -> str:
 
 def _text_page(fig: plt.Figure, volume: Volume, algorithm: Algorithm) -> None:
     ds = volume.datasets[0]
-    fig.text(0.06, 0.965, DOCUMENT_TITLE, fontsize=16, weight="bold", va="top")
+    fig.text(0.06, 0.965, document_title(algorithm), fontsize=16, weight="bold", va="top")
     who = (
         f"Patient: {readable_name(ds.get('PatientName', ''))}   ID: {ds.get('PatientID', '')}   "
         f"Study date: {ds.get('StudyDate', '')}\n"
@@ -139,7 +143,10 @@ def _page_one(volume: Volume, m: Metrics, algorithm: Algorithm) -> plt.Figure:
     reliability = "n/a" if qc.reliability is None else f"{qc.reliability:.2f}"
     verdict = "LOW CONFIDENCE - check the contours" if qc.low_confidence else "no concern"
     lines = [f"QC reliability {reliability} (0-1): {verdict}"]
-    if qc.reliability_components:
+    if algorithm.reader_edited:
+        # the model's reliability judged the model's contours, which a reader replaced
+        lines = ["Contours edited by a reader: numbers recomputed", "from the edited segmentation"]
+    elif qc.reliability_components:
         weakest = min(qc.reliability_components, key=lambda k: qc.reliability_components[k])
         lines.append(f"weakest signal: {weakest} ({qc.reliability_components[weakest]:.2f})")
     lines += [f"- {QC_FLAGS.get(f, f)}" for f in qc.flags] or ["no QC flags"]
@@ -209,7 +216,7 @@ def render_report(
 ) -> bytes:
     """The two-page PDF as bytes."""
     buf = io.BytesIO()
-    meta = {"Title": DOCUMENT_TITLE, "Creator": SOFTWARE_VERSIONS, "CreationDate": None}
+    meta = {"Title": document_title(algorithm), "Creator": SOFTWARE_VERSIONS, "CreationDate": None}
     with PdfPages(buf, metadata=meta) as pdf:
         for fig in (_page_one(volume, metrics, algorithm),
                     _page_two(volume, labels, metrics, algorithm)):  # fmt: skip
@@ -237,8 +244,8 @@ def build_pdf(
     ds.SOPInstanceUID = new_uid()
     ds.Modality = "DOC"
     ds.SeriesInstanceUID = new_uid()
-    ds.SeriesNumber = PDF_SERIES.number
-    ds.SeriesDescription = PDF_SERIES.description
+    placement = PDF_SERIES.of(algorithm)
+    ds.SeriesNumber, ds.SeriesDescription = placement.number, placement.description
     ds.InstanceNumber = 1
     ds.Manufacturer = MANUFACTURER
     ds.ManufacturerModelName = MODEL_NAME
@@ -249,7 +256,7 @@ def build_pdf(
     ds.ContentTime = now.strftime("%H%M%S")
     ds.AcquisitionDateTime = now.strftime("%Y%m%d%H%M%S")
     ds.BurnedInAnnotation = "YES"  # the report names the patient
-    ds.DocumentTitle = DOCUMENT_TITLE
+    ds.DocumentTitle = document_title(algorithm)
     concept = Dataset()
     concept.CodeValue = "18748-4"
     concept.CodingSchemeDesignator = "LN"

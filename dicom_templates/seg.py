@@ -123,7 +123,7 @@ def build_seg(
         segmentation_type=SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=series_instance_uid or new_uid(),
-        series_number=SEG_SERIES.number,
+        series_number=SEG_SERIES.of(algorithm).number,
         sop_instance_uid=new_uid(),
         instance_number=1,
         manufacturer=MANUFACTURER,
@@ -132,7 +132,7 @@ def build_seg(
         device_serial_number=DEVICE_SERIAL,
         content_label="LGESCAR",
         content_description=f"{algorithm.label}; research only"[:64],
-        series_description=SEG_SERIES.description,
+        series_description=SEG_SERIES.of(algorithm).description,
         omit_empty_frames=False,
         specific_character_set=character_set(volume.datasets[0]),
         content_creator_name=CONTENT_CREATOR,
@@ -141,7 +141,7 @@ def build_seg(
     return seg
 
 
-def _spec_of(segment: Dataset) -> SegmentSpec | None:
+def spec_of(segment: Dataset) -> SegmentSpec | None:
     """Which of our segments a SEG segment is: by its property type code, else its label
     (an editor may renumber segments; the codes are what it keeps)."""
     specs = segment_specs(include_blood_pools=True)
@@ -158,17 +158,29 @@ def _spec_of(segment: Dataset) -> SegmentSpec | None:
 def read_seg_masks(seg: Dataset, volume: Volume) -> np.ndarray:
     """(z, y, x, 3) masks of myocardium, infarct and MVO from a SEG on ``volume``'s
     frames, in `segment_specs` order: the inverse of `build_seg`, for a SEG a reader
-    edited. A segment the SEG lacks is empty; frames are matched by source reference."""
+    edited. A segment the SEG lacks is empty; frames are matched by source reference.
+    ValueError when it is not a SEG, has none of our segments, or segments images that
+    are not in ``volume``."""
     if seg.get("SOPClassUID") != SegmentationStorage:
         raise ValueError("not a Segmentation object")
     parsed = hd.seg.Segmentation.from_dataset(seg, copy=True)
     numbers: dict[int, int] = {}  # our index -> the SEG's segment number
     for segment in parsed.SegmentSequence:
-        spec = _spec_of(segment)
+        spec = spec_of(segment)
         if spec is not None and spec.number <= 3:
             numbers[spec.number - 1] = int(segment.SegmentNumber)
     if not numbers:
         raise ValueError("the SEG has none of the segments LV myocardium, infarct, MVO")
+    # A frame of an image the volume lacks would be dropped without a word (and one that
+    # references none of its images would read as empty): refuse it instead.
+    ours = {f.sop_instance_uid for f in volume.frames}
+    referenced = {str(sop) for _, _, sop in parsed.get_source_image_uids()}
+    foreign = referenced - ours
+    if foreign or not referenced:
+        raise ValueError(
+            f"{len(foreign)} of the {len(referenced)} images the SEG segments are not in "
+            f"series {volume.series_instance_uid}"
+        )
     masks = np.zeros((*volume.array.shape, 3), dtype=bool)
     wanted = sorted(numbers.values())
     for k, frame in enumerate(volume.frames):

@@ -98,8 +98,12 @@ def build_sr(
     algorithm: Algorithm,
     predecessor: Dataset | None = None,
     series_instance_uid: str | None = None,
+    reader_seg: Dataset | None = None,
 ) -> hd.sr.Comprehensive3DSR:
-    """The measurement report for ``metrics`` of ``labels``, whose segments are in ``seg``."""
+    """The measurement report for ``metrics`` of ``labels``, whose segments are in ``seg``.
+
+    ``predecessor``: the report this one supersedes. ``reader_seg``: the SEG a reader
+    edited, whose labels these are; listed as evidence."""
     alg = hd.sr.AlgorithmIdentification(name=algorithm.label, version=algorithm.version)
     observer = hd.sr.ObservationContext(
         observer_device_context=hd.sr.ObserverContext(
@@ -308,6 +312,10 @@ def build_sr(
             measurements=reliability,
             qualitative_evaluations=[
                 *flags,
+                hd.sr.QualitativeEvaluation(
+                    codes.SEGMENTATION_REVIEW,
+                    codes.READER_EDITED if algorithm.reader_edited else codes.NOT_REVIEWED,
+                ),
                 hd.sr.QualitativeEvaluation(codes.INTENDED_USE, codes.RESEARCH_ONLY),
             ],
         )
@@ -318,10 +326,10 @@ def build_sr(
         imaging_measurements=groups,
     )
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[*volume.datasets, seg],
+        evidence=[*volume.datasets, seg, *([reader_seg] if reader_seg is not None else [])],
         content=report,
         series_instance_uid=series_instance_uid or new_uid(),
-        series_number=SR_SERIES.number,
+        series_number=SR_SERIES.of(algorithm).number,
         sop_instance_uid=new_uid(),
         instance_number=1,
         manufacturer=MANUFACTURER,
@@ -329,7 +337,7 @@ def build_sr(
         is_final=False,  # nobody has verified it: a draft for the reader
         previous_versions=[predecessor] if predecessor is not None else None,
         performed_procedure_codes=[codes.PROCEDURE_CARDIAC_MRI],
-        series_description=SR_SERIES.description,
+        series_description=SR_SERIES.of(algorithm).description,
         specific_character_set=character_set(volume.datasets[0]),
     )
     copy_character_set(volume.datasets[0], sr)

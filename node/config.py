@@ -189,6 +189,18 @@ class PipelineSection(Section):
     nonviable_percent: float = Field(50.0, ge=25.0, le=100.0)  # 50 chronic, 75 acute
 
 
+class CorrectionsSection(Section):
+    """A SEG a reader edited and stored (OHIF, Slicer...) that references a series the
+    node analysed is re-quantified, and the (image, edited labels) pair kept for training.
+    """
+
+    enabled: bool = True
+    # nnU-Net raw dataset of the corrections; default: <data_dir>/training/<dataset_name>.
+    # Kept beyond the retention time: it is what a site retrains on.
+    training_dir: Path | None = None
+    dataset_name: str = Field("Dataset900_LGECorrections", pattern=r"^Dataset\d{3}_\w+$")
+
+
 class Config(BaseSettings):
     """Everything the node reads at start-up."""
 
@@ -204,6 +216,7 @@ class Config(BaseSettings):
     selection: SelectionSection = Field(default_factory=SelectionSection)
     jobs: JobsSection = Field(default_factory=JobsSection)
     dispatch: DispatchSection = Field(default_factory=DispatchSection)
+    corrections: CorrectionsSection = Field(default_factory=CorrectionsSection)
     destinations: list[Destination] = Field(default_factory=list)
     pacs: list[Pacs] = Field(default_factory=list)
 
@@ -221,6 +234,12 @@ class Config(BaseSettings):
     @property
     def database_url(self) -> str:
         return self.storage.database_url or f"sqlite:///{self.storage.data_dir / 'index.db'}"
+
+    @property
+    def training_dataset(self) -> Path:
+        """The nnU-Net raw dataset folder that readers' corrections are added to."""
+        root = self.corrections.training_dir or self.storage.data_dir / "training"
+        return root / self.corrections.dataset_name
 
 
 def load_config(path: Path | str | None = None) -> Config:

@@ -45,6 +45,25 @@ def union(boxes: list[Box]) -> Box:
     )
 
 
+def heart_box(labels2d: np.ndarray) -> Box | None:
+    """Box of LV and RV (all labels > 0) in one slice, or None without heart."""
+    ys, xs = np.nonzero(labels2d)
+    if ys.size == 0:
+        return None
+    return Box(int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
+
+
+def heart_region(
+    labels: np.ndarray, spacing: tuple[float, float], margin_mm: float = HEART_MARGIN_MM
+) -> Box | None:
+    """One box holding the labelled heart on every slice of (z, y, x) ``labels``, widened
+    by ``margin_mm``; None when nothing is labelled."""
+    boxes = [b for b in (heart_box(labels[k]) for k in range(labels.shape[0])) if b]
+    if not boxes:
+        return None
+    return union(boxes).expand(margin_mm, spacing, labels.shape[1:])
+
+
 def to_uint8(volume: np.ndarray) -> np.ndarray:
     """Whole-stack percentile window to uint8: the detector's input, in training and use."""
     lo, hi = np.percentile(volume, [1.0, 99.5])

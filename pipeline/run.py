@@ -18,6 +18,7 @@ from pipeline.postprocess import postprocess
 from pipeline.qc import QcInputs, assess
 from pipeline.quantify import Metrics, quantify
 from pipeline.reference import composition, reference_scar
+from pipeline.roi import Box, heart_region
 from pipeline.segment import Segmenter
 from pipeline.volume import Volume
 
@@ -82,23 +83,12 @@ class Pipeline:
 
         t = time.perf_counter()
         stage("quantifying")
-        metrics = quantify(labels, volume.geometry, self.settings.nonviable_percent)
-        # Intensity methods on the heart crop: it holds all of the myocardium (the box has a
-        # 15 mm margin) and their distance maps cost the crop's size, not the image's.
-        metrics.reference = reference_scar(crop, crop_final, volume.geometry, self.settings.nsd)
-        metrics.composition = composition(
-            crop, crop_final, volume.geometry, self.settings.grey_zone_sd
-        )
+        metrics = measure(volume, labels, loc.roi, self.settings)
         qc = metrics.qc
         qc.localization_confidence = loc.confidence
         qc.borrowed_slices = loc.borrowed
         if not loc.found:
             qc.flags.insert(0, "no_heart_found")
-        if metrics.myocardium_ml > 0 and all(
-            abs(r.scar_percent - metrics.scar_percent) > DISAGREEMENT_POINTS
-            for r in metrics.reference
-        ):
-            qc.flags.append("reference_disagreement")
         inputs = QcInputs(
             labels=crop_final,
             geometry=volume.geometry,
@@ -119,3 +109,30 @@ class Pipeline:
         timings["quantification"] = time.perf_counter() - t
         timings["total"] = sum(timings.values())
         return Result(labels=labels, metrics=metrics, localization=loc, timings=timings)
+
+
+def measure(volume: Volume, labels: np.ndarray, roi: Box, settings: PipelineSettings) -> Metrics:
+    """Quantify ``labels`` (volumes, AHA segments) and add the reference intensity methods
+    and the core/grey-zone composition, computed inside ``roi``; flags a reference
+    disagreement. The model's result and a reader's correction are measured alike."""
+    # Intensity methods on the heart crop: it holds all of the myocardium (the box has a
+    # 15 mm margin) and their distance maps cost the crop's size, not the image's.
+    ys, xs = roi.slices
+    crop, crop_labels = volume.array[:, ys, xs], labels[:, ys, xs]
+    metrics = quantify(labels, volume.geometry, settings.nonviable_percent)
+    metrics.reference = reference_scar(crop, crop_labels, volume.geometry, settings.nsd)
+    metrics.composition = composition(crop, crop_labels, volume.geometry, settings.grey_zone_sd)
+    if metrics.myocardium_ml > 0 and all(
+        abs(r.scar_percent - metrics.scar_percent) > DISAGREEMENT_POINTS for r in metrics.reference
+    ):
+        metrics.qc.flags.append("reference_disagreement")
+    return metrics
+
+
+def remeasure(volume: Volume, labels: np.ndarray, settings: PipelineSettings) -> Metrics:
+    """`measure` for labels that did not come from the detector (a reader's correction):
+    the region is the labelled heart with the detector's margin."""
+    roi = heart_region(labels, volume.geometry.pixel_spacing)
+    if roi is None:  # nothing labelled: the numbers are zeros, the crop does not matter
+        roi = Box(0, 0, *labels.shape[1:])
+    return measure(volume, labels, roi, settings)

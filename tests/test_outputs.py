@@ -485,6 +485,13 @@ def test_a_reader_edited_seg_reads_back_to_the_edited_labels(written) -> None:
     assert np.array_equal(labels, edited)
     with pytest.raises(ValueError, match="not a Segmentation"):
         read_seg_masks(pydicom.dcmread(files.sr), volume)
+    # A SEG that also segments an image the series does not hold is refused, not read
+    # with that image's contours silently dropped.
+    seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[
+        0
+    ].ReferencedSOPInstanceUID = generate_uid()
+    with pytest.raises(ValueError, match=r"1 of the \d+ images the SEG segments are not in"):
+        read_seg_masks(seg, volume)
 
 
 def test_labels_are_kept_on_the_source_geometry(written) -> None:

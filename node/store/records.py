@@ -113,6 +113,8 @@ class SeriesRecord:
     kind: str
     forced: bool
     origin: Origin
+    # A result series: the received series it was computed from. A reader's correction
+    # (a received SEG, kind "correction"): the series whose segmentation it edits.
     derived_from: int | None
     processed_instances: int
 
@@ -162,6 +164,17 @@ class JobRecord:
     seconds: float | None
 
 
+CORRECTION = "correction"  # the kind of a received SEG that edits one of our segmentations
+
+
+@dataclass(frozen=True)
+class CorrectionInputs:
+    """What a correction job reads besides the reader's SEG: the series it segments."""
+
+    source: SeriesRecord
+    source_paths: list[str]
+
+
 @dataclass(frozen=True)
 class Claim:
     """Everything a worker needs to run a job it has just claimed, read in one go."""
@@ -169,8 +182,9 @@ class Claim:
     job_id: int
     attempt: int
     series: SeriesRecord
-    paths: list[str]
+    paths: list[str]  # newest first
     previous_results: str | None  # results folder of the job this one supersedes
+    correction: CorrectionInputs | None = None  # set when the series is a reader's SEG
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from node.store.query import KeyMatch, Query
 from node.store.records import (
+    CORRECTION,
     Claim,
+    CorrectionInputs,
     Delivery,
     EventView,
     Identity,
@@ -405,14 +407,20 @@ class Repository:
             return True
 
     def enqueue(
-        self, series_id: int, kind: str, reason: str, max_attempts: int, now: float | None = None
-    ) -> int | None:
-        """Queue a job for a quiet series; None if the series changed meanwhile."""
+        self, series_id: int, kind: str, reason: str, max_attempts: int,
+        source_id: int | None = None, now: float | None = None,
+    ) -> int | None:  # fmt: skip
+        """Queue a job for a quiet series; None if the series changed meanwhile.
+
+        ``source_id``: for a reader's correction (kind ``correction``), the series it edits.
+        """
         now = time.time() if now is None else now
         with self._writing() as s:
             series = s.get(Series, series_id)
             if series is None or series.state != SeriesState.RECEIVING:
                 return None
+            if source_id is not None:
+                series.derived_from = source_id
             job = Job(
                 series_fk=series_id, max_attempts=max_attempts,
                 n_instances=series.n_instances, created_at=now, state=JobState.QUEUED,
@@ -469,25 +477,67 @@ class Repository:
                 return None
             job.state, job.started_at = job_after(job.state, JobEvent.CLAIMED), now
             job.attempts += 1
-            job.supersedes = s.scalar(
-                select(Job.id)
-                .where(Job.series_fk == job.series_fk, Job.state == JobState.DONE)
-                .order_by(Job.id.desc())
-                .limit(1)
-            )
             series = s.get(Series, job.series_fk)
             assert series is not None
             series.state = series_after(series.state, SeriesEvent.JOB_STARTED)
-            paths = list(s.scalars(select(Instance.path).where(Instance.series_fk == series.id)))
+            correction = None
+            reports_of = [series.id]  # whose newest report this job's supersedes
+            if series.kind == CORRECTION and series.derived_from is not None:
+                source = s.get(Series, series.derived_from)
+                assert source is not None
+                correction = CorrectionInputs(_series(source), self._paths(s, source.id))
+                reports_of = [source.id, *self._corrections_of(s, source.id)]
+            job.supersedes = s.scalar(
+                select(Job.id)
+                .where(Job.series_fk.in_(reports_of), Job.state == JobState.DONE)
+                .order_by(Job.id.desc())
+                .limit(1)
+            )
             previous = s.get(Job, job.supersedes) if job.supersedes is not None else None
             return Claim(
                 job_id=job.id,
                 attempt=job.attempts,
                 series=_series(series),
-                paths=paths,
+                paths=self._paths(s, series.id),
                 previous_results=previous.results_dir if previous and previous.results_dir
                 else None,
+                correction=correction,
             )  # fmt: skip
+
+    @staticmethod
+    def _paths(s: Session, series_id: int) -> list[str]:
+        """A series' instance files, the newest received first."""
+        rows = s.scalars(
+            select(Instance.path)
+            .where(Instance.series_fk == series_id)
+            .order_by(Instance.received_at.desc(), Instance.id.desc())
+        )
+        return list(rows)
+
+    @staticmethod
+    def _corrections_of(s: Session, source_id: int) -> list[int]:
+        return list(
+            s.scalars(
+                select(Series.id).where(
+                    Series.derived_from == source_id,
+                    Series.origin == Origin.RECEIVED,
+                    Series.kind == CORRECTION,
+                )
+            )
+        )
+
+    def series_paths(self, series_id: int) -> list[str]:
+        """A series' instance files, the newest received first."""
+        with self._read() as s:
+            return self._paths(s, series_id)
+
+    def has_report(self, series_id: int) -> bool:
+        """Whether a job on the series finished with results."""
+        with self._read() as s:
+            found = s.scalar(
+                select(Job.id).where(Job.series_fk == series_id, Job.state == JobState.DONE)
+            )
+            return found is not None
 
     def job(self, job_id: int) -> JobRecord:
         with self._read() as s:
@@ -679,7 +729,11 @@ class Repository:
                     select(Job.results_dir).where(Job.series_fk == series_id, Job.results_dir != "")
                 )
             )
-            for d in s.scalars(select(Series).where(Series.derived_from == series_id)):
+            # its result series go with it; a reader's correction (received) has its own time
+            derived = select(Series).where(
+                Series.derived_from == series_id, Series.origin == Origin.RESULT
+            )
+            for d in s.scalars(derived):
                 s.execute(_table(Instance).delete().where(Instance.series_fk == d.id))
                 d.state, d.n_instances = SeriesState.PURGED, 0
             s.execute(_table(Instance).delete().where(Instance.series_fk == series_id))

@@ -1,6 +1,8 @@
 """Series completion and selection: a study whose series have been quiet for
 ``stable_age`` seconds is judged (like Orthanc's StableAge or mercure's series trigger):
-each newly complete series gets a job or is skipped with its reason recorded."""
+each newly complete series gets a job or is skipped with its reason recorded. A received
+SEG that edits one of the node's segmentations gets a correction job
+(`node.workflow.corrections`)."""
 
 from __future__ import annotations
 
@@ -8,9 +10,10 @@ import logging
 
 from node.config import Config
 from node.logs import event
-from node.store.records import Origin, SeriesRecord, SeriesState
+from node.store.records import CORRECTION, Origin, SeriesRecord, SeriesState
 from node.store.repository import Repository
-from node.workflow.selector import SeriesFacts, choose
+from node.workflow.corrections import is_seg, recognise
+from node.workflow.selector import Decision, SeriesFacts, choose
 
 log = logging.getLogger("node.assembler")
 
@@ -57,10 +60,17 @@ class Assembler:
             if s.state != SeriesState.RECEIVING:
                 continue
             decision = decisions[s.series_uid]
+            source_id = None
+            if is_seg(s) and self.config.corrections.enabled:
+                recognition = recognise(s, repo)
+                source_id = recognition.source.id if recognition.source else None
+                kind = CORRECTION if source_id is not None else ""
+                decision = Decision(source_id is not None, kind, recognition.reason)
             if decision.process:
                 job_id = repo.enqueue(
-                    s.id, decision.kind, decision.reason, self.config.jobs.max_attempts
-                )
+                    s.id, decision.kind, decision.reason, self.config.jobs.max_attempts,
+                    source_id=source_id,
+                )  # fmt: skip
                 if job_id is not None:
                     queued += 1
                     event(

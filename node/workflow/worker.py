@@ -23,10 +23,13 @@ from node.logs import event
 from node.store.records import Claim
 from node.store.repository import Repository
 from node.store.storage import Storage
+from node.workflow.corrections import CorrectionError, correct
 from pipeline.errors import SeriesLoadError
 
 if TYPE_CHECKING:
     from dicom_templates.identity import Algorithm
+    from dicom_templates.outputs import OutputFiles
+    from pipeline.quantify import Metrics
     from pipeline.run import Pipeline
 
 log = logging.getLogger("node.worker")
@@ -102,35 +105,32 @@ class Worker(threading.Thread):
         self.wake.set()
 
     def process(self, claim: Claim) -> None:
-        from dicom_templates.outputs import write_outputs
-        from pipeline.series import load_series
-
         assert self.pipeline is not None and self.algorithm is not None
         t0 = time.perf_counter()
         job_id, series = claim.job_id, claim.series
+        kind = "correction" if claim.correction else "analysis"
         event(
             log, "job_started", job=job_id, series=series.series_uid, attempt=claim.attempt,
-            instances=series.n_instances,
+            instances=series.n_instances, kind=kind,
         )  # fmt: skip
         out = self.storage.results_dir(series.series_uid, job_id)
+        previous = Path(claim.previous_results) if claim.previous_results else None
         try:
             shutil.rmtree(out, ignore_errors=True)  # leftovers of an interrupted attempt
-            volume = load_series([Path(p) for p in claim.paths], series.series_uid)
-            result = self.pipeline.run(volume)
-            predecessor = None
-            if claim.previous_results is not None:
-                predecessor = Path(claim.previous_results) / "sr.dcm"
-                predecessor = predecessor if predecessor.exists() else None
-            files = write_outputs(
-                out, volume, result.labels, result.metrics, self.algorithm,
-                predecessor_sr=predecessor,
-            )  # fmt: skip
+            if claim.correction is not None:
+                files, metrics, calling_ae = self._correct(claim, previous, out)
+            else:
+                files, metrics = self._analyse(claim, previous, out)
+                calling_ae = series.calling_ae
             objects = files.objects
-            deliveries = deliveries_for(self.config, series.calling_ae)
+            deliveries = deliveries_for(self.config, calling_ae)
             seconds = time.perf_counter() - t0
             self.repository.finish_job(
                 job_id, str(out), files.metrics.read_text(), objects, deliveries, seconds
             )
+        except CorrectionError as exc:
+            self._fail(job_id, series.series_uid, f"reader's SEG not usable: {exc}", final=True)
+            return
         except SeriesLoadError as exc:
             # The data will not get better by trying again: fail now, keep the files.
             self._fail(job_id, series.series_uid, f"not a usable LGE series: {exc}", final=True)
@@ -139,15 +139,51 @@ class Worker(threading.Thread):
             self._fail(job_id, series.series_uid, f"{type(exc).__name__}: {exc}", final=False)
             log.debug("job %s traceback:\n%s", job_id, traceback.format_exc())
             return
-        m = result.metrics
+        m = metrics
         event(
-            log, "job_done", job=job_id, series=series.series_uid, seconds=round(seconds, 2),
-            scar_ml=round(m.scar_ml, 2), scar_percent=round(m.scar_percent, 1),
-            mvo_ml=round(m.mvo_ml, 2), objects=len(objects),
-            destinations=",".join(d.name for d in deliveries) or "-",
+            log, "job_done", job=job_id, series=series.series_uid, kind=kind,
+            seconds=round(seconds, 2), scar_ml=round(m.scar_ml, 2),
+            scar_percent=round(m.scar_percent, 1), mvo_ml=round(m.mvo_ml, 2),
+            objects=len(objects), destinations=",".join(d.name for d in deliveries) or "-",
         )  # fmt: skip
         if self.on_done:
             self.on_done()
+
+    def _analyse(
+        self, claim: Claim, previous: Path | None, out: Path
+    ) -> tuple[OutputFiles, Metrics]:
+        """The model's segmentation of the claimed series."""
+        from dicom_templates.outputs import write_outputs
+        from pipeline.series import load_series
+
+        assert self.pipeline is not None and self.algorithm is not None
+        volume = load_series([Path(p) for p in claim.paths], claim.series.series_uid)
+        result = self.pipeline.run(volume)
+        predecessor = previous / "sr.dcm" if previous else None
+        files = write_outputs(
+            out, volume, result.labels, result.metrics, self.algorithm,
+            predecessor_sr=predecessor if predecessor and predecessor.exists() else None,
+        )  # fmt: skip
+        return files, result.metrics
+
+    def _correct(
+        self, claim: Claim, previous: Path | None, out: Path
+    ) -> tuple[OutputFiles, Metrics, str]:
+        """A reader's SEG applied to the series it edits; results go where that series'
+        results went."""
+        assert self.pipeline is not None and self.algorithm is not None
+        assert claim.correction is not None
+        source = claim.correction.source
+        corrected = correct(
+            Path(claim.paths[0]), claim.correction, previous, self.pipeline.settings,
+            self.algorithm, out, self.config.training_dataset,
+            received_from=claim.series.calling_ae,
+        )  # fmt: skip
+        event(
+            log, "correction_applied", job=claim.job_id, series=claim.series.series_uid,
+            source=source.series_uid, training_case=corrected.case_id,
+        )  # fmt: skip
+        return corrected.files, corrected.metrics, source.calling_ae
 
     def _fail(self, job_id: int, series_uid: str, error: str, final: bool) -> None:
         again = self.repository.fail_job(job_id, error, self.config.jobs.retry_delay_s, final)

@@ -3,36 +3,13 @@ nnU-Net raw dataset (heart-region crops of each stack with labels)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
-from pipeline.roi import HEART_MARGIN_MM, Box, to_uint8, union
+from pipeline.nnunet_raw import write_case, write_dataset_json
+from pipeline.roi import HEART_MARGIN_MM, heart_box, heart_region, to_uint8
 from pipeline.volume import Geometry
-
-
-def heart_box(labels2d: np.ndarray) -> Box | None:
-    """Box of LV and RV (all labels > 0) in one slice, or None without heart."""
-    ys, xs = np.nonzero(labels2d)
-    if ys.size == 0:
-        return None
-    return Box(int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
-
-
-def crop_geometry(geometry: Geometry, box: Box) -> Geometry:
-    origin = geometry.index_to_patient(np.array([0, box.y0, box.x0], dtype=float))
-    return Geometry(
-        shape=(geometry.shape[0], box.y1 - box.y0, box.x1 - box.x0),
-        origin=origin,
-        row_direction=geometry.row_direction,
-        column_direction=geometry.column_direction,
-        slice_direction=geometry.slice_direction,
-        pixel_spacing=geometry.pixel_spacing,
-        slice_spacing=geometry.slice_spacing,
-        slice_thickness=geometry.slice_thickness,
-    )
 
 
 def export_yolo_case(
@@ -74,32 +51,13 @@ def export_nnunet_case(
     """The heart region (union of per-slice boxes, a jittered margin like a detector's:
     wider than the detector's own error, so an imprecise box on unfamiliar images still
     gives the segmenter a crop it knows)."""
-    boxes = [b for b in (heart_box(labels[k]) for k in range(labels.shape[0])) if b]
     margin = HEART_MARGIN_MM + float(rng.uniform(-8, 20))
-    box = union(boxes).expand(margin, geometry.pixel_spacing, labels.shape[1:])
-    sub = crop_geometry(geometry, box)
-    ys, xs = box.slices
-    for folder, array, name in (
-        ("imagesTr", image[:, ys, xs].astype(np.float32), f"{case_id}_0000.nii.gz"),
-        ("labelsTr", labels[:, ys, xs].astype(np.uint8), f"{case_id}.nii.gz"),
-    ):
-        (dataset_dir / folder).mkdir(parents=True, exist_ok=True)
-        sitk.WriteImage(sub.to_sitk(array), str(dataset_dir / folder / name), True)
+    box = heart_region(labels, geometry.pixel_spacing, margin)
+    assert box is not None, f"{case_id}: a phantom without a heart"
+    write_case(image, labels, geometry, box, case_id, dataset_dir)
 
 
 def write_nnunet_dataset_json(dataset_dir: Path, n_training: int) -> None:
-    doc = {
-        "channel_names": {"0": "LGE"},  # not "CT": per-image z-score normalisation
-        "labels": {
-            "background": 0,
-            "lv_blood_pool": 1,
-            "myocardium": 2,
-            "scar": 3,
-            "mvo": 4,
-            "rv_blood_pool": 5,
-        },
-        "numTraining": n_training,
-        "file_ending": ".nii.gz",
-        "description": "lge-node synthetic LGE phantoms (not patient data)",
-    }
-    (dataset_dir / "dataset.json").write_text(json.dumps(doc, indent=2))
+    write_dataset_json(
+        dataset_dir, n_training, "lge-node synthetic LGE phantoms (not patient data)"
+    )
