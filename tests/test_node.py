@@ -307,13 +307,15 @@ def test_unusable_series_fails_once_with_its_reason_and_files_are_kept(
 def test_non_image_objects_are_stored_and_ignored_not_refused(
     site, psir_classic, tmp_path: Path
 ) -> None:
-    """PACS routing may push anything (here: the node's own SEG); it is kept, not processed."""
+    """PACS routing may push anything (here: a SEG of images the node never analysed,
+    so not a reader's correction); it is kept, not processed."""
     from dicom_templates.identity import Algorithm
     from dicom_templates.seg import build_seg
     from pipeline.series import load_series
 
     node, _ = site
-    volume = load_series(psir_classic.out_dir / "dicom")
+    _, series, files = copy_study(psir_classic.out_dir / "dicom", tmp_path / "unseen")
+    volume = load_series(files)
     ds = build_seg(volume, psir_classic.labels, Algorithm(kind="MANUAL"), False)
     path = tmp_path / "seg.dcm"
     ds.save_as(path, enforce_file_format=True)
@@ -328,7 +330,8 @@ def test_non_image_objects_are_stored_and_ignored_not_refused(
         lambda: (node.series_state(str(ds.SeriesInstanceUID)) or ("",))[0] == "skipped", 30,
         "the SEG series to be skipped",
     )  # fmt: skip
-    assert "modality SEG is not MR" in node.series_state(str(ds.SeriesInstanceUID))[1]
+    reason = node.series_state(str(ds.SeriesInstanceUID))[1]
+    assert f"references series {series}, which the node has not analysed" in reason
 
 
 def test_a_study_sent_to_the_force_ae_title_is_processed_regardless(
