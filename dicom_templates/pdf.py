@@ -56,9 +56,9 @@ def document_title(algorithm: Algorithm) -> str:
     return f"LGE scar quantification report{edited} - research only"
 
 
-def key_rows(m: Metrics) -> list[tuple[str, str, str]]:
+def key_rows(m: Metrics, algorithm: Algorithm) -> list[tuple[str, str, str]]:
     """(quantity, value with unit, method) as a reader sees them: rounded, named."""
-    seg_method = "nnU-Net segmentation"
+    seg_method = "nnU-Net segmentation" + (", reader-edited" if algorithm.reader_edited else "")
     rows = [
         ("LV myocardium", f"{m.myocardium_ml:.0f} ml / {m.myocardium_mass_g:.0f} g", seg_method),
         ("Infarct (scar incl. MVO)",
@@ -107,7 +107,7 @@ def readable_name(value: object) -> str:
 
 def _text_page(fig: plt.Figure, volume: Volume, algorithm: Algorithm) -> None:
     ds = volume.datasets[0]
-    fig.text(0.06, 0.965, document_title(algorithm), fontsize=16, weight="bold", va="top")
+    fig.text(0.06, 0.965, document_title(algorithm), fontsize=14, weight="bold", va="top")
     who = (
         f"Patient: {readable_name(ds.get('PatientName', ''))}   ID: {ds.get('PatientID', '')}   "
         f"Study date: {ds.get('StudyDate', '')}\n"
@@ -126,7 +126,7 @@ def _page_one(volume: Volume, m: Metrics, algorithm: Algorithm) -> plt.Figure:
     _text_page(fig, volume, algorithm)
     table_ax = fig.add_axes((0.06, 0.6, 0.88, 0.28))
     table_ax.axis("off")
-    rows = key_rows(m)
+    rows = key_rows(m, algorithm)
     table = table_ax.table(
         cellText=[list(r) for r in rows], colLabels=["quantity", "value", "method"],
         colWidths=[0.34, 0.33, 0.33], loc="upper left", cellLoc="left",

@@ -505,3 +505,52 @@ def test_labels_are_kept_on_the_source_geometry(written) -> None:
     image = sitk.ReadImage(str(files.labels))
     assert np.array_equal(sitk.GetArrayFromImage(image), case.labels)
     assert Geometry.from_sitk(image).mismatch(volume.geometry, tol_mm=1e-3) is None
+
+
+def test_reader_edited_outputs_say_so_everywhere_and_stay_valid(psir_classic, tmp_path) -> None:
+    """The results of a reader's correction: every object valid, every series and the
+    algorithm marked reader-edited, SEG segments SEMIAUTOMATIC, listed before the automatic
+    series, the reader's SEG in the SR's evidence, the source of the labels in metrics.json."""
+    from dicom_templates.outputs import ReaderEdit
+
+    first, _ = _write(psir_classic, tmp_path / "first")
+    reader_seg = pydicom.dcmread(first.seg)
+    reader_seg.SOPInstanceUID = pydicom.uid.generate_uid()  # as another tool stores it
+    edited, _ = _write(
+        psir_classic, tmp_path / "edited", predecessor_sr=first.sr,
+        reader_edit=ReaderEdit(reader_seg, "ORTHANC"),
+    )  # fmt: skip
+    automatic = {pydicom.dcmread(p, stop_before_pixels=True).SeriesNumber for p in first.dicom}
+    for path in edited.dicom:
+        verdict = dciodvfy(path)
+        assert verdict.errors == [], f"{path.name}:\n{verdict.output}"
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        assert ds.SeriesDescription.endswith("(reader-edited)"), path.name
+        assert ds.SeriesNumber < min(automatic)
+    seg = pydicom.dcmread(edited.seg)
+    for segment in seg.SegmentSequence:
+        assert segment.SegmentAlgorithmType == "SEMIAUTOMATIC"
+        assert "reader-edited" in segment.SegmentAlgorithmName
+    sr = pydicom.dcmread(edited.sr)
+    evidence = {
+        ref.ReferencedSOPInstanceUID
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    }
+    assert reader_seg.SOPInstanceUID in evidence
+    pred = sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+    assert (
+        pred.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        == pydicom.dcmread(first.sr).SOPInstanceUID
+    )
+    assert "Segmentation edited by a reader" in dsrdump(edited.sr)
+    assert "reader-edited" in pydicom.dcmread(edited.pdf).DocumentTitle
+    doc = json.loads(edited.metrics.read_text())
+    assert doc["segmentation"] == {
+        "source": "reader-edited",
+        "reader_seg_sop_instance_uid": reader_seg.SOPInstanceUID,
+        "reader_seg_series_instance_uid": reader_seg.SeriesInstanceUID,
+        "received_from": "ORTHANC",
+    }
+    assert json.loads(first.metrics.read_text())["segmentation"] == {"source": "automatic"}
