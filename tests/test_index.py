@@ -107,6 +107,44 @@ def test_one_job_per_series_at_a_time(index: Index) -> None:
     assert claimed(index) == (j2, sid)
 
 
+def test_a_correction_supersedes_the_newest_report_and_outlives_its_source(
+    index: Index,
+) -> None:
+    """A reader's SEG series (kind correction) claims with its source's files and the
+    newest report on that source, its own corrections included; retention purges the
+    source's result series with it, never the received correction (its own time)."""
+    src = index.record_instance(info("1.2.3.1.1"), "/img1", 1, "S", "a").series_id
+    j1 = index.enqueue(src, "psir", "LGE", max_attempts=1)
+    index.claim_job()
+    index.finish_job(j1, "/r1", "{}", [result("1.2.9")], [], 1.0)
+
+    def correction(n: int) -> tuple[int, int]:
+        seg = index.record_instance(
+            info(f"1.2.3.5.{n}", series=f"1.2.3.5{n}"), f"/seg{n}", 1, "PACS", "b"
+        ).series_id
+        job = index.enqueue(seg, "correction", "reader", max_attempts=1, source_id=src)
+        assert job is not None
+        return seg, job
+
+    seg1, j2 = correction(1)
+    claim = index.claim_job()
+    assert claim is not None and claim.correction is not None
+    assert (claim.job_id, claim.paths) == (j2, ["/seg1"])
+    assert (claim.correction.source.id, claim.correction.source_paths) == (src, ["/img1"])
+    assert (index.job(j2).supersedes, claim.previous_results) == (j1, "/r1")
+    index.finish_job(j2, "/r2", "{}", [], [], 1.0)
+    _, j3 = correction(2)
+    claim = index.claim_job()
+    assert claim is not None and (index.job(j3).supersedes, claim.previous_results) == (
+        j2, "/r2",
+    )  # fmt: skip
+    index.finish_job(j3, "/r3", "{}", [], [], 1.0)
+
+    purge = index.purge_series(src, cutoff=float("inf"))
+    assert purge is not None and purge.paths == ["/img1"]
+    assert index.series(seg1).state == SeriesState.DONE  # the correction is not the source's
+
+
 def test_send_failures_back_off_exponentially_up_to_the_cap(index: Index) -> None:
     sid = index.record_instance(info("1.2.3.1.1"), "/x", 1, "S", "a").series_id
     job = index.enqueue(sid, "psir", "LGE", max_attempts=3)
