@@ -1,6 +1,7 @@
 """Readers' corrections over DICOM: the node analyses a study and returns its SEG to the
 PACS (a real Orthanc); a reader's edited SEG, stored into the PACS as a viewer does and
-routed from there to the node with C-STORE, is measured again. The new SR and PDF say
+forwarded from there to the node (C-STORE, by `deploy/orthanc-route-seg.lua`), is
+measured again. The new SR and PDF say
 "reader-edited", the SR supersedes the first one, the numbers are those of the edited
 labels, and the (image, labels) pair lands in an nnU-Net raw dataset."""
 
@@ -22,20 +23,25 @@ from pipeline.labels import Label, myocardium_mask, scar_mask
 from pipeline.series import load_series
 from pipeline.volume import Volume
 from tests.dicom_tools import dciodvfy, dsr_numbers, dsrdump
-from tests.node_harness import NodeProcess, copy_study, reports_for, storescu
+from tests.node_harness import ROOT, NodeProcess, copy_study, reports_for, storescu
 from tests.orthanc import Orthanc, free_port
 
 pytestmark = pytest.mark.timeout(600)
 
 VOLUME, MASS, PERCENT = "118565006", "MASSG", "PCTLVMYO"
 PEERS = [{"ae_title": "ORTHANC"}, {"ae_title": "SCANNER"}]
+ROUTE_SEG = ROOT / "deploy" / "orthanc-route-seg.lua"
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("site")
     node_port = free_port()
-    pacs = Orthanc(work / "orthanc", modalities={"lge": ["LGE_NODE", "127.0.0.1", node_port]})
+    # The PACS forwards readers' SEGs with the routing script the README gives sites.
+    pacs = Orthanc(
+        work / "orthanc", modalities={"lge": ["LGE_NODE", "127.0.0.1", node_port]},
+        extra={"LuaScripts": [str(ROUTE_SEG)]},
+    )  # fmt: skip
     pacs_entry = {"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1",
                   "port": pacs.dicom_port}  # fmt: skip
     node = NodeProcess(work / "node", destinations=[pacs_entry], allowed_peers=PEERS,
@@ -82,12 +88,11 @@ def _reader_seg(volume: Volume, labels: np.ndarray) -> pydicom.Dataset:
     return seg
 
 
-def _route_to_node(pacs: Orthanc, seg: pydicom.Dataset, tmp: Path) -> None:
-    """Stored into the PACS (as OHIF stores over STOW), then sent on to the node."""
+def _store_in_pacs(pacs: Orthanc, seg: pydicom.Dataset, tmp: Path) -> None:
+    """Stored into the PACS as OHIF stores it; the PACS' routing script sends it on."""
     path = tmp / f"{seg.SOPInstanceUID}.dcm"
     seg.save_as(path, enforce_file_format=True)
-    ids = pacs.upload([path])
-    assert pacs.post("/modalities/lge/store", {"Resources": ids, "Synchronous": True}) is not None
+    pacs.upload([path])
 
 
 def test_a_reader_edited_seg_is_measured_again_reported_and_kept_for_training(
@@ -106,7 +111,7 @@ def test_a_reader_edited_seg_is_measured_again_reported_and_kept_for_training(
     k = int(np.argmax(scar_mask(edited).sum(axis=(1, 2))))
     edited[k][scar_mask(edited[k])] = Label.MYOCARDIUM
     seg = _reader_seg(volume, edited)
-    _route_to_node(pacs, seg, tmp_path)
+    _store_in_pacs(pacs, seg, tmp_path)
     node.wait_done(seg.SeriesInstanceUID)
     ((_, state, _, error),) = node.jobs(seg.SeriesInstanceUID)
     assert (state, error) == ("done", "")
@@ -189,7 +194,7 @@ def test_a_reader_edited_seg_is_measured_again_reported_and_kept_for_training(
     edited2 = edited.copy()
     edited2[edited2 == Label.MVO] = Label.SCAR
     seg2 = _reader_seg(volume, edited2)
-    _route_to_node(pacs, seg2, tmp_path)
+    _store_in_pacs(pacs, seg2, tmp_path)
     node.wait_done(seg2.SeriesInstanceUID)
     third = next(
         r for r in reports_for(pacs, study, series)
