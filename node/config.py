@@ -201,6 +201,40 @@ class CorrectionsSection(Section):
     dataset_name: str = Field("Dataset900_LGECorrections", pattern=r"^Dataset\d{3}_\w+$")
 
 
+Role = Literal["viewer", "operator", "admin"]  # each includes the ones before it
+
+
+class ConsoleUser(Section):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[\w.@-]+$")
+    role: Role = "viewer"
+    # argon2id hash (``lge-node console hash-password``); the password itself never.
+    password_hash: str = Field(pattern=r"^\$argon2id?\$")
+
+
+class ConsoleToken(Section):
+    """An API token (``Authorization: Bearer <token>``), stored as its SHA-256."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[\w.@-]+$")
+    role: Role = "viewer"
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class HttpSection(Section):
+    """The operator console and REST API (``/api/v1``, OpenAPI at ``/api/docs``)."""
+
+    enabled: bool = True
+    bind_address: str = "127.0.0.1"  # loopback by default: expose it deliberately
+    port: Port = 8044
+    users: list[ConsoleUser] = Field(default_factory=list)
+    tokens: list[ConsoleToken] = Field(default_factory=list)
+    session_hours: float = Field(12.0, gt=0, le=24 * 30)
+    # /metrics (Prometheus), /healthz, /readyz answer without login (scrapers, probes);
+    # they carry counts, never patient data.
+    open_probes: bool = True
+    certificate: Path | None = None  # HTTPS when both are set
+    private_key: Path | None = None
+
+
 class Config(BaseSettings):
     """Everything the node reads at start-up."""
 
@@ -217,6 +251,7 @@ class Config(BaseSettings):
     jobs: JobsSection = Field(default_factory=JobsSection)
     dispatch: DispatchSection = Field(default_factory=DispatchSection)
     corrections: CorrectionsSection = Field(default_factory=CorrectionsSection)
+    http: HttpSection = Field(default_factory=HttpSection)
     destinations: list[Destination] = Field(default_factory=list)
     pacs: list[Pacs] = Field(default_factory=list)
 
@@ -273,6 +308,12 @@ def _cross_checks(config: Config) -> list[str]:
     names = [d.name for d in config.destinations]
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"  destinations: name {name!r} is used twice")
+    for kind, entries in (("users", config.http.users), ("tokens", config.http.tokens)):
+        seen = [e.name for e in entries]
+        for name in sorted({n for n in seen if seen.count(n) > 1}):
+            problems.append(f"  http.{kind}: name {name!r} is used twice")
+    if (config.http.certificate is None) != (config.http.private_key is None):
+        problems.append("  http: HTTPS needs both certificate and private_key")
     for key in ("include", "exclude"):
         for pattern in getattr(config.selection, key):
             try:

@@ -16,6 +16,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from node.logs import event
+from node.metrics import EVENTS
 
 if TYPE_CHECKING:
     from node.store.repository import Repository
@@ -72,6 +73,7 @@ def notify(
     if job_id is not None:
         extra["job"] = job_id
     event(log, what.kind, what.level, **extra, **fields, reason=message)
+    EVENTS.labels(what.kind).inc()
     if repository is None:
         return
     if defer:

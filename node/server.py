@@ -19,9 +19,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from node.config import Config
 from node.dimse.dispatch import Dispatcher
-from node.dimse.scp import DicomService
+from node.dimse.scp import DicomService, access_warning
 from node.events import flush_deferred
+from node.http.context import Console
+from node.http.service import HttpService
 from node.logs import event
+from node.metrics import watch_index
 from node.store.ingest import Indexer, Journal
 from node.store.records import Received, StoreOutcome
 from node.store.recovery import recover
@@ -29,6 +32,7 @@ from node.store.repository import Repository
 from node.store.retention import Retention
 from node.store.storage import Storage
 from node.workflow.assembler import Assembler
+from node.workflow.operations import Operations
 from node.workflow.worker import Worker
 
 log = logging.getLogger("node.server")
@@ -53,6 +57,39 @@ class Node:
         ]
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.stopped = threading.Event()
+        self.http: HttpService | None = None
+        if config.http.enabled:
+            self.http = HttpService(self._console())
+
+    def _console(self) -> Console:
+        from node.http.auth import Authenticator, session_secret
+
+        operations = Operations(
+            self.config, self.repository, self.wake_workers.set, self._results_ready
+        )
+        auth = Authenticator(self.config.http, session_secret(self.storage.root))
+        return Console(
+            self.config, self.repository, self.storage, operations, auth, self.readiness,
+            self.warnings,
+        )  # fmt: skip
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready when the DICOM port listens and every worker has its models."""
+        if self.dicom.server is None:
+            return False, "the DICOM service is not listening"
+        loading = [w.name for w in self.workers if not w.ready.is_set()]
+        if loading:
+            return False, f"loading models: {', '.join(loading)}"
+        failed = [f"{w.name}: {w.load_error}" for w in self.workers if w.load_error]
+        if failed:
+            return False, "models failed to load: " + "; ".join(failed)
+        return True, ""
+
+    def warnings(self) -> list[str]:
+        found = [w for w in (access_warning(self.config),) if w]
+        if self.config.http.enabled and not (self.config.http.users or self.config.http.tokens):
+            found.append("no console users or API tokens: every API call is refused")
+        return found
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -90,6 +127,9 @@ class Node:
             if job.id not in wanted:
                 job.remove()
         self.dicom.start()
+        watch_index(self.repository, self.storage.free_bytes)
+        if self.http is not None:
+            self.http.start()
         event(log, "started", seconds=round(time.perf_counter() - t0, 2))
 
     def _schedule_polls(self) -> None:
@@ -114,6 +154,8 @@ class Node:
         if self.stopped.is_set():
             return
         self.stopped.set()
+        if self.http is not None:
+            self.http.stop()
         self.dicom.stop()
         if self.indexer is not None:
             self.indexer.stop()

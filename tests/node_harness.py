@@ -78,6 +78,7 @@ class NodeProcess:
             "storage": {"data_dir": str(self.data_dir), "stable_age_s": stable_age_s,
                         "fsync": False},
             "jobs": {"retry_delay_s": 1.0},
+            "http": {"port": free_port()},
             "dispatch": {"retry_initial_s": 0.5, "retry_max_s": 2.0},
         }  # fmt: skip
         if allowed_peers is not None:
@@ -89,6 +90,7 @@ class NodeProcess:
                 doc.setdefault(name, {}).update(values)
         if destinations:
             doc["destinations"] = destinations
+        self.http_url = f"http://127.0.0.1:{doc['http']['port']}"
         workdir.mkdir(parents=True, exist_ok=True)
         write_toml(self.config_path, doc)
         self.log_path = workdir / "node.log"

@@ -263,3 +263,40 @@ def demo(
         f"{s['start']:.0f} s, send -> results stored at the peer "
         f"{s['send_to_results_delivered']:.1f} s, of which 2 s stable age)"
     )
+
+
+@app.command("hash-password")
+def hash_password(
+    name: Annotated[str, typer.Argument(help="The console user's name.")],
+    role: Annotated[str, typer.Option(help="viewer, operator or admin.")] = "viewer",
+) -> None:
+    """Ask for a password and print the [[http.users]] entry for node.toml (argon2id)."""
+    from node.http.auth import RANK, hash_password
+
+    if role not in RANK:
+        raise fail(f"role must be one of {', '.join(RANK)}, not {role!r}")
+    password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    if len(password) < 8:
+        raise fail("a console password needs at least 8 characters")
+    console.print(
+        f'[[http.users]]\nname = "{name}"\nrole = "{role}"\n'
+        f'password_hash = "{hash_password(password)}"', soft_wrap=True, markup=False,
+    )  # fmt: skip
+
+
+@app.command("new-token")
+def new_token(
+    name: Annotated[str, typer.Argument(help="What the token is for (e.g. grafana).")],
+    role: Annotated[str, typer.Option(help="viewer, operator or admin.")] = "viewer",
+) -> None:
+    """Make an API token: prints the token (once) and the [[http.tokens]] entry."""
+    from node.http.auth import RANK, new_token
+
+    if role not in RANK:
+        raise fail(f"role must be one of {', '.join(RANK)}, not {role!r}")
+    token, digest = new_token()
+    console.print(f"token (give it to the client; it is not stored): {token}", markup=False)
+    console.print(
+        f'[[http.tokens]]\nname = "{name}"\nrole = "{role}"\nsha256 = "{digest}"',
+        soft_wrap=True, markup=False,
+    )  # fmt: skip

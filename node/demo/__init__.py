@@ -123,6 +123,7 @@ def run_demo(
         destinations=[Destination(name="pacs", ae_title=peer_ae, host="127.0.0.1",
                                   port=peer_port)],
         dispatch={"retry_initial_s": 1.0, "retry_max_s": 5.0},
+        http={"port": free_port()},
     )  # fmt: skip
     progress("starting the node and the receiving peer")
     node = Node(config)

@@ -26,6 +26,7 @@ from node.dimse.qr_scp import QueryRetrieveScp
 from node.dimse.store_scp import StoreScp
 from node.events import Event, notify
 from node.logs import event
+from node.metrics import ASSOCIATIONS
 from node.store.records import Received
 from node.store.repository import Repository
 from node.store.storage import Storage
@@ -218,6 +219,7 @@ class DicomService:
         ev.assoc.acse.send_reject(0x01, 0x01, 0x07 if reason.startswith("called") else 0x03)
         ev.assoc.is_rejected = True
         ev.assoc.kill()
+        ASSOCIATIONS.labels("rejected").inc()
         notify(
             self.repository, Event.ASSOCIATION_REJECTED, reason, peer_ae=peer.ae_title,
             address=peer.address, defer=True,
@@ -226,6 +228,7 @@ class DicomService:
     def _on_established(self, ev: Any) -> None:
         peer = peer_of(ev.assoc)
         event(log, "association_accepted", peer_ae=peer.ae_title, address=peer.address)
+        ASSOCIATIONS.labels("accepted").inc()
 
     def _finish(self, ev: Any, how: str) -> None:
         peer = peer_of(ev.assoc)

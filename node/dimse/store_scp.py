@@ -29,6 +29,7 @@ from node.config import Config
 from node.dimse.common import Dimse, Peer, peer_of
 from node.events import Event, notify
 from node.logs import event
+from node.metrics import BYTES_RECEIVED, INSTANCES_RECEIVED, REFUSED
 from node.store.ingest import describe
 from node.store.records import Origin, Received
 from node.store.repository import Repository
@@ -91,6 +92,7 @@ class StoreScp:
             status, reason = verdict
             if status == Dimse.SUCCESS:
                 return status  # a copy of one of our own results: nothing to store
+            REFUSED.labels(f"0x{status:04X}").inc()
             notify(
                 self.repository, Event.INSTANCE_CONFLICT, reason, peer_ae=peer.ae_title,
                 address=peer.address, series_uid=info.series_uid, status=f"0x{status:04X}",
@@ -117,6 +119,8 @@ class StoreScp:
         )  # fmt: skip
         with self._lock:
             self.received[str(id(ev.assoc))] += 1
+        INSTANCES_RECEIVED.inc()
+        BYTES_RECEIVED.inc(len(data))
         return Dimse.SUCCESS
 
     def _identity(
@@ -162,6 +166,7 @@ class StoreScp:
         return called == force
 
     def _refuse(self, peer: Peer, status: int, reason: str) -> int:
+        REFUSED.labels(f"0x{status:04X}").inc()
         notify(
             self.repository, Event.INSTANCE_REFUSED, reason, peer_ae=peer.ae_title,
             address=peer.address, status=f"0x{status:04X}",

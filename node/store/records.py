@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Generic, TypeVar
 
 from dicom_templates.written import WrittenObject
 
@@ -288,3 +289,56 @@ class Identity:
     home_series: str | None
     home_path: str | None
     series_origin: Origin | None
+
+
+# -- the console and the REST API ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    time: float
+    user: str
+    role: str
+    action: str
+    target: str
+    outcome: str
+    detail: str
+    address: str
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a long list, and how many there are in all."""
+
+    items: list[T]
+    total: int
+    offset: int
+    limit: int
+
+
+@dataclass(frozen=True)
+class SeriesDetail:
+    """A series with its study, jobs (newest first) and the result series derived from it."""
+
+    series: SeriesRecord
+    study: StudyRecord
+    jobs: list[JobRecord]
+    results: list[SeriesRecord]
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What the dashboard shows and /metrics exports, read in one go."""
+
+    series: dict[str, int]  # received series by state
+    jobs: dict[str, int]  # jobs by state
+    sends_pending: int
+    oldest_pending_s: float | None  # age of the oldest unsent result object
+    received_per_hour: list[tuple[float, int]]  # (hour start, instances), last 24 hours
+    delivered_per_hour: list[tuple[float, int]]  # (hour start, objects sent)
+    instances: int
+    stored_bytes: int

@@ -26,8 +26,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from node.store.query import KeyMatch, Query
 from node.store.records import (
     CORRECTION,
+    AuditEntry,
     Claim,
     CorrectionInputs,
+    Counts,
     Delivery,
     EventView,
     Identity,
@@ -38,12 +40,14 @@ from node.store.records import (
     JobState,
     Origin,
     OutboxRecord,
+    Page,
     Purge,
     QrRow,
     Received,
     ResultObject,
     SendRow,
     SendState,
+    SeriesDetail,
     SeriesRecord,
     SeriesRow,
     SeriesState,
@@ -52,6 +56,7 @@ from node.store.records import (
     StudyRecord,
 )
 from node.store.schema import (
+    AuditRow,
     Base,
     EventRow,
     Instance,
@@ -131,6 +136,20 @@ def _job(j: Job) -> JobRecord:
         results_dir=j.results_dir, metrics=j.metrics, supersedes=j.supersedes,
         seconds=j.seconds,
     )  # fmt: skip
+
+
+def _series_row(series: Series, study: Study) -> SeriesRow:
+    return SeriesRow(
+        study.study_uid, study.accession_number, series.series_uid, series.description,
+        series.n_instances, series.state, series.reason, series.calling_ae,
+        series.last_received,
+    )  # fmt: skip
+
+
+def _audit(r: AuditRow) -> AuditEntry:
+    return AuditEntry(
+        r.id, r.time, r.user, r.role, r.action, r.target, r.outcome, r.detail, r.address
+    )
 
 
 def _outbox(o: Outbox) -> OutboxRecord:
@@ -817,13 +836,7 @@ class Repository:
                 .limit(limit)
             )
             for series, study in rows:
-                snap.series.append(
-                    SeriesRow(
-                        study.study_uid, study.accession_number, series.series_uid,
-                        series.description, series.n_instances, series.state, series.reason,
-                        series.calling_ae, series.last_received,
-                    )
-                )  # fmt: skip
+                snap.series.append(_series_row(series, study))
             for job, uid in s.execute(
                 select(Job, Series.series_uid)
                 .join(Series, Series.id == Job.series_fk)
@@ -861,6 +874,204 @@ class Repository:
                 peer = f"{ev.peer_ae}@{ev.peer_address}" if ev.peer_ae else ev.peer_address
                 snap.events.append(EventView(ev.time, ev.level, ev.kind, peer, ev.message))
         return snap
+
+    # -- the console and the REST API ------------------------------------------------
+
+    def series_page(
+        self, state: str | None = None, search: str = "", offset: int = 0, limit: int = 50
+    ) -> Page[SeriesRow]:
+        """Received series, newest first; ``search`` matches the start of a series or study
+        UID, an accession number or a description (indexed columns, one page read)."""
+        where: list[ColumnElement[bool]] = [Series.origin == Origin.RECEIVED]
+        if state:
+            where.append(Series.state == state)
+        if search:
+            like = search.replace("\\", "").replace("%", "").replace("_", "\\_") + "%"
+            where.append(
+                Series.series_uid.like(like, escape="\\")
+                | Study.study_uid.like(like, escape="\\")
+                | Study.accession_number.like(like, escape="\\")
+                | Series.description.like(like, escape="\\")
+            )
+        with self._read() as s:
+            total = s.scalar(
+                select(func.count()).select_from(Series)
+                .join(Study, Study.id == Series.study_fk).where(*where)
+            )  # fmt: skip
+            rows = s.execute(
+                select(Series, Study)
+                .join(Study, Study.id == Series.study_fk)
+                .where(*where)
+                .order_by(Series.last_received.desc(), Series.id.desc())
+                .offset(offset)
+                .limit(limit)
+            )
+            items = [_series_row(series, study) for series, study in rows]
+        return Page(items, int(total or 0), offset, limit)
+
+    def jobs_page(self, state: str | None = None, offset: int = 0, limit: int = 50) -> Page[JobRow]:
+        where = [Job.state == state] if state else []
+        with self._read() as s:
+            total = s.scalar(select(func.count()).select_from(Job).where(*where))
+            items = []
+            for job, uid in s.execute(
+                select(Job, Series.series_uid)
+                .join(Series, Series.id == Job.series_fk)
+                .where(*where)
+                .order_by(Job.id.desc())
+                .offset(offset)
+                .limit(limit)
+            ):
+                scar = json.loads(job.metrics).get("scar_percent") if job.metrics else None
+                items.append(
+                    JobRow(
+                        job.id, uid, job.state, job.attempts, job.max_attempts, job.seconds,
+                        scar, job.error.splitlines()[0] if job.error else "", job.created_at,
+                    )
+                )  # fmt: skip
+        return Page(items, int(total or 0), offset, limit)
+
+    def series_detail(self, series_uid: str) -> SeriesDetail | None:
+        with self._read() as s:
+            series = s.scalar(select(Series).where(Series.series_uid == series_uid))
+            if series is None:
+                return None
+            study = s.get(Study, series.study_fk)
+            assert study is not None
+            jobs = s.scalars(select(Job).where(Job.series_fk == series.id).order_by(Job.id.desc()))
+            results = s.scalars(
+                select(Series)
+                .where(Series.derived_from == series.id, Series.origin == Origin.RESULT)
+                .order_by(Series.id)
+            )
+            return SeriesDetail(
+                _series(series), _study(study), [_job(j) for j in jobs],
+                [_series(r) for r in results],
+            )  # fmt: skip
+
+    def counts(self, now: float | None = None) -> Counts:
+        now = time.time() if now is None else now
+        since = (now // 3600 - 23) * 3600  # the start of the hour 23 hours ago
+        with self._read() as s:
+            series = dict(
+                s.execute(
+                    select(Series.state, func.count())
+                    .where(Series.origin == Origin.RECEIVED)
+                    .group_by(Series.state)
+                ).all()
+            )
+            jobs = dict(s.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+            pending, oldest = s.execute(
+                select(func.count(), func.min(Outbox.created_at)).where(
+                    Outbox.state == SendState.PENDING
+                )
+            ).one()
+            hour = func.floor(Instance.received_at / 3600) * 3600
+            received = s.execute(
+                select(hour, func.count())
+                .join(Series, Series.id == Instance.series_fk)
+                .where(Instance.received_at >= since, Series.origin == Origin.RECEIVED)
+                .group_by(hour)
+            ).all()
+            sent_hour = func.floor(Outbox.sent_at / 3600) * 3600
+            delivered = s.execute(
+                select(sent_hour, func.count())
+                .where(Outbox.state == SendState.SENT, Outbox.sent_at >= since)
+                .group_by(sent_hour)
+            ).all()
+            instances, size = s.execute(
+                select(func.count(), func.coalesce(func.sum(Instance.size), 0))
+            ).one()
+
+        def hourly(rows: list[Any]) -> list[tuple[float, int]]:
+            got = {float(h): int(n) for h, n in rows}
+            return [(since + 3600 * i, got.get(since + 3600 * i, 0)) for i in range(24)]
+
+        return Counts(
+            series={str(k): int(v) for k, v in series.items()},
+            jobs={str(k): int(v) for k, v in jobs.items()},
+            sends_pending=int(pending or 0),
+            oldest_pending_s=now - oldest if oldest is not None else None,
+            received_per_hour=hourly(list(received)),
+            delivered_per_hour=hourly(list(delivered)),
+            instances=int(instances or 0),
+            stored_bytes=int(size or 0),
+        )
+
+    def requeue(
+        self, series_id: int, reason: str, max_attempts: int, kind: str | None = None,
+        now: float | None = None,
+    ) -> int | None:  # fmt: skip
+        """An operator's re-run (done, failed) or force (skipped): a new job, or None when
+        the series is receiving, queued, running or purged (nothing to do, or no files)."""
+        now = time.time() if now is None else now
+        with self._writing() as s:
+            series = s.get(Series, series_id)
+            if series is None or not series_may(series.state, SeriesEvent.REQUESTED):
+                return None
+            job = Job(
+                series_fk=series_id, max_attempts=max_attempts,
+                n_instances=series.n_instances, created_at=now, state=JobState.QUEUED,
+            )  # fmt: skip
+            s.add(job)
+            series.state = series_after(series.state, SeriesEvent.REQUESTED)
+            series.reason = reason
+            if kind is not None:
+                series.kind = kind
+            s.flush()
+            return job.id
+
+    def add_sends(
+        self, job_id: int, objects: list[ResultObject], deliveries: list[Delivery],
+        now: float | None = None,
+    ) -> int:  # fmt: skip
+        """Outbox rows to send a finished job's objects again; returns how many."""
+        now = time.time() if now is None else now
+        with self._writing() as s:
+            for d in deliveries:
+                for o in objects:
+                    s.add(
+                        Outbox(
+                            job_fk=job_id, destination=d.name, ae_title=d.ae_title, host=d.host,
+                            port=d.port, path=o.path, sop_class_uid=o.sop_class_uid,
+                            sop_uid=o.sop_uid, created_at=now, next_attempt_at=now,
+                            state=SendState.PENDING,
+                        )
+                    )  # fmt: skip
+        return len(objects) * len(deliveries)
+
+    def retry_destination(self, destination: str, now: float | None = None) -> int:
+        """Pending sends to ``destination`` become due now; returns how many."""
+        now = time.time() if now is None else now
+        with self._writing() as s:
+            result = s.execute(
+                update(Outbox)
+                .where(Outbox.destination == destination, Outbox.state == SendState.PENDING)
+                .values(next_attempt_at=now)
+            )
+            return int(cast(Any, result).rowcount or 0)
+
+    def record_audit(
+        self, user: str, role: str, action: str, target: str = "", outcome: str = "ok",
+        detail: str = "", address: str = "", now: float | None = None,
+    ) -> None:  # fmt: skip
+        with self._writing() as s:
+            s.add(
+                AuditRow(
+                    time=time.time() if now is None else now, user=user[:64], role=role,
+                    action=action, target=target, outcome=outcome, detail=detail[:2000],
+                    address=address[:64],
+                )
+            )  # fmt: skip
+
+    def audit_page(self, offset: int = 0, limit: int = 50) -> Page[AuditEntry]:
+        with self._read() as s:
+            total = s.scalar(select(func.count()).select_from(AuditRow))
+            rows = s.scalars(
+                select(AuditRow).order_by(AuditRow.id.desc()).offset(offset).limit(limit)
+            )
+            items = [_audit(r) for r in rows]
+        return Page(items, int(total or 0), offset, limit)
 
 
 def _study_fields(info: InstanceInfo) -> dict[str, str]:

@@ -137,3 +137,18 @@ class EventRow(Base):
     peer_address: Mapped[str] = mapped_column(String(64), default="")
     series_uid: Mapped[str] = mapped_column(String(64), default="")
     job_fk: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class AuditRow(Base):
+    """Who did what through the console or the API (logins too), kept for the operator."""
+
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    time: Mapped[float] = mapped_column(Float, index=True)
+    user: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16), default="")
+    action: Mapped[str] = mapped_column(String(64))  # login, rerun, resend, retry, ...
+    target: Mapped[str] = mapped_column(Text, default="")  # series UID, job id, destination
+    outcome: Mapped[str] = mapped_column(String(16), default="ok")  # ok | refused | failed
+    detail: Mapped[str] = mapped_column(Text, default="")
+    address: Mapped[str] = mapped_column(String(64), default="")

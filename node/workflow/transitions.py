@@ -29,6 +29,7 @@ class SeriesEvent(StrEnum):
     JOB_FAILED = "job_failed"  # the job gave up
     NODE_RESTARTED = "node_restarted"  # the node died while the job ran; job queued again
     PURGED = "purged"  # files removed after the retention time
+    REQUESTED = "requested"  # an operator asked for a (re-)run: console or API
 
 
 class JobEvent(StrEnum):
@@ -68,6 +69,11 @@ SERIES: dict[tuple[SeriesState, SeriesEvent], SeriesState] = {
     # all its instances. A job that would retry is cancelled instead (JobEvent).
     **{(state, SeriesEvent.JOB_DONE): state for state in SeriesState if state != P},
     **{(state, SeriesEvent.JOB_FAILED): state for state in SeriesState if state != P},
+    # An operator's re-run of a finished series, or force of a skipped one. Not while
+    # receiving, queued or running (it will run anyway), nor once purged (no files).
+    (D, SeriesEvent.REQUESTED): Q,
+    (F, SeriesEvent.REQUESTED): Q,
+    (K, SeriesEvent.REQUESTED): Q,
     (K, SeriesEvent.PURGED): X,
     (D, SeriesEvent.PURGED): X,
 }

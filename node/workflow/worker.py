@@ -20,6 +20,7 @@ from node.config import Config
 from node.dimse.dispatch import deliveries_for
 from node.events import Event, notify
 from node.logs import event
+from node.metrics import JOB_SECONDS
 from node.store.records import Claim
 from node.store.repository import Repository
 from node.store.storage import Storage
@@ -139,6 +140,7 @@ class Worker(threading.Thread):
             self._fail(job_id, series.series_uid, f"{type(exc).__name__}: {exc}", final=False)
             log.debug("job %s traceback:\n%s", job_id, traceback.format_exc())
             return
+        JOB_SECONDS.labels(kind).observe(seconds)
         m = metrics
         event(
             log, "job_done", job=job_id, series=series.series_uid, kind=kind,

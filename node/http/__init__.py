@@ -1,0 +1,1 @@
+"""The operator console and REST API over HTTP (FastAPI, uvicorn)."""

@@ -1,0 +1,214 @@
+"""The REST API, ``/api/v1`` (OpenAPI at ``/api/docs``): everything the console shows and
+does. Reading needs a viewer, acting an operator, the configuration and the audit trail
+an admin; every action (and every refused one) is written to the audit trail."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, UploadFile
+
+from node import __version__
+from node.http.auth import Principal
+from node.http.context import Console, principal_of, require
+from node.store.records import SeriesState
+from node.workflow.operations import OperationRefused
+
+router = APIRouter(prefix="/api/v1")
+
+Viewer = Annotated[Principal, Depends(require("viewer"))]
+Operator = Annotated[Principal, Depends(require("operator"))]
+Admin = Annotated[Principal, Depends(require("admin"))]
+Offset = Annotated[int, Query(ge=0)]
+Limit = Annotated[int, Query(ge=1, le=500)]
+
+SECRET_KEYS = {"password_hash", "sha256", "private_key", "database_url"}
+
+
+def console(request: Request) -> Console:
+    ctx: Console = request.app.state.console
+    return ctx
+
+
+Ctx = Annotated[Console, Depends(console)]
+
+
+@dataclass(frozen=True)
+class Done:
+    """What an action did."""
+
+    action: str
+    target: str
+    result: int  # the new job's id, or how many objects / sends it concerns
+    message: str
+
+
+def _act(
+    ctx: Console, request: Request, who: Principal, action: str, target: str, run: Any
+) -> Done:
+    address = request.client.host if request.client else ""
+    try:
+        result, message = run()
+    except OperationRefused as exc:
+        ctx.repository.record_audit(
+            who.name, who.role, action, target, "refused", str(exc), address
+        )
+        raise HTTPException(409, str(exc)) from None
+    ctx.repository.record_audit(who.name, who.role, action, target, "ok", message, address)
+    return Done(action, target, result, message)
+
+
+# -- reading ---------------------------------------------------------------------------
+
+
+@router.get("/me", summary="Who is asking")
+def me(who: Viewer) -> dict[str, str]:
+    return {"name": who.name, "role": who.role, "via": who.via}
+
+
+@router.get("/summary", summary="Counts for the dashboard")
+def summary(ctx: Ctx, _: Viewer) -> dict[str, Any]:
+    counts = ctx.repository.counts()
+    ready, why = ctx.readiness()
+    return {
+        "version": __version__,
+        "ae_title": ctx.config.dicom.ae_title,
+        "ready": ready,
+        "not_ready": why,
+        "warnings": ctx.warnings(),
+        "disk_free_bytes": ctx.storage.free_bytes(),
+        **asdict(counts),
+    }
+
+
+@router.get("/series", summary="Received series, newest first")
+def series_list(
+    ctx: Ctx, _: Viewer, state: SeriesState | None = None, search: str = "",
+    offset: Offset = 0, limit: Limit = 50,
+) -> dict[str, Any]:  # fmt: skip
+    return asdict(ctx.repository.series_page(state, search.strip(), offset, limit))
+
+
+@router.get("/series/{series_uid}", summary="A series: study, jobs, results, metrics")
+def series_detail(ctx: Ctx, _: Viewer, series_uid: str) -> dict[str, Any]:
+    detail = ctx.repository.series_detail(series_uid)
+    if detail is None:
+        raise HTTPException(404, f"no series {series_uid}")
+    doc = asdict(detail)
+    done = next((j for j in detail.jobs if j.state == "done" and j.metrics), None)
+    doc["metrics"] = json.loads(done.metrics) if done else None
+    for job in doc["jobs"]:
+        job.pop("metrics", None)  # the newest is above; the rest on /jobs/{id}
+    return doc
+
+
+@router.get("/series/{series_uid}/dry-run", summary="The selection rules on a held series")
+def dry_run_series(ctx: Ctx, _: Viewer, series_uid: str) -> dict[str, Any]:
+    try:
+        return asdict(ctx.operations.dry_run_series(series_uid))
+    except OperationRefused as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+@router.post("/rules/dry-run", summary="The selection rules on an uploaded DICOM header")
+async def dry_run_header(
+    ctx: Ctx, _: Viewer, file: Annotated[UploadFile, File(description="one DICOM instance")]
+) -> dict[str, Any]:
+    data = await file.read(int(ctx.config.storage.max_instance_mb * 2**20) + 1)
+    try:
+        return asdict(ctx.operations.dry_run_header(data))
+    except OperationRefused as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+@router.get("/jobs", summary="Jobs, newest first")
+def jobs(
+    ctx: Ctx, _: Viewer, state: str | None = None, offset: Offset = 0, limit: Limit = 50
+) -> dict[str, Any]:
+    return asdict(ctx.repository.jobs_page(state, offset, limit))
+
+
+@router.get("/jobs/{job_id}", summary="One job, with its metrics")
+def job(ctx: Ctx, _: Viewer, job_id: int) -> dict[str, Any]:
+    try:
+        record = ctx.repository.job(job_id)
+    except KeyError:
+        raise HTTPException(404, f"no job {job_id}") from None
+    doc = asdict(record)
+    doc["metrics"] = json.loads(record.metrics) if record.metrics else None
+    return doc
+
+
+@router.get("/destinations", summary="Destinations and their outbox")
+def destinations(ctx: Ctx, _: Viewer) -> list[dict[str, Any]]:
+    sends = {row.destination: row for row in ctx.repository.snapshot(limit=1).sends}
+    out = []
+    for d in ctx.config.destinations:
+        row = sends.get(d.name)
+        out.append({
+            "name": d.name, "ae_title": d.ae_title, "host": d.host, "port": d.port,
+            "sources": d.sources, "pending": row.pending if row else 0,
+            "sent": row.sent if row else 0, "last_error": row.last_error if row else "",
+            "next_attempt_at": row.next_attempt_at if row else None,
+        })  # fmt: skip
+    return out
+
+
+@router.get("/events", summary="Recent operator events")
+def events(ctx: Ctx, _: Viewer, limit: Limit = 50) -> list[dict[str, Any]]:
+    return [asdict(e) for e in ctx.repository.snapshot(limit=limit).events]
+
+
+@router.get("/audit", summary="Who did what (admin)")
+def audit(ctx: Ctx, _: Admin, offset: Offset = 0, limit: Limit = 50) -> dict[str, Any]:
+    return asdict(ctx.repository.audit_page(offset, limit))
+
+
+@router.get("/config", summary="The running configuration, secrets masked (admin)")
+def config(ctx: Ctx, _: Admin) -> dict[str, Any]:
+    return _masked(ctx.config.model_dump(mode="json"))
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: ("***" if k in SECRET_KEYS and v else _masked(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return value
+
+
+# -- acting ----------------------------------------------------------------------------
+
+
+@router.post("/series/{series_uid}/rerun", summary="Run a done, failed or skipped series again")
+def rerun(ctx: Ctx, request: Request, who: Operator, series_uid: str) -> Done:
+    def run() -> tuple[int, str]:
+        job_id = ctx.operations.rerun(series_uid)
+        return job_id, f"job {job_id} queued"
+
+    return _act(ctx, request, who, "rerun", series_uid, run)
+
+
+@router.post("/jobs/{job_id}/resend", summary="Send a job's results again")
+def resend(
+    ctx: Ctx, request: Request, who: Operator, job_id: int, destination: str | None = None
+) -> Done:
+    def run() -> tuple[int, str]:
+        n = ctx.operations.resend(job_id, destination)
+        return n, f"{n} sends queued" + (f" to {destination}" if destination else "")
+
+    return _act(ctx, request, who, "resend", f"job {job_id}", run)
+
+
+@router.post("/destinations/{name}/retry", summary="Retry a destination's pending sends now")
+def retry(ctx: Ctx, request: Request, who: Operator, name: str) -> Done:
+    def run() -> tuple[int, str]:
+        n = ctx.operations.retry(name)
+        return n, f"{n} pending sends due now"
+
+    return _act(ctx, request, who, "retry", name, run)
+
+
+__all__ = ["principal_of", "router"]

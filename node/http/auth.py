@@ -1,0 +1,98 @@
+"""Who is asking: console users (argon2id password hashes in the config), API tokens
+(their SHA-256 in the config), and the signed session cookie a login sets.
+
+Roles nest: a viewer reads, an operator also acts (re-run, re-send, retry), an admin also
+sees the configuration and the audit trail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from node.config import HttpSection
+
+RANK = {"viewer": 1, "operator": 2, "admin": 3}
+COOKIE = "lge_node_session"
+
+_hasher = PasswordHasher()
+# Verified against when the user is unknown, so a wrong name costs what a wrong password
+# costs (no user enumeration by timing).
+_DUMMY = _hasher.hash(secrets.token_hex(16))
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    role: str
+    via: str  # password | token | session
+
+    def may(self, role: str) -> bool:
+        return RANK[self.role] >= RANK[role]
+
+
+def hash_password(password: str) -> str:
+    """An argon2id hash for ``http.users[].password_hash``."""
+    return _hasher.hash(password)
+
+
+def new_token() -> tuple[str, str]:
+    """(token to hand out, its SHA-256 for ``http.tokens[].sha256``)."""
+    token = secrets.token_urlsafe(32)
+    return token, hashlib.sha256(token.encode()).hexdigest()
+
+
+def session_secret(data_dir: Path) -> bytes:
+    """The key that signs session cookies: made once, kept in the data folder (0600), so
+    sessions survive a restart and are not valid on another node."""
+    path = Path(data_dir) / "console.secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+    return path.read_bytes()
+
+
+class Authenticator:
+    def __init__(self, config: HttpSection, secret: bytes) -> None:
+        self.users = {u.name: u for u in config.users}
+        self.tokens = [(t.sha256, t) for t in config.tokens]
+        self.max_age_s = int(config.session_hours * 3600)
+        self._cookies = URLSafeTimedSerializer(secret, salt="lge-node-session")
+
+    def password(self, name: str, password: str) -> Principal | None:
+        user = self.users.get(name)
+        try:
+            _hasher.verify(user.password_hash if user else _DUMMY, password)
+        except (VerificationError, InvalidHashError):
+            return None
+        return Principal(user.name, user.role, "password") if user else None
+
+    def token(self, token: str) -> Principal | None:
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        for known, entry in self.tokens:
+            if hmac.compare_digest(known, digest):
+                return Principal(entry.name, entry.role, "token")
+        return None
+
+    def cookie_for(self, principal: Principal) -> str:
+        return self._cookies.dumps({"u": principal.name})
+
+    def session(self, cookie: str) -> Principal | None:
+        """The user of a valid, unexpired cookie, with the role the config gives now
+        (a user removed or demoted loses the old rights at once)."""
+        try:
+            data = self._cookies.loads(cookie, max_age=self.max_age_s)
+        except BadSignature:
+            return None
+        user = self.users.get(str(data.get("u", "")))
+        return Principal(user.name, user.role, "session") if user else None

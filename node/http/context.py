@@ -1,0 +1,66 @@
+"""What every request handler reaches (`Console`, on ``app.state.console``) and the
+dependencies that say who is asking and whether they may."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fastapi import HTTPException, Request
+
+from node.config import Config
+from node.http.auth import COOKIE, Authenticator, Principal
+from node.store.repository import Repository
+from node.store.storage import Storage
+from node.workflow.operations import Operations
+
+
+@dataclass
+class Console:
+    config: Config
+    repository: Repository
+    storage: Storage
+    operations: Operations
+    auth: Authenticator
+    readiness: Callable[[], tuple[bool, str]]  # (ready, why not)
+    warnings: Callable[[], list[str]]
+
+
+def principal_of(request: Request) -> Principal | None:
+    """Bearer token, Basic user:password, or the session cookie, in that order."""
+    ctx: Console = request.app.state.console
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value:
+        return ctx.auth.token(value.strip())
+    if scheme.lower() == "basic" and value:
+        try:
+            name, _, password = base64.b64decode(value.strip()).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return ctx.auth.password(name, password)
+    cookie = request.cookies.get(COOKIE)
+    return ctx.auth.session(cookie) if cookie else None
+
+
+def require(role: str) -> Callable[[Request], Principal]:
+    """A dependency: 401 without valid credentials, 403 (audited) without ``role``."""
+
+    def check(request: Request) -> Principal:
+        who = principal_of(request)
+        if who is None:
+            raise HTTPException(
+                401, "log in, or send a Bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+        if not who.may(role):
+            ctx: Console = request.app.state.console
+            ctx.repository.record_audit(
+                who.name, who.role, f"{request.method} {request.url.path}", "", "refused",
+                f"needs role {role}", request.client.host if request.client else "",
+            )  # fmt: skip
+            raise HTTPException(403, f"this needs the {role} role; {who.name} is {who.role}")
+        return who
+
+    return check
