@@ -37,6 +37,10 @@ EXPECTED_SERIES = {
     **{(s, SE.JOB_FAILED): s for s in S if s != S.PROCESSING},
     (S.SKIPPED, SE.PURGED): S.PURGED,
     (S.DONE, SE.PURGED): S.PURGED,
+    # an operator's re-run / force: only finished series, never a purged one (no files)
+    (S.DONE, SE.REQUESTED): S.QUEUED,
+    (S.FAILED, SE.REQUESTED): S.QUEUED,
+    (S.SKIPPED, SE.REQUESTED): S.QUEUED,
 }
 EXPECTED_JOBS = {
     (J.QUEUED, JE.CLAIMED): J.RUNNING,
