@@ -5,14 +5,15 @@ an admin; every action (and every refused one) is written to the audit trail."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, UploadFile
 
 from node import __version__
 from node.http.auth import Principal
-from node.http.context import Console, principal_of, require
+from node.http.context import Console, Done, perform, principal_of, require
 from node.store.records import SeriesState
 from node.workflow.operations import OperationRefused
 
@@ -35,29 +36,14 @@ def console(request: Request) -> Console:
 Ctx = Annotated[Console, Depends(console)]
 
 
-@dataclass(frozen=True)
-class Done:
-    """What an action did."""
-
-    action: str
-    target: str
-    result: int  # the new job's id, or how many objects / sends it concerns
-    message: str
-
-
 def _act(
-    ctx: Console, request: Request, who: Principal, action: str, target: str, run: Any
-) -> Done:
-    address = request.client.host if request.client else ""
+    ctx: Console, request: Request, who: Principal, action: str, target: str,
+    run: Callable[[], tuple[int, str]],
+) -> Done:  # fmt: skip
     try:
-        result, message = run()
+        return perform(ctx, request, who, action, target, run)
     except OperationRefused as exc:
-        ctx.repository.record_audit(
-            who.name, who.role, action, target, "refused", str(exc), address
-        )
         raise HTTPException(409, str(exc)) from None
-    ctx.repository.record_audit(who.name, who.role, action, target, "ok", message, address)
-    return Done(action, target, result, message)
 
 
 # -- reading ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from node.config import Config
 from node.http.auth import COOKIE, Authenticator, Principal
 from node.store.repository import Repository
 from node.store.storage import Storage
-from node.workflow.operations import Operations
+from node.workflow.operations import OperationRefused, Operations
 
 
 @dataclass
@@ -64,3 +64,31 @@ def require(role: str) -> Callable[[Request], Principal]:
         return who
 
     return check
+
+
+@dataclass(frozen=True)
+class Done:
+    """What an action did."""
+
+    action: str
+    target: str
+    result: int  # the new job's id, or how many objects / sends it concerns
+    message: str
+
+
+def perform(
+    ctx: Console, request: Request, who: Principal, action: str, target: str,
+    run: Callable[[], tuple[int, str]],
+) -> Done:  # fmt: skip
+    """Run an operator's action and audit it, refused or done (`OperationRefused` passes
+    through for the caller to answer)."""
+    address = request.client.host if request.client else ""
+    try:
+        result, message = run()
+    except OperationRefused as exc:
+        ctx.repository.record_audit(
+            who.name, who.role, action, target, "refused", str(exc), address
+        )
+        raise
+    ctx.repository.record_audit(who.name, who.role, action, target, "ok", message, address)
+    return Done(action, target, result, message)

@@ -10,15 +10,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import uvicorn
 from fastapi import Depends, FastAPI, Form, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from node import __version__
-from node.http import api
+from node.http import api, console
 from node.http.auth import COOKIE, Principal
 from node.http.context import Console, principal_of
 from node.logs import event
@@ -38,6 +40,8 @@ def create_app(ctx: Console) -> FastAPI:
     )
     app.state.console = ctx
     app.include_router(api.router)
+    app.include_router(console.router)
+    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
 
     def probe_access(request: Request) -> None:
         if not ctx.config.http.open_probes and principal_of(request) is None:

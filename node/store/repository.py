@@ -949,6 +949,21 @@ class Repository:
                 [_series(r) for r in results],
             )  # fmt: skip
 
+    def instances_of(self, series_id: int) -> list[InstanceRecord]:
+        """A series' instances by instance number (the console's image strip)."""
+        with self._read() as s:
+            rows = s.scalars(
+                select(Instance)
+                .where(Instance.series_fk == series_id)
+                .order_by(Instance.instance_number, Instance.id)
+            )
+            return [_instance(i) for i in rows]
+
+    def instance_by_uid(self, sop_uid: str) -> InstanceRecord | None:
+        with self._read() as s:
+            row = s.scalar(select(Instance).where(Instance.sop_uid == sop_uid))
+            return _instance(row) if row is not None else None
+
     def counts(self, now: float | None = None) -> Counts:
         now = time.time() if now is None else now
         since = (now // 3600 - 23) * 3600  # the start of the hour 23 hours ago
