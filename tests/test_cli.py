@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -113,3 +114,45 @@ def test_report_refuses_labels_on_another_geometry(psir_classic, phantom_factory
     assert proc.returncode == 1
     assert "not on the series' geometry" in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_console_credentials_print_config_entries_that_the_node_accepts(tmp_path: Path) -> None:
+    """hash-password and new-token print [[http.users]] / [[http.tokens]] entries; pasted
+    into a config they validate, and the password and token they stand for authenticate."""
+    import hashlib
+    import tomllib
+
+    from node.config import load_config
+    from node.http.auth import Authenticator
+
+    exe = shutil.which("lge-node", path=str(Path(sys.executable).parent))
+    assert exe
+    user = subprocess.run(
+        [exe, "hash-password", "ada", "--role", "admin"], input="s3cret-pass\ns3cret-pass\n",
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert user.returncode == 0, user.stderr
+    token = lge_node("new-token", "grafana", "--role", "viewer")
+    assert token.returncode == 0, token.stderr
+    secret = re.search(r"token \(give it to the client; it is not stored\): (\S+)", token.stdout)
+    assert secret is not None
+    entries = user.stdout[user.stdout.index("[[http.users]]"):] + "\n" + token.stdout[
+        token.stdout.index("[[http.tokens]]"):
+    ]  # fmt: skip
+    assert "s3cret" not in entries
+    path = tmp_path / "node.toml"
+    path.write_text(entries)
+    http = load_config(path).http
+    assert (
+        tomllib.loads(entries)["http"]["tokens"][0]["sha256"]
+        == hashlib.sha256(secret.group(1).encode()).hexdigest()
+    )
+    auth = Authenticator(http, b"k" * 32)
+    assert auth.password("ada", "s3cret-pass").role == "admin"
+    assert auth.password("ada", "wrong") is None
+    assert auth.token(secret.group(1)).name == "grafana"
+    short = subprocess.run(
+        [exe, "hash-password", "bob"], input="short\nshort\n", capture_output=True, text=True,
+        check=False,
+    )  # fmt: skip
+    assert short.returncode != 0 and "at least 8 characters" in short.stderr

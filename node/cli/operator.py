@@ -295,7 +295,9 @@ def new_token(
     if role not in RANK:
         raise fail(f"role must be one of {', '.join(RANK)}, not {role!r}")
     token, digest = new_token()
-    console.print(f"token (give it to the client; it is not stored): {token}", markup=False)
+    console.print(
+        f"token (give it to the client; it is not stored): {token}", markup=False, soft_wrap=True
+    )
     console.print(
         f'[[http.tokens]]\nname = "{name}"\nrole = "{role}"\nsha256 = "{digest}"',
         soft_wrap=True, markup=False,
