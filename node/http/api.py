@@ -154,14 +154,14 @@ def audit(ctx: Ctx, _: Admin, offset: Offset = 0, limit: Limit = 50) -> dict[str
 
 @router.get("/config", summary="The running configuration, secrets masked (admin)")
 def config(ctx: Ctx, _: Admin) -> dict[str, Any]:
-    return _masked(ctx.config.model_dump(mode="json"))
+    return masked(ctx.config.model_dump(mode="json"))
 
 
-def _masked(value: Any) -> Any:
+def masked(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: ("***" if k in SECRET_KEYS and v else _masked(v)) for k, v in value.items()}
+        return {k: ("***" if k in SECRET_KEYS and v else masked(v)) for k, v in value.items()}
     if isinstance(value, list):
-        return [_masked(v) for v in value]
+        return [masked(v) for v in value]
     return value
 
 

@@ -19,7 +19,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.datastructures import UploadFile as StarletteUpload
 
 from node import __version__
-from node.http.api import _masked
+from node.http.api import masked
 from node.http.auth import COOKIE, Principal
 from node.http.context import Console, perform, principal_of
 from node.store.records import SeriesState
@@ -245,7 +245,7 @@ def config(request: Request) -> Response:
     who = _gate(request, "admin")
     if not isinstance(who, Principal):
         return who
-    doc = _masked(_ctx(request).config.model_dump(mode="json"))
+    doc = masked(_ctx(request).config.model_dump(mode="json"))
     return _page(request, "config.html", who, nav="config", config=json.dumps(doc, indent=2))
 
 
