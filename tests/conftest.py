@@ -11,17 +11,24 @@ from pipeline.research.phantom import PhantomCase, PhantomSpec, make_phantom
 # Tests that load the machine on purpose (hostile peers, fuzzing, memory peaks) share one
 # xdist worker, so they neither run beside each other nor skew each other's bounds.
 SERIAL_GROUP = {"test_node_hostile", "test_fuzz", "test_resources"}
+# The browser tests run one after the other too: two headless chromiums rendering WebGL in
+# software beside each other starve OHIF past its load timeouts on two cores.
+BROWSER_GROUP = {"test_viewer", "test_console_browser"}
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     """Each test file on one worker (its module fixtures start once), the SERIAL_GROUP
-    files together on one. (xdist's own --dist loadgroup ignores the marks here.)"""
+    files together on one, the BROWSER_GROUP files together on one. (xdist's own --dist
+    loadgroup ignores the marks here.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     class FileScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
-            return "serial" if Path(module).stem in SERIAL_GROUP else module
+            stem = Path(module).stem
+            if stem in SERIAL_GROUP:
+                return "serial"
+            return "browser" if stem in BROWSER_GROUP else module
 
     return FileScheduling(config, log)
 
@@ -54,3 +61,17 @@ def magnitude_enhanced(phantom_factory) -> PhantomCase:
 @pytest.fixture()
 def series_dir(psir_classic: PhantomCase) -> Path:
     return psir_classic.out_dir / "dicom"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian chromium driven by Playwright (never a downloaded browser), headless, with
+    software WebGL; one per test module."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.viewer_harness import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

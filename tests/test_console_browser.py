@@ -14,7 +14,7 @@ import pytest
 from node.http.auth import hash_password
 from tests.node_harness import NodeProcess, copy_study, storescu
 from tests.orthanc import free_port
-from tests.viewer_harness import CHROMIUM, CHROMIUM_ARGS
+from tests.viewer_harness import CHROMIUM
 
 if not Path(CHROMIUM).is_file():
     if os.environ.get("CI"):
@@ -36,16 +36,6 @@ def node(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("console-browser")
     with NodeProcess(work / "node", http={"port": free_port(), "users": users}) as n:
         yield n
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def _login(browser, node: NodeProcess, user: str, start: str = "/"):

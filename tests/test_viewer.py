@@ -25,8 +25,6 @@ from pipeline.series import load_series
 from tests.dicom_tools import run_tool
 from tests.orthanc import Orthanc
 from tests.viewer_harness import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     ORTHANC_DICOMWEB,
     OhifServer,
     viewer_available,
@@ -42,16 +40,6 @@ CASES = {
     "enhanced": {"seed": 11, "kind": "magnitude", "enhanced": True, "mvo": True},
 }
 LOAD_TIMEOUT_MS = 60_000
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module", params=list(CASES))

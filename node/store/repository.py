@@ -138,6 +138,23 @@ def _job(j: Job) -> JobRecord:
     )  # fmt: skip
 
 
+def _sends(
+    job_id: int, objects: list[ResultObject], deliveries: list[Delivery], now: float
+) -> list[Outbox]:
+    """One pending outbox row per object and destination."""
+    rows = []
+    for d in deliveries:
+        for o in objects:
+            rows.append(
+                Outbox(
+                    job_fk=job_id, destination=d.name, ae_title=d.ae_title, host=d.host,
+                    port=d.port, path=o.path, sop_class_uid=o.sop_class_uid, sop_uid=o.sop_uid,
+                    created_at=now, next_attempt_at=now, state=SendState.PENDING,
+                )
+            )  # fmt: skip
+    return rows
+
+
 def _series_row(series: Series, study: Study) -> SeriesRow:
     return SeriesRow(
         study.study_uid, study.accession_number, series.series_uid, series.description,
@@ -603,16 +620,7 @@ class Repository:
                         path=o.path, size=o.size, received_at=now, frames="[]",
                     )
                 )  # fmt: skip
-            for d in deliveries:
-                for o in objects:
-                    s.add(
-                        Outbox(
-                            job_fk=job_id, destination=d.name, ae_title=d.ae_title, host=d.host,
-                            port=d.port, path=o.path, sop_class_uid=o.sop_class_uid,
-                            sop_uid=o.sop_uid, created_at=now, next_attempt_at=now,
-                            state=SendState.PENDING,
-                        )
-                    )  # fmt: skip
+            s.add_all(_sends(job_id, objects, deliveries, now))
             source.processed_instances = job.n_instances
             was = source.state
             source.state = series_after(was, SeriesEvent.JOB_DONE)
@@ -1043,16 +1051,7 @@ class Repository:
         """Outbox rows to send a finished job's objects again; returns how many."""
         now = time.time() if now is None else now
         with self._writing() as s:
-            for d in deliveries:
-                for o in objects:
-                    s.add(
-                        Outbox(
-                            job_fk=job_id, destination=d.name, ae_title=d.ae_title, host=d.host,
-                            port=d.port, path=o.path, sop_class_uid=o.sop_class_uid,
-                            sop_uid=o.sop_uid, created_at=now, next_attempt_at=now,
-                            state=SendState.PENDING,
-                        )
-                    )  # fmt: skip
+            s.add_all(_sends(job_id, objects, deliveries, now))
         return len(objects) * len(deliveries)
 
     def retry_destination(self, destination: str, now: float | None = None) -> int:
