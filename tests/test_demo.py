@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ def test_demo_command_round_trips_through_orthanc(tmp_path: Path) -> None:
     text = " ".join(proc.stdout.split())  # rich wraps titles to the table's width
     assert "research only, not for clinical use" in text
     assert "DCMTK storescu" in text and "Orthanc http://127.0.0.1:" in text
+    assert re.search(r"console http://127\.0\.0\.1:\d+/ \(user demo, password \S+\)", text)
     seg = next(out.glob("node/results/*/job*/seg.dcm"))
     metrics = json.loads((seg.parent / "metrics.json").read_text())
     truth = json.loads((out / "study" / "truth.json").read_text())
@@ -47,7 +49,25 @@ def test_demo_command_round_trips_through_orthanc(tmp_path: Path) -> None:
 
 
 def test_demo_without_orthanc_uses_a_storage_scp(tmp_path: Path) -> None:
-    result = run_demo(tmp_path / "demo", seed=11, use_orthanc=False)
+    """Also what ``--keep`` holds open: the console answers with the printed demo login
+    and lists the demo's study as done."""
+    import httpx
+
+    seen: dict[str, object] = {}
+
+    def hold(peer: str, console: str) -> None:
+        found = re.match(r"(http://127\.0\.0\.1:\d+)/ \(user demo, password (\S+)\)", console)
+        assert found, console
+        url, password = found.groups()
+        with httpx.Client(base_url=url, auth=("demo", password), timeout=30) as api:
+            seen["series"] = api.get("/api/v1/series").json()["items"]
+            seen["me"] = api.get("/api/v1/me").json()
+        seen["anonymous"] = httpx.get(url + "/api/v1/series", timeout=30).status_code
+
+    result = run_demo(tmp_path / "demo", seed=11, use_orthanc=False, hold=hold)
+    assert seen["me"] == {"name": "demo", "role": "admin", "via": "password"}
+    assert [(s["series_uid"], s["state"]) for s in seen["series"]] == [(result.series_uid, "done")]
+    assert seen["anonymous"] == 401
     received = list((tmp_path / "demo" / "received").glob("*.dcm"))
     # SEG, SR, PDF report, summary page and one overlay per slice
     sent = 4 + len(list((result.results_dir / "overlay").glob("*.dcm")))

@@ -213,8 +213,9 @@ def demo(
 
     logs.configure("WARNING")
 
-    def hold(peer: str) -> None:
-        console.print(f"[green]results are in the peer:[/green] {peer}")
+    def hold(peer: str, operator_console: str) -> None:
+        console.print(f"[green]results are in the peer:[/green] {peer}", soft_wrap=True)
+        console.print(f"[green]operator console:[/green] {operator_console}", soft_wrap=True)
         console.print("node and peer keep running; press Ctrl-C to stop")
         try:
             while True:
@@ -257,6 +258,7 @@ def demo(
     console.print(f"  metrics   {r / 'metrics.json'}")
     stopped = "" if keep else " - stopped with the demo (--keep keeps it running)"
     console.print(f"  peer      {result.peer}{stopped}")
+    console.print(f"  console   {result.console}{stopped}", soft_wrap=True)
     s = result.seconds
     console.print(
         f"time: {s['total']:.0f} s in all (phantom {s['phantom']:.0f} s, node start "

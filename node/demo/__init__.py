@@ -9,6 +9,7 @@ waits until the node has processed it and the peer has confirmed every result.
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ class DemoResult:
     results_dir: Path
     peer: str  # how to look at what the peer received
     sender: str
+    console: str  # the operator console's URL and the demo login
     seconds: dict[str, float] = field(default_factory=dict)
     truth: dict[str, Any] = field(default_factory=dict)
 
@@ -88,9 +90,11 @@ def _send(files: list[Path], port: int, ae_title: str) -> str:
 def run_demo(
     workdir: Path, seed: int = 7, progress: Callable[[str], None] = lambda _: None,
     use_orthanc: bool | None = None, timeout_s: float = 300.0,
-    hold: Callable[[str], None] | None = None,
+    hold: Callable[[str, str], None] | None = None,
 ) -> DemoResult:  # fmt: skip
-    """Run the demo in ``workdir``; ``hold(peer)``, if given, runs before tear-down."""
+    """Run the demo in ``workdir``; ``hold(peer, console)``, if given, runs before
+    tear-down."""
+    from node.http.auth import hash_password
     from node.server import Node
     from node.store.records import JobState
     from pipeline.research.phantom import PhantomSpec, make_phantom
@@ -117,14 +121,19 @@ def run_demo(
         pacs = None
         peer_cm = _storage_scp(workdir / "received", "DEMO_PACS", peer_port)
         peer_ae = "DEMO_PACS"
+    # The console gets a throw-away admin for this run only (printed, never stored as text).
+    http_port, password = free_port(), secrets.token_urlsafe(9)
     config = Config(
         dicom={"ae_title": "LGE_NODE", "bind_address": "127.0.0.1", "port": node_port},
         storage={"data_dir": workdir / "node", "stable_age_s": 2.0},
         destinations=[Destination(name="pacs", ae_title=peer_ae, host="127.0.0.1",
                                   port=peer_port)],
         dispatch={"retry_initial_s": 1.0, "retry_max_s": 5.0},
-        http={"port": free_port()},
+        http={"port": http_port, "users": [
+            {"name": "demo", "role": "admin", "password_hash": hash_password(password)}
+        ]},
     )  # fmt: skip
+    console = f"http://127.0.0.1:{http_port}/ (user demo, password {password})"
     progress("starting the node and the receiving peer")
     node = Node(config)
     with peer_cm:
@@ -161,7 +170,7 @@ def run_demo(
             else:
                 peer = f"storage SCP folder {workdir / 'received'}"
             if hold is not None:
-                hold(peer)
+                hold(peer, console)
         finally:
             node.stop()
     seconds["total"] = time.perf_counter() - t0
@@ -172,6 +181,7 @@ def run_demo(
         results_dir=Path(job.results_dir),
         peer=peer,
         sender=sender,
+        console=console,
         seconds=seconds,
         truth=case.truth.to_dict(),
     )
