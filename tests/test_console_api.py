@@ -206,3 +206,41 @@ def test_summary_and_lists_stay_consistent_with_the_index(site, processed) -> No
         jobs = vera.get("/api/v1/jobs", params={"state": "done"}).json()
         assert jobs["total"] == node.query("SELECT count(*) FROM jobs WHERE state='done'")[0][0]
         assert vera.get("/api/v1/series", params={"state": "bogus"}).status_code == 422
+
+
+def test_lge_node_status_reads_a_running_node_through_the_api(site, processed) -> None:
+    """``lge-node status --url`` (token from LGE_NODE_TOKEN) shows what the index holds,
+    as ``--config`` does from the database; without a token it says what is missing."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.node_harness import ROOT
+
+    node, _ = site
+    _, series = processed
+
+    def status(*args: str, token: str | None = TOKEN) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k != "LGE_NODE_TOKEN"}
+        if token:
+            env["LGE_NODE_TOKEN"] = token
+        return subprocess.run(
+            [sys.executable, "-m", "node.cli", "status", *args], cwd=ROOT, env=env,
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    via_api = status("--url", node.http_url, "--json")
+    assert via_api.returncode == 0, via_api.stderr
+    via_db = status("--config", str(node.config_path), "--json", token=None)
+    api_doc, db_doc = json.loads(via_api.stdout), json.loads(via_db.stdout)
+    row = next(r for r in api_doc["series"] if r["series_uid"] == series)
+    assert row["state"] == "done" and row["calling_ae"] == "SCANNER"
+    assert [r["series_uid"] for r in api_doc["series"]] == [
+        r["series_uid"] for r in db_doc["series"]
+    ]
+    tables = status("--url", node.http_url)
+    assert tables.returncode == 0 and series[-20:] in tables.stdout
+    refused = status("--url", node.http_url, token=None)
+    assert refused.returncode != 0 and "401" in refused.stderr
+    assert "LGE_NODE_TOKEN" in refused.stderr

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -14,6 +14,7 @@ from rich.table import Table
 from node import __version__
 from node.cli.common import console, fail, load_config_or_exit
 from node.events import Event, notify
+from node.store.records import EventView, JobRow, SendRow, SeriesRow, Snapshot
 
 if TYPE_CHECKING:
     from node.config import Config
@@ -69,29 +70,63 @@ def _when(t: float | None) -> str:
     return _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(t))
 
 
+def _status_from_api(url: str, token: str | None, limit: int) -> dict[str, Any]:
+    """``GET /api/v1/status`` of a running node (any host), with a Bearer token."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"{url.rstrip('/')}/api/v1/status?limit={limit}")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            doc: dict[str, Any] = json.loads(response.read())
+            return doc
+    except urllib.error.HTTPError as exc:
+        hint = " (set LGE_NODE_TOKEN or --token)" if exc.code == 401 else ""
+        raise fail(f"{url}: HTTP {exc.code} {exc.reason}{hint}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise fail(f"{url}: {exc}") from None
+
+
 @app.command()
 def status(
     config: Annotated[Path | None, typer.Option(help="TOML config; none: defaults.")] = None,
     limit: Annotated[int, typer.Option(help="Rows per table.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    url: Annotated[
+        str | None, typer.Option(help="Ask a running node's API (e.g. http://host:8044).")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(envvar="LGE_NODE_TOKEN", help="API token for --url.")
+    ] = None,
 ) -> None:
-    """Recent series, jobs, sends and events of a node (reads its index)."""
+    """Recent series, jobs, sends and events of a node: from its REST API (--url), else
+    from its index (works while the node is stopped)."""
     from dataclasses import asdict
 
     from node.dimse.scp import access_warning
 
-    cfg = load_config_or_exit(config)
-    repository = _repository(cfg)
-    if repository is None:
-        db = cfg.storage.data_dir / "index.db"
-        raise fail(f"no node data: {db} does not exist (has the node run?)")
-    snap = repository.snapshot(limit)
-    repository.close()
-    warning = access_warning(cfg)
+    if url:
+        doc = _status_from_api(url, token, limit)
+    else:
+        cfg = load_config_or_exit(config)
+        repository = _repository(cfg)
+        if repository is None:
+            db = cfg.storage.data_dir / "index.db"
+            raise fail(f"no node data: {db} does not exist (has the node run?)")
+        warning = access_warning(cfg)
+        doc = {**asdict(repository.snapshot(limit)), "warnings": [warning] if warning else []}
+        repository.close()
     if as_json:
-        console.print_json(json.dumps({**asdict(snap), "warnings": [warning] if warning else []}))
+        console.print_json(json.dumps(doc))
         return
-    if warning:
+    snap = Snapshot(
+        series=[SeriesRow(**r) for r in doc["series"]], jobs=[JobRow(**j) for j in doc["jobs"]],
+        sends=[SendRow(**d) for d in doc["sends"]], events=[EventView(**e) for e in doc["events"]],
+        taken_at=doc["taken_at"],
+    )  # fmt: skip
+    for warning in doc["warnings"]:
         console.print(f"[bold yellow]warning:[/] {warning}")
     t = Table(title="series (newest first)")
     for col in ("received", "series", "description", "n", "state", "from", "reason"):

@@ -69,6 +69,11 @@ def summary(ctx: Ctx, _: Viewer) -> dict[str, Any]:
     }
 
 
+@router.get("/status", summary="What `lge-node status` shows: recent series, jobs, sends, events")
+def status(ctx: Ctx, _: Viewer, limit: Limit = 20) -> dict[str, Any]:
+    return {**asdict(ctx.repository.snapshot(limit)), "warnings": ctx.warnings()}
+
+
 @router.get("/series", summary="Received series, newest first")
 def series_list(
     ctx: Ctx, _: Viewer, state: SeriesState | None = None, search: str = "",
