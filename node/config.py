@@ -235,6 +235,22 @@ class HttpSection(Section):
     private_key: Path | None = None
 
 
+class NotifySection(Section):
+    """A webhook (JSON POST) told when the node needs someone (`node.notify`)."""
+
+    webhook_url: str | None = Field(None, pattern=r"^https?://")
+    events: list[str] = Field(
+        default_factory=lambda: [
+            "job_failed", "models_failed", "destination_failing", "disk_low",
+            "instance_not_indexed", "retrieve_failed",
+        ]
+    )  # fmt: skip
+    destination_failing_minutes: float = Field(15.0, gt=0)
+    disk_low_mb: float = Field(2000.0, ge=0)
+    repeat_minutes: float = Field(60.0, ge=0)  # the same condition is told again after this
+    check_interval_s: float = Field(30.0, gt=0)
+
+
 class Config(BaseSettings):
     """Everything the node reads at start-up."""
 
@@ -252,6 +268,7 @@ class Config(BaseSettings):
     dispatch: DispatchSection = Field(default_factory=DispatchSection)
     corrections: CorrectionsSection = Field(default_factory=CorrectionsSection)
     http: HttpSection = Field(default_factory=HttpSection)
+    notify: NotifySection = Field(default_factory=NotifySection)
     destinations: list[Destination] = Field(default_factory=list)
     pacs: list[Pacs] = Field(default_factory=list)
 

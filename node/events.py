@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from node.logs import event
 from node.metrics import EVENTS
+from node.notify import offer
 
 if TYPE_CHECKING:
     from node.store.repository import Repository
@@ -74,6 +75,9 @@ def notify(
         extra["job"] = job_id
     event(log, what.kind, what.level, **extra, **fields, reason=message)
     EVENTS.labels(what.kind).inc()
+    if not fields.get("retry"):  # a job that will be tried again is not news yet
+        details: dict[str, str | int | float] = {k: v for k, v in extra.items() if v}
+        offer(what.kind, logging.getLevelName(what.level), message, **details)
     if repository is None:
         return
     if defer:

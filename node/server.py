@@ -25,6 +25,7 @@ from node.http.context import Console
 from node.http.service import HttpService
 from node.logs import event
 from node.metrics import watch_index
+from node.notify import Notifier, install
 from node.store.ingest import Indexer, Journal
 from node.store.records import Received, StoreOutcome
 from node.store.recovery import recover
@@ -57,6 +58,8 @@ class Node:
         ]
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.stopped = threading.Event()
+        self.notifier = Notifier(config.notify, config.dicom.ae_title)
+        install(self.notifier)
         self.http: HttpService | None = None
         if config.http.enabled:
             self.http = HttpService(self._console())
@@ -120,6 +123,11 @@ class Node:
                                max_instances=1, coalesce=True,
                                next_run_time=datetime.now(UTC))  # fmt: skip
         self._schedule_polls()
+        if self.notifier.enabled:
+            self.notifier.start()
+            self.scheduler.add_job(self._check_notices, "interval",
+                                   seconds=self.config.notify.check_interval_s, id="notify",
+                                   max_instances=1, coalesce=True)  # fmt: skip
         self.scheduler.start()
         # The store outlives the config: a PACS no longer polled loses its stored job.
         wanted = {f"poll-{p.name}" for p in self.config.pacs if p.poll_minutes}
@@ -162,6 +170,7 @@ class Node:
         for worker in self.workers:
             worker.stop()
         self.scheduler.shutdown(wait=True)
+        self.notifier.stop()
         for worker in self.workers:
             worker.join(timeout=120)
         flush_deferred(self.repository)
@@ -209,6 +218,12 @@ class Node:
             self.retention.purge()
         except Exception as exc:
             event(log, "retention_error", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
+
+    def _check_notices(self) -> None:
+        try:
+            self.notifier.check(self.repository, self.storage.free_bytes)
+        except Exception as exc:
+            event(log, "notify_error", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
 
     def _submit(self, received: Received) -> None:
         assert self.indexer is not None, "the receiver starts after the indexer"

@@ -1054,6 +1054,16 @@ class Repository:
             s.add_all(_sends(job_id, objects, deliveries, now))
         return len(objects) * len(deliveries)
 
+    def oldest_pending(self, destination: str) -> float | None:
+        """When the oldest undelivered object for ``destination`` was queued."""
+        with self._read() as s:
+            oldest: float | None = s.scalar(
+                select(func.min(Outbox.created_at)).where(
+                    Outbox.destination == destination, Outbox.state == SendState.PENDING
+                )
+            )
+            return oldest
+
     def retry_destination(self, destination: str, now: float | None = None) -> int:
         """Pending sends to ``destination`` become due now; returns how many."""
         now = time.time() if now is None else now
