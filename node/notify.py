@@ -87,7 +87,7 @@ class Notifier:
         if not self.enabled:
             return
         cutoff = time.time() - self.config.destination_failing_minutes * 60
-        for row in repository.snapshot(limit=1).sends:
+        for row in repository.send_rows():
             failing_since = repository.oldest_pending(row.destination)
             if (
                 row.pending

@@ -13,7 +13,15 @@ from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, Upl
 
 from node import __version__
 from node.http.auth import Principal
-from node.http.context import Console, Done, perform, principal_of, require
+from node.http.context import (
+    Console,
+    Done,
+    destinations,
+    perform,
+    principal_of,
+    read_upload,
+    require,
+)
 from node.store.records import SeriesState
 from node.workflow.operations import OperationRefused
 
@@ -107,8 +115,8 @@ def dry_run_series(ctx: Ctx, _: Viewer, series_uid: str) -> dict[str, Any]:
 async def dry_run_header(
     ctx: Ctx, _: Viewer, file: Annotated[UploadFile, File(description="one DICOM instance")]
 ) -> dict[str, Any]:
-    data = await file.read(int(ctx.config.storage.max_instance_mb * 2**20) + 1)
     try:
+        data = await read_upload(file, ctx.config.storage.max_instance_mb)
         return asdict(ctx.operations.dry_run_header(data))
     except OperationRefused as exc:
         raise HTTPException(422, str(exc)) from None
@@ -133,18 +141,8 @@ def job(ctx: Ctx, _: Viewer, job_id: int) -> dict[str, Any]:
 
 
 @router.get("/destinations", summary="Destinations and their outbox")
-def destinations(ctx: Ctx, _: Viewer) -> list[dict[str, Any]]:
-    sends = {row.destination: row for row in ctx.repository.snapshot(limit=1).sends}
-    out = []
-    for d in ctx.config.destinations:
-        row = sends.get(d.name)
-        out.append({
-            "name": d.name, "ae_title": d.ae_title, "host": d.host, "port": d.port,
-            "sources": d.sources, "pending": row.pending if row else 0,
-            "sent": row.sent if row else 0, "last_error": row.last_error if row else "",
-            "next_attempt_at": row.next_attempt_at if row else None,
-        })  # fmt: skip
-    return out
+def destination_list(ctx: Ctx, _: Viewer) -> list[dict[str, Any]]:
+    return [asdict(d) for d in destinations(ctx)]
 
 
 @router.get("/events", summary="Recent operator events")

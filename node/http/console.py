@@ -10,10 +10,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import UploadFile as StarletteUpload
@@ -21,7 +21,7 @@ from starlette.datastructures import UploadFile as StarletteUpload
 from node import __version__
 from node.http.api import masked
 from node.http.auth import COOKIE, Principal
-from node.http.context import Console, perform, principal_of
+from node.http.context import Console, destinations, perform, principal_of, read_upload
 from node.store.records import SeriesState
 from node.workflow.operations import OperationRefused
 
@@ -39,32 +39,55 @@ def _ctx(request: Request) -> Console:
 
 
 def _page(request: Request, name: str, who: Principal, **values: Any) -> HTMLResponse:
-    notice = request.query_params.get("notice", "")
-    return templates.TemplateResponse(
-        request, name,
-        {"who": who, "notice": notice, "notice_error": request.query_params.get("error") == "1",
-         **values},
-    )  # fmt: skip
+    """A page; the notice of a redirected action comes in the query unless given."""
+    notice = {
+        "notice": request.query_params.get("notice", ""),
+        "notice_error": request.query_params.get("error") == "1",
+    }
+    return templates.TemplateResponse(request, name, {"who": who, **notice, **values})
 
 
-def _gate(request: Request, role: str) -> Principal | Response:
-    """The user, or the response that stands in for the page (login, 403)."""
-    who = principal_of(request)
-    if who is None:
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
-    if not who.may(role):
-        ctx = _ctx(request)
-        ctx.repository.record_audit(
-            who.name, who.role, f"{request.method} {request.url.path}", "", "refused",
-            f"needs role {role}", request.client.host if request.client else "",
-        )  # fmt: skip
-        return templates.TemplateResponse(
-            request, "refused.html",
-            {"who": who, "message": f"This needs the {role} role; {who.name} is {who.role}."},
-            status_code=403,
-        )  # fmt: skip
-    return who
+class PageRefusal(Exception):
+    """Stands in for a page the user may not see: the login, or a 403 page (handled by
+    `refusal_handler`, registered with the app)."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__()
+        self.response = response
+
+
+def refusal_handler(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PageRefusal)
+    return exc.response
+
+
+def page_user(role: str) -> Callable[[Request], Principal]:
+    """A dependency: the logged-in user with ``role``, else the login page or an audited
+    403 page."""
+
+    def gate(request: Request) -> Principal:
+        who = principal_of(request)
+        if who is None:
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            raise PageRefusal(RedirectResponse(f"/login?next={quote(target)}", status_code=303))
+        if not who.may(role):
+            _ctx(request).repository.record_audit(
+                who.name, who.role, f"{request.method} {request.url.path}", "", "refused",
+                f"needs role {role}", request.client.host if request.client else "",
+            )  # fmt: skip
+            message = f"This needs the {role} role; {who.name} is {who.role}."
+            page = templates.TemplateResponse(
+                request, "refused.html", {"who": who, "message": message}, status_code=403
+            )
+            raise PageRefusal(page)
+        return who
+
+    return gate
+
+
+Viewer = Annotated[Principal, Depends(page_user("viewer"))]
+Operator = Annotated[Principal, Depends(page_user("operator"))]
+Admin = Annotated[Principal, Depends(page_user("admin"))]
 
 
 def _same_origin(request: Request) -> bool:
@@ -73,11 +96,9 @@ def _same_origin(request: Request) -> bool:
 
 
 def _action(
-    request: Request, action: str, target: str, run: Callable[[], tuple[int, str]], back: str
-) -> Response:
-    who = _gate(request, "operator")
-    if not isinstance(who, Principal):
-        return who
+    request: Request, who: Principal, action: str, target: str,
+    run: Callable[[], tuple[int, str]], back: str,
+) -> Response:  # fmt: skip
     if not _same_origin(request):
         return HTMLResponse("cross-site form refused", status_code=403)
     try:
@@ -134,10 +155,7 @@ def logout() -> Response:
 
 
 @router.get("/")
-def dashboard(request: Request) -> Response:
-    who = _gate(request, "viewer")
-    if not isinstance(who, Principal):
-        return who
+def dashboard(request: Request, who: Viewer) -> Response:
     ctx = _ctx(request)
     ready, why = ctx.readiness()
     recent = ctx.repository.series_page(None, "", 0, 15)
@@ -150,10 +168,9 @@ def dashboard(request: Request) -> Response:
 
 
 @router.get("/series")
-def series_list(request: Request, state: str = "", search: str = "", offset: int = 0) -> Response:
-    who = _gate(request, "viewer")
-    if not isinstance(who, Principal):
-        return who
+def series_list(
+    request: Request, who: Viewer, state: str = "", search: str = "", offset: int = 0
+) -> Response:
     if state not in {s.value for s in SeriesState}:
         state = ""
     page = _ctx(request).repository.series_page(state or None, search.strip(), max(offset, 0), PAGE)
@@ -165,10 +182,7 @@ def series_list(request: Request, state: str = "", search: str = "", offset: int
 
 
 @router.get("/series/{series_uid}")
-def series_page(request: Request, series_uid: str) -> Response:
-    who = _gate(request, "viewer")
-    if not isinstance(who, Principal):
-        return who
+def series_page(request: Request, who: Viewer, series_uid: str) -> Response:
     ctx = _ctx(request)
     detail = ctx.repository.series_detail(series_uid)
     if detail is None:
@@ -189,12 +203,9 @@ def series_page(request: Request, series_uid: str) -> Response:
 
 
 @router.get("/preview/{sop_uid}.png")
-def preview(request: Request, sop_uid: str) -> Response:
+def preview(request: Request, who: Viewer, sop_uid: str) -> Response:
     from node.http.preview import png_of
 
-    who = _gate(request, "viewer")
-    if not isinstance(who, Principal):
-        return who
     record = _ctx(request).repository.instance_by_uid(sop_uid)
     if record is None or not Path(record.path).is_file():
         return Response(status_code=404)
@@ -203,74 +214,55 @@ def preview(request: Request, sop_uid: str) -> Response:
 
 
 @router.get("/jobs")
-def jobs(request: Request, offset: int = 0) -> Response:
-    who = _gate(request, "viewer")
-    if not isinstance(who, Principal):
-        return who
+def jobs(request: Request, who: Viewer, offset: int = 0) -> Response:
     page = _ctx(request).repository.jobs_page(None, max(offset, 0), PAGE)
     return _page(request, "jobs.html", who, nav="jobs", page=page, query="")
 
 
 @router.get("/destinations")
-def destinations(request: Request) -> Response:
-    from node.http.api import destinations as listing
-
-    who = _gate(request, "viewer")
-    if not isinstance(who, Principal):
-        return who
-    rows = listing(_ctx(request), who)
+def destination_page(request: Request, who: Viewer) -> Response:
+    rows = destinations(_ctx(request))
     return _page(request, "destinations.html", who, nav="destinations", destinations=rows)
 
 
 @router.get("/events")
-def events(request: Request) -> Response:
-    who = _gate(request, "viewer")
-    if not isinstance(who, Principal):
-        return who
+def events(request: Request, who: Viewer) -> Response:
     rows = _ctx(request).repository.snapshot(limit=200).events
     return _page(request, "events.html", who, nav="events", events=rows)
 
 
 @router.get("/audit")
-def audit(request: Request, offset: int = 0) -> Response:
-    who = _gate(request, "admin")
-    if not isinstance(who, Principal):
-        return who
+def audit(request: Request, who: Admin, offset: int = 0) -> Response:
     page = _ctx(request).repository.audit_page(max(offset, 0), PAGE)
     return _page(request, "audit.html", who, nav="audit", page=page, query="")
 
 
 @router.get("/config")
-def config(request: Request) -> Response:
-    who = _gate(request, "admin")
-    if not isinstance(who, Principal):
-        return who
+def config(request: Request, who: Admin) -> Response:
     doc = masked(_ctx(request).config.model_dump(mode="json"))
     return _page(request, "config.html", who, nav="config", config=json.dumps(doc, indent=2))
 
 
 @router.get("/dry-run")
-def dry_run_page(request: Request) -> Response:
-    who = _gate(request, "viewer")
-    if not isinstance(who, Principal):
-        return who
+def dry_run_page(request: Request, who: Viewer) -> Response:
     return _page(request, "dry_run.html", who, nav="dry-run", verdict=None)
 
 
 @router.post("/dry-run")
-async def dry_run(request: Request) -> Response:
-    who = _gate(request, "viewer")
-    if not isinstance(who, Principal):
-        return who
+async def dry_run(request: Request, who: Viewer) -> Response:
     ctx = _ctx(request)
     form = await request.form()
     upload = form.get("file")
-    data = await upload.read() if isinstance(upload, StarletteUpload) else b""
     try:
+        if not isinstance(upload, StarletteUpload):
+            raise OperationRefused("no file uploaded")
+        data = await read_upload(upload, ctx.config.storage.max_instance_mb)
         verdict = ctx.operations.dry_run_header(data)
     except OperationRefused as exc:
-        request.scope["query_string"] = urlencode({"notice": str(exc), "error": "1"}).encode()
-        return _page(request, "dry_run.html", who, nav="dry-run", verdict=None)
+        return _page(
+            request, "dry_run.html", who, nav="dry-run", verdict=None, notice=str(exc),
+            notice_error=True,
+        )  # fmt: skip
     return _page(request, "dry_run.html", who, nav="dry-run", verdict=verdict)
 
 
@@ -278,18 +270,18 @@ async def dry_run(request: Request) -> Response:
 
 
 @router.post("/series/{series_uid}/rerun")
-def rerun(request: Request, series_uid: str) -> Response:
+def rerun(request: Request, who: Operator, series_uid: str) -> Response:
     ops = _ctx(request).operations
 
     def run() -> tuple[int, str]:
         job = ops.rerun(series_uid)
         return job, f"job {job} queued"
 
-    return _action(request, "rerun", series_uid, run, f"/series/{series_uid}")
+    return _action(request, who, "rerun", series_uid, run, f"/series/{series_uid}")
 
 
 @router.post("/jobs/{job_id}/resend")
-def resend(request: Request, job_id: int) -> Response:
+def resend(request: Request, who: Operator, job_id: int) -> Response:
     ctx = _ctx(request)
 
     def run() -> tuple[int, str]:
@@ -300,15 +292,15 @@ def resend(request: Request, job_id: int) -> Response:
         series = ctx.repository.series(ctx.repository.job(job_id).series_id).series_uid
     except KeyError:
         return HTMLResponse(f"no job {job_id}", status_code=404)
-    return _action(request, "resend", f"job {job_id}", run, f"/series/{series}")
+    return _action(request, who, "resend", f"job {job_id}", run, f"/series/{series}")
 
 
 @router.post("/destinations/{name}/retry")
-def retry(request: Request, name: str) -> Response:
+def retry(request: Request, who: Operator, name: str) -> Response:
     ops = _ctx(request).operations
 
     def run() -> tuple[int, str]:
         n = ops.retry(name)
         return n, f"{n} pending sends to {name} due now"
 
-    return _action(request, "retry", name, run, "/destinations")
+    return _action(request, who, "retry", name, run, "/destinations")

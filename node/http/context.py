@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
+from starlette.datastructures import UploadFile
 
 from node.config import Config
 from node.http.auth import COOKIE, Authenticator, Principal
@@ -92,3 +93,43 @@ def perform(
         raise
     ctx.repository.record_audit(who.name, who.role, action, target, "ok", message, address)
     return Done(action, target, result, message)
+
+
+@dataclass(frozen=True)
+class DestinationView:
+    """A configured destination with its outbox, as the console and the API list it."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    sources: list[str]
+    pending: int
+    sent: int
+    last_error: str
+    next_attempt_at: float | None
+
+
+def destinations(ctx: Console) -> list[DestinationView]:
+    sends = {row.destination: row for row in ctx.repository.send_rows()}
+    out = []
+    for d in ctx.config.destinations:
+        row = sends.get(d.name)
+        out.append(
+            DestinationView(
+                d.name, d.ae_title, d.host, d.port, list(d.sources),
+                row.pending if row else 0, row.sent if row else 0,
+                row.last_error if row else "", row.next_attempt_at if row else None,
+            )
+        )  # fmt: skip
+    return out
+
+
+async def read_upload(upload: UploadFile, limit_mb: float) -> bytes:
+    """An uploaded file, refused when larger than ``limit_mb`` (storage.max_instance_mb):
+    read no further than that, so a huge upload costs no memory."""
+    limit = int(limit_mb * 2**20)
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise OperationRefused(f"the file is larger than storage.max_instance_mb ({limit_mb:g})")
+    return data

@@ -41,6 +41,7 @@ def create_app(ctx: Console) -> FastAPI:
     app.state.console = ctx
     app.include_router(api.router)
     app.include_router(console.router)
+    app.add_exception_handler(console.PageRefusal, console.refusal_handler)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
 
     def probe_access(request: Request) -> None:

@@ -858,30 +858,41 @@ class Repository:
                         scar, job.error.splitlines()[0] if job.error else "", job.created_at,
                     )
                 )  # fmt: skip
-            for dest in s.scalars(select(Outbox.destination).distinct()):
-                counts = dict(
-                    s.execute(
-                        select(Outbox.state, func.count())
-                        .where(Outbox.destination == dest)
-                        .group_by(Outbox.state)
-                    ).all()
-                )
-                last = s.execute(
-                    select(Outbox.last_error, Outbox.next_attempt_at)
-                    .where(Outbox.destination == dest, Outbox.state == SendState.PENDING)
-                    .order_by(Outbox.attempts.desc())
-                    .limit(1)
-                ).first()
-                snap.sends.append(
-                    SendRow(
-                        dest, counts.get(SendState.PENDING, 0), counts.get(SendState.SENT, 0),
-                        last[0] if last else "", last[1] if last else None,
-                    )
-                )  # fmt: skip
+            snap.sends = self._send_rows(s)
             for ev in s.scalars(select(EventRow).order_by(EventRow.id.desc()).limit(limit)):
                 peer = f"{ev.peer_ae}@{ev.peer_address}" if ev.peer_ae else ev.peer_address
                 snap.events.append(EventView(ev.time, ev.level, ev.kind, peer, ev.message))
         return snap
+
+    @staticmethod
+    def _send_rows(s: Session) -> list[SendRow]:
+        rows = []
+        for dest in s.scalars(select(Outbox.destination).distinct()):
+            counts = dict(
+                s.execute(
+                    select(Outbox.state, func.count())
+                    .where(Outbox.destination == dest)
+                    .group_by(Outbox.state)
+                ).all()
+            )
+            last = s.execute(
+                select(Outbox.last_error, Outbox.next_attempt_at)
+                .where(Outbox.destination == dest, Outbox.state == SendState.PENDING)
+                .order_by(Outbox.attempts.desc())
+                .limit(1)
+            ).first()
+            rows.append(
+                SendRow(
+                    dest, counts.get(SendState.PENDING, 0), counts.get(SendState.SENT, 0),
+                    last[0] if last else "", last[1] if last else None,
+                )
+            )  # fmt: skip
+        return rows
+
+    def send_rows(self) -> list[SendRow]:
+        """Sends per destination: pending, sent, the last error and the next try."""
+        with self._read() as s:
+            return self._send_rows(s)
 
     # -- the console and the REST API ------------------------------------------------
 
