@@ -12,7 +12,14 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # 16 chars, no backslash or control
@@ -70,7 +77,11 @@ class AllowedPeer(Section):
 
 
 class Destination(Section):
-    """A DICOM peer the node sends results to.
+    """A peer the node sends results to: a DICOM node over C-STORE (``protocol = "dimse"``:
+    ``ae_title``, ``host``, ``port``) or a DICOMweb server over STOW-RS (``protocol =
+    "stow"``: ``url`` of its DICOMweb root, e.g. ``http://pacs:8042/dicom-web``, with a
+    Bearer ``token`` or ``username`` + ``password``, and ``ca_certificate`` to trust for
+    HTTPS).
 
     ``sources`` maps calling AE titles to destinations (shell patterns): results of a
     study received from a matching peer go here. ``["*"]`` (default) sends every result;
@@ -78,10 +89,36 @@ class Destination(Section):
     """
 
     name: str
-    ae_title: AeTitle
-    host: str
-    port: Port
+    protocol: Literal["dimse", "stow"] = "dimse"
+    ae_title: AeTitle = ""  # these three: C-STORE (checked per protocol below)
+    host: str = ""
+    port: int = Field(0, ge=0, le=65535)
+    url: str = Field("", pattern=r"^$|^https?://", max_length=255)
+    token: str | None = None
+    username: str | None = None
+    password: str | None = None
+    ca_certificate: Path | None = None
     sources: list[str] = Field(default_factory=lambda: ["*"])
+
+    @model_validator(mode="after")
+    def _complete(self) -> Destination:
+        if self.protocol == "dimse":
+            missing = [k for k in ("ae_title", "host", "port") if not getattr(self, k)]
+            if missing:
+                raise ValueError(f"a C-STORE destination needs {', '.join(missing)}")
+        else:
+            if not self.url:
+                raise ValueError("a STOW-RS destination needs url (its DICOMweb root)")
+            if self.token and (self.username or self.password):
+                raise ValueError("give either token or username + password, not both")
+            if (self.username is None) != (self.password is None):
+                raise ValueError("username and password go together")
+        return self
+
+    @property
+    def where(self) -> str:
+        """How logs and the console name its address."""
+        return self.url if self.protocol == "stow" else f"{self.ae_title}@{self.host}:{self.port}"
 
 
 class Pacs(Section):
@@ -209,6 +246,9 @@ class ConsoleUser(Section):
     role: Role = "viewer"
     # argon2id hash (``lge-node console hash-password``); the password itself never.
     password_hash: str = Field(pattern=r"^\$argon2id?\$")
+    # The sender that what this user stores over STOW-RS is recorded as (destination
+    # ``sources``, query scope); default: the name, cut to 16 characters.
+    ae_title: AeTitle | None = None
 
 
 class ConsoleToken(Section):
@@ -217,6 +257,7 @@ class ConsoleToken(Section):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[\w.@-]+$")
     role: Role = "viewer"
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    ae_title: AeTitle | None = None  # as for users
 
 
 class HttpSection(Section):
@@ -233,6 +274,15 @@ class HttpSection(Section):
     open_probes: bool = True
     certificate: Path | None = None  # HTTPS when both are set
     private_key: Path | None = None
+    # DICOMweb (``/dicom-web``): QIDO-RS and WADO-RS for viewers, STOW-RS for operators
+    # (an API token with the operator role for a sending system).
+    dicomweb: bool = True
+    # The URL clients reach the node by (https://node.example/), for the URLs DICOMweb
+    # answers hold (RetrieveURL, BulkDataURI). Unset: from each request's Host header,
+    # which a proxy must pass on (some clients, dicomweb-client among them, leave the
+    # port out of it).
+    public_url: str | None = Field(None, pattern=r"^https?://")
+    max_stow_mb: float = Field(4096.0, gt=0)  # one STOW-RS request, all its instances
 
 
 class NotifySection(Section):

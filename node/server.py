@@ -27,6 +27,7 @@ from node.logs import event
 from node.metrics import watch_index
 from node.notify import Notifier, install
 from node.store.ingest import Indexer, Journal
+from node.store.intake import Intake
 from node.store.records import Received, StoreOutcome
 from node.store.recovery import recover
 from node.store.repository import Repository
@@ -46,7 +47,8 @@ class Node:
         self.repository = Repository(config.database_url)
         self.journal_path = self.storage.root / "ingest.journal"
         self.indexer: Indexer | None = None
-        self.dicom = DicomService(config, self.storage, self.repository, self._submit)
+        self.intake = Intake(config, self.storage, self.repository, self._submit)
+        self.dicom = DicomService(config, self.repository, self.intake)
         self.assembler = Assembler(config, self.repository)
         self.dispatcher = Dispatcher(config, self.repository)
         self.retention = Retention(config, self.storage, self.repository)
@@ -72,8 +74,8 @@ class Node:
         )
         auth = Authenticator(self.config.http, session_secret(self.storage.root))
         return Console(
-            self.config, self.repository, self.storage, operations, auth, self.readiness,
-            self.warnings,
+            self.config, self.repository, self.storage, self.intake, operations, auth,
+            self.readiness, self.warnings,
         )  # fmt: skip
 
     def readiness(self) -> tuple[bool, str]:

@@ -171,8 +171,15 @@ class NodeProcess:
             series_uid,
         )
 
-    def unsent(self) -> int:
-        return self.query("SELECT count(*) FROM outbox WHERE state != 'sent'")[0][0]
+    def unsent(self, series_uid: str | None = None) -> int:
+        """Results not yet delivered (of one series' jobs)."""
+        if series_uid is None:
+            return self.query("SELECT count(*) FROM outbox WHERE state != 'sent'")[0][0]
+        return self.query(
+            "SELECT count(*) FROM outbox o JOIN jobs j ON o.job_fk = j.id "
+            "JOIN series s ON j.series_fk = s.id WHERE s.series_uid = ? AND o.state != 'sent'",
+            series_uid,
+        )[0][0]
 
     def events(self, kind: str) -> list[tuple]:
         return self.query("SELECT message, peer_ae, peer_address FROM events WHERE kind = ?", kind)
@@ -190,11 +197,11 @@ class NodeProcess:
         raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tail}")
 
     def wait_done(self, series_uid: str, timeout: float = 120.0) -> None:
-        """Until the series is processed and every result was delivered."""
+        """Until the series is processed and every result of it was delivered."""
 
         def done() -> bool:
             state = self.series_state(series_uid)
-            return bool(state and state[0] == "done" and self.unsent() == 0)
+            return bool(state and state[0] == "done" and self.unsent(series_uid) == 0)
 
         self.wait_for(done, timeout, f"series {series_uid} processed and delivered")
 

@@ -1,6 +1,6 @@
 """Routing and sending of results: which destinations a finished job goes to
-(`deliveries_for`), and the C-STORE of the outbox, one association per destination per
-round.
+(`deliveries_for`), and the sending of the outbox: C-STORE, one association per
+destination per round, or STOW-RS (`node.http.stow_client`), one request per batch.
 
 A row is marked sent only when the destination answered Success (or a Warning, which
 PS3.4 counts as stored); anything else schedules a retry with exponential backoff, so a
@@ -15,10 +15,12 @@ import threading
 from collections import defaultdict
 from itertools import islice
 
+import httpx
 from pynetdicom import AE
 
-from node.config import Config
+from node.config import Config, Destination
 from node.dimse.common import RESULT_SYNTAXES, stored
+from node.http.stow_client import StowClient
 from node.logs import event
 from node.store.records import Delivery, OutboxRecord
 from node.store.repository import Repository
@@ -26,10 +28,22 @@ from node.store.repository import Repository
 log = logging.getLogger("node.dispatch")
 
 
+def delivery_of(destination: Destination) -> Delivery:
+    """The outbox's address of a destination: AE title, host and port for C-STORE; for
+    STOW-RS no AE title, the URL and port 0."""
+    d = destination
+    if d.protocol == "stow":
+        return Delivery(d.name, "", d.url, STOW_PORT)
+    return Delivery(d.name, d.ae_title, d.host, d.port)
+
+
+STOW_PORT = 0  # an outbox row with port 0 is sent over STOW-RS to the URL in its host
+
+
 def deliveries_for(config: Config, calling_ae: str) -> list[Delivery]:
     """Destinations whose ``sources`` patterns match the AE title the study came from."""
     return [
-        Delivery(d.name, d.ae_title, d.host, d.port)
+        delivery_of(d)
         for d in config.destinations
         if any(fnmatch.fnmatchcase(calling_ae, pattern) for pattern in d.sources)
     ]
@@ -47,14 +61,17 @@ class Dispatcher:
             return 0, 0
         try:
             due = self.repository.due_sends()
-            groups: dict[tuple[str, str, int], list[OutboxRecord]] = defaultdict(list)
+            groups: dict[tuple[str, str, str, int], list[OutboxRecord]] = defaultdict(list)
             for row in due:
-                groups[(row.ae_title, row.host, row.port)].append(row)
+                groups[(row.destination, row.ae_title, row.host, row.port)].append(row)
             sent = failed = 0
-            for (ae_title, host, port), rows in groups.items():
+            for (name, ae_title, host, port), rows in groups.items():
                 it = iter(rows)
                 while batch := list(islice(it, self.config.dispatch.batch)):
-                    ok, bad = self._send(ae_title, host, port, batch)
+                    if port == STOW_PORT:
+                        ok, bad = self._stow(name, host, batch)
+                    else:
+                        ok, bad = self._send(ae_title, host, port, batch)
                     sent, failed = sent + ok, failed + bad
             return sent, failed
         finally:
@@ -105,6 +122,29 @@ class Dispatcher:
             event(log, "results_sent", destination=where, objects=len(ok))
         n_bad = sum(self._failed(rs, where, why) for why, rs in bad.items())
         return len(ok), n_bad
+
+    def _stow(self, name: str, url: str, rows: list[OutboxRecord]) -> tuple[int, int]:
+        dest = next((d for d in self.config.destinations if d.name == name and d.url == url), None)
+        if dest is None:  # the destination left the config (or its URL changed)
+            return 0, self._failed(rows, url, f"destination {name!r} with {url} is not configured")
+        client = StowClient(dest, self.config.dicom.network_timeout_s)
+        try:
+            errors = client.store([(r.sop_uid, r.path) for r in rows])
+        except httpx.HTTPError as exc:
+            return 0, self._failed(
+                rows, url, f"STOW-RS to {url} failed: {type(exc).__name__}: {exc}"
+            )
+        finally:
+            client.close()
+        ok = [r.id for r in rows if r.sop_uid not in errors]
+        self.repository.mark_sent(ok)
+        if ok:
+            event(log, "results_sent", destination=url, objects=len(ok))
+        bad: dict[str, list[OutboxRecord]] = defaultdict(list)
+        for r in rows:
+            if r.sop_uid in errors:
+                bad[errors[r.sop_uid]].append(r)
+        return len(ok), sum(self._failed(rs, url, why) for why, rs in bad.items())
 
     def _failed(self, rows: list[OutboxRecord], where: str, error: str) -> int:
         d = self.config.dispatch

@@ -68,7 +68,7 @@ IMAGE_KEYS = {
 RANGED = {"StudyDate", "StudyTime", "PatientBirthDate"}
 
 
-def _keys(level: str) -> dict[str, Callable[[QrRow], str]]:
+def keys_for(level: str) -> dict[str, Callable[[QrRow], str]]:
     """The keys matched and returned at ``level`` (those of the levels above included)."""
     keys = dict(STUDY_KEYS)
     if level in ("SERIES", "IMAGE"):
@@ -114,7 +114,7 @@ class QueryRetrieveScp:
         level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
         if level not in LEVELS:
             raise QueryError(f"QueryRetrieveLevel {level!r} is not STUDY, SERIES or IMAGE")
-        keys = _keys(level)
+        keys = keys_for(level)
         # Keys we do not match on are returned empty, not an error (PS3.4 C.2.2.1.3).
         criteria = {
             kw: m for kw in keys if kw in identifier
@@ -125,12 +125,12 @@ class QueryRetrieveScp:
         rows = self.repository.qr_rows(Query(criteria, modalities, senders))
         return level, [r for r in rows if all(m.test(keys[k](r)) for k, m in criteria.items())]
 
-    def _response(self, level: str, identifier: Dataset, group: list[QrRow]) -> Dataset:
+    def response(self, level: str, identifier: Dataset, group: list[QrRow]) -> Dataset:
         r = group[0]
         ds = Dataset()
         ds.QueryRetrieveLevel = level
         ds.SpecificCharacterSet = "ISO_IR 192"
-        getters = _keys(level)
+        getters = keys_for(level)
         for elem in identifier:
             kw = elem.keyword
             if kw in getters:
@@ -155,7 +155,7 @@ class QueryRetrieveScp:
         return ds
 
     @staticmethod
-    def _group(level: str, rows: list[QrRow]) -> list[list[QrRow]]:
+    def group(level: str, rows: list[QrRow]) -> list[list[QrRow]]:
         groups: dict[str, list[QrRow]] = {}
         for r in rows:
             key = {"STUDY": r.study.study_uid, "SERIES": r.series.series_uid,
@@ -181,13 +181,13 @@ class QueryRetrieveScp:
                 peer, Event.FIND_REFUSED, Dimse.UNABLE_TO_PROCESS, f"bad identifier: {exc}"
             )
             return
-        groups = self._group(level, rows)
+        groups = self.group(level, rows)
         event(log, "find", peer_ae=peer, query_level=level, matches=len(groups))
         for group in groups:
             if ev.is_cancelled:
                 yield Dimse.CANCEL, None
                 return
-            yield Dimse.PENDING, self._response(level, identifier, group)
+            yield Dimse.PENDING, self.response(level, identifier, group)
 
     def _fail(self, peer: str, what: Event, status: int, reason: str) -> Iterator[tuple[int, None]]:
         notify(self.repository, what, reason, peer_ae=peer)

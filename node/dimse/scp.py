@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
@@ -27,9 +26,8 @@ from node.dimse.store_scp import StoreScp
 from node.events import Event, notify
 from node.logs import event
 from node.metrics import ASSOCIATIONS
-from node.store.records import Received
+from node.store.intake import Intake
 from node.store.repository import Repository
-from node.store.storage import Storage
 from node.workflow.selector import MR_CLASSES
 
 log = logging.getLogger("node.dimse")
@@ -74,13 +72,12 @@ class DicomService:
     def __init__(
         self,
         config: Config,
-        storage: Storage,
         repository: Repository,
-        submit: Callable[[Received], None],
+        intake: Intake,
     ) -> None:
         self.config = config
         self.repository = repository
-        self.store = StoreScp(config, storage, repository, submit)
+        self.store = StoreScp(config, intake)
         self.qr = QueryRetrieveScp(config, repository)
         self.ae = self._build_ae()
         self.server: GuardedServer | None = None

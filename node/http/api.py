@@ -33,7 +33,7 @@ Admin = Annotated[Principal, Depends(require("admin"))]
 Offset = Annotated[int, Query(ge=0)]
 Limit = Annotated[int, Query(ge=1, le=500)]
 
-SECRET_KEYS = {"password_hash", "sha256", "private_key", "database_url"}
+SECRET_KEYS = {"password_hash", "sha256", "private_key", "database_url", "token", "password"}
 
 
 def console(request: Request) -> Console:

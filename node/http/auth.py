@@ -18,7 +18,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from node.config import HttpSection
+from node.config import ConsoleToken, ConsoleUser, HttpSection
 
 RANK = {"viewer": 1, "operator": 2, "admin": 3}
 COOKIE = "lge_node_session"
@@ -34,6 +34,7 @@ class Principal:
     name: str
     role: str
     via: str  # password | token | session
+    sender: str = ""  # the AE title what it stores over STOW-RS is recorded as
 
     def may(self, role: str) -> bool:
         return RANK[self.role] >= RANK[role]
@@ -62,6 +63,10 @@ def session_secret(data_dir: Path) -> bytes:
     return path.read_bytes()
 
 
+def _sender(entry: ConsoleUser | ConsoleToken) -> str:
+    return entry.ae_title or entry.name[:16]
+
+
 class Authenticator:
     def __init__(self, config: HttpSection, secret: bytes) -> None:
         self.users = {u.name: u for u in config.users}
@@ -75,13 +80,13 @@ class Authenticator:
             _hasher.verify(user.password_hash if user else _DUMMY, password)
         except (VerificationError, InvalidHashError):
             return None
-        return Principal(user.name, user.role, "password") if user else None
+        return Principal(user.name, user.role, "password", _sender(user)) if user else None
 
     def token(self, token: str) -> Principal | None:
         digest = hashlib.sha256(token.encode()).hexdigest()
         for known, entry in self.tokens:
             if hmac.compare_digest(known, digest):
-                return Principal(entry.name, entry.role, "token")
+                return Principal(entry.name, entry.role, "token", _sender(entry))
         return None
 
     def cookie_for(self, principal: Principal) -> str:
@@ -95,4 +100,4 @@ class Authenticator:
         except BadSignature:
             return None
         user = self.users.get(str(data.get("u", "")))
-        return Principal(user.name, user.role, "session") if user else None
+        return Principal(user.name, user.role, "session", _sender(user)) if user else None

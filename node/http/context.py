@@ -13,6 +13,7 @@ from starlette.datastructures import UploadFile
 
 from node.config import Config
 from node.http.auth import COOKIE, Authenticator, Principal
+from node.store.intake import Intake
 from node.store.repository import Repository
 from node.store.storage import Storage
 from node.workflow.operations import OperationRefused, Operations
@@ -23,6 +24,7 @@ class Console:
     config: Config
     repository: Repository
     storage: Storage
+    intake: Intake
     operations: Operations
     auth: Authenticator
     readiness: Callable[[], tuple[bool, str]]  # (ready, why not)
@@ -100,9 +102,11 @@ class DestinationView:
     """A configured destination with its outbox, as the console and the API list it."""
 
     name: str
+    protocol: str  # dimse (C-STORE) or stow (STOW-RS)
     ae_title: str
     host: str
     port: int
+    url: str
     sources: list[str]
     pending: int
     sent: int
@@ -117,7 +121,7 @@ def destinations(ctx: Console) -> list[DestinationView]:
         row = sends.get(d.name)
         out.append(
             DestinationView(
-                d.name, d.ae_title, d.host, d.port, list(d.sources),
+                d.name, d.protocol, d.ae_title, d.host, d.port, d.url, list(d.sources),
                 row.pending if row else 0, row.sent if row else 0,
                 row.last_error if row else "", row.next_attempt_at if row else None,
             )

@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from node import __version__
-from node.http import api, console
+from node.http import api, console, dicomweb
 from node.http.auth import COOKIE, Principal
 from node.http.context import Console, principal_of
 from node.logs import event
@@ -41,6 +41,8 @@ def create_app(ctx: Console) -> FastAPI:
     app.state.console = ctx
     app.include_router(api.router)
     app.include_router(console.router)
+    if ctx.config.http.dicomweb:
+        app.include_router(dicomweb.router)
     app.add_exception_handler(console.PageRefusal, console.refusal_handler)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pydicom
 
 from node.config import Config
-from node.dimse.dispatch import deliveries_for
+from node.dimse.dispatch import deliveries_for, delivery_of
 from node.store.ingest import describe
-from node.store.records import CORRECTION, Delivery, JobState, ResultObject, SeriesState
+from node.store.records import CORRECTION, JobState, ResultObject, SeriesState
 from node.store.repository import Repository
 from node.workflow.assembler import facts_of
 from node.workflow.selector import Decision, SeriesFacts, choose, judge, reconstruction
@@ -86,11 +86,7 @@ class Operations:
         if destination is None:
             deliveries = deliveries_for(self.config, source.calling_ae)
         else:
-            deliveries = [
-                Delivery(d.name, d.ae_title, d.host, d.port)
-                for d in self.config.destinations
-                if d.name == destination
-            ]
+            deliveries = [delivery_of(d) for d in self.config.destinations if d.name == destination]
         if not deliveries:
             raise OperationRefused(
                 f"no destination {destination!r}" if destination
