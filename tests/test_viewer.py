@@ -5,7 +5,8 @@ Each study (classic and Enhanced MR) goes to Orthanc over C-STORE (DCMTK storesc
 originals as the scanner and our results as the node. The test asserts what the reader
 relies on: the result series are listed (PDF and summary among them), the SEG's segments
 are listed and drawn on the slices that hold them, and the SR opens on an image with its
-outlines and key numbers instead of an error boundary.
+outlines and key numbers instead of an error boundary. Last, OHIF reads a study from the
+node itself (its QIDO-RS and WADO-RS) after the node processed it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from dicom_templates.identity import Algorithm
@@ -251,3 +253,55 @@ def test_sr_opens_on_an_image_with_its_key_numbers(browser, study) -> None:
         assert p.errors == [], "\n".join(p.errors)
     finally:
         p.close()
+
+
+def test_ohif_reads_the_node_itself_over_dicomweb(browser, phantom_factory, tmp_path) -> None:
+    """The node as OHIF's data source: a study sent to it over C-STORE, processed, then
+    read by OHIF through the node's own QIDO-RS and WADO-RS (a token added by the proxy
+    that serves OHIF, as a site's reverse proxy would)."""
+    from node.http.auth import new_token
+    from tests.node_harness import NodeProcess, storescu
+
+    token, sha = new_token()
+    case = phantom_factory(**CASES["classic"])
+    tokens = [{"name": "ohif", "role": "viewer", "sha256": sha}]
+    with NodeProcess(tmp_path / "node", http={"tokens": tokens}) as node:
+        storescu(node.port, case.files)
+        series = str(pydicom.dcmread(case.files[0]).SeriesInstanceUID)
+        node.wait_done(series)
+        [(results,)] = node.query(
+            "SELECT j.results_dir FROM jobs j JOIN series s ON j.series_fk = s.id "
+            "WHERE s.series_uid = ? AND j.state = 'done'", series,
+        )  # fmt: skip
+        metrics = json.loads((Path(results) / "metrics.json").read_text())
+        study = str(pydicom.dcmread(case.files[0]).StudyInstanceUID)
+        with OhifServer(node.http_url, headers={"Authorization": f"Bearer {token}"}) as viewer:
+            p = Page(browser, viewer.study_url(study))
+            try:
+                for description in ("LGE scar report (PDF)", "LGE scar summary", "LGE scar SEG"):
+                    assert description in p.text(), description
+                p.open_series("LGE scar report")
+                wanted = f"{round(metrics['scar_percent'], 1):.2f} %"
+                labels = p.page.locator("svg text")
+                labels.first.wait_for(timeout=LOAD_TIMEOUT_MS)
+                p.settle()
+                shown = " ".join(labels.all_text_contents())
+                assert f"Percent of left ventricle myocardium: {wanted}" in shown, shown
+                p.page.locator("[data-cy=panelSegmentation-btn]").click()
+                p.page.wait_for_timeout(1000)
+                p.open_series("LGE scar SEG")
+                p.page.get_by_role("button", name="Yes").click(timeout=LOAD_TIMEOUT_MS)
+                p.page.get_by_text("Infarct (scar)", exact=True).first.wait_for(
+                    timeout=LOAD_TIMEOUT_MS
+                )
+                p.settle()
+                assert p.errors == [], "\n".join(p.errors)
+            finally:
+                p.close()
+        paths = [path for path, _ in viewer.requests]
+        failed = [(path, status) for path, status in viewer.requests if status != 200]
+        assert failed == [], failed
+        # Series metadata, image frames, the PDF through its BulkDataURI, the SEG whole.
+        for kind in ("/metadata", "/frames/", "/bulk/00420011"):
+            assert any(kind in path for path in paths), kind
+        assert any(path.rsplit("/", 2)[-2] == "instances" for path in paths)

@@ -78,10 +78,14 @@ def viewer_available() -> str | None:
 
 
 class OhifServer:
-    """``with OhifServer(orthanc_url) as viewer: page.goto(viewer.study_url(uid))``."""
+    """``with OhifServer(orthanc_url) as viewer: page.goto(viewer.study_url(uid))``; any
+    DICOMweb server will do as upstream (lge-node's own, with a token in ``headers``)."""
 
-    def __init__(self, orthanc_url: str, dist: Path = OHIF_DIST) -> None:
+    def __init__(
+        self, orthanc_url: str, dist: Path = OHIF_DIST, headers: dict[str, str] | None = None
+    ) -> None:
         self.dist = dist
+        self.headers = headers or {}  # added to proxied requests (a token for lge-node)
         self.port = free_port()
         self.origin = f"http://127.0.0.1:{self.port}"
         self.upstream = urlsplit(orthanc_url)
@@ -154,6 +158,7 @@ def _handler(viewer: OhifServer) -> type[BaseHTTPRequestHandler]:
             headers = {k: v for k, v in self.headers.items() if k.lower() in {"accept", "range"}}
             # Orthanc writes BulkDataURIs with the Host it was asked on: keep it ours.
             headers["Host"] = self.headers.get("Host", f"127.0.0.1:{viewer.port}")
+            headers.update(viewer.headers)
             conn.request("GET", self.path, headers=headers)
             resp = conn.getresponse()
             body = resp.read()
