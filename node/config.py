@@ -269,6 +269,10 @@ class HttpSection(Section):
     users: list[ConsoleUser] = Field(default_factory=list)
     tokens: list[ConsoleToken] = Field(default_factory=list)
     session_hours: float = Field(12.0, gt=0, le=24 * 30)
+    # Failed logins (console, API, HTTP Basic) for one name or from one address within
+    # login_block_minutes: beyond login_max_failures, refused (429) until the window passes.
+    login_max_failures: int = Field(10, ge=1)
+    login_block_minutes: float = Field(15.0, gt=0)
     # /metrics (Prometheus), /healthz, /readyz answer without login (scrapers, probes);
     # they carry counts, never patient data.
     open_probes: bool = True

@@ -11,6 +11,9 @@ import hashlib
 import hmac
 import os
 import secrets
+import threading
+import time
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +66,46 @@ def session_secret(data_dir: Path) -> bytes:
     return path.read_bytes()
 
 
+class Throttled(Exception):
+    """Too many failed logins for a name or from an address; the message says until when."""
+
+
+class LoginThrottle:
+    """Refuses password checks for a name, or from an address, that failed
+    ``max_failures`` times within ``window_s`` - until the oldest of those failures is
+    ``window_s`` old. Guessing costs a blocked window per ``max_failures`` tries."""
+
+    def __init__(self, max_failures: int, window_s: float) -> None:
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def _recent(self, key: str, now: float) -> deque[float]:
+        times = self._failures[key]
+        while times and now - times[0] > self.window_s:
+            times.popleft()
+        return times
+
+    def check(self, name: str, address: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for key, what in ((f"u:{name}", f"user {name!r}"), (f"a:{address}", address)):
+                times = self._recent(key, now)
+                if len(times) >= self.max_failures:
+                    wait = self.window_s - (now - times[0])
+                    raise Throttled(f"too many failed logins for {what}: try again in {wait:.0f} s")
+
+    def failed(self, name: str, address: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for key in (f"u:{name}", f"a:{address}"):
+                self._recent(key, now).append(now)
+            if len(self._failures) > 10_000:  # forget idle keys; a flood costs no memory
+                for key in [k for k, t in self._failures.items() if not self._recent(k, now)]:
+                    del self._failures[key]
+
+
 def _sender(entry: ConsoleUser | ConsoleToken) -> str:
     return entry.ae_title or entry.name[:16]
 
@@ -72,13 +115,17 @@ class Authenticator:
         self.users = {u.name: u for u in config.users}
         self.tokens = [(t.sha256, t) for t in config.tokens]
         self.max_age_s = int(config.session_hours * 3600)
+        self.throttle = LoginThrottle(config.login_max_failures, config.login_block_minutes * 60)
         self._cookies = URLSafeTimedSerializer(secret, salt="lge-node-session")
 
-    def password(self, name: str, password: str) -> Principal | None:
+    def password(self, name: str, password: str, address: str = "") -> Principal | None:
+        """The user, or None for a wrong name or password; raises `Throttled`."""
+        self.throttle.check(name, address)
         user = self.users.get(name)
         try:
             _hasher.verify(user.password_hash if user else _DUMMY, password)
         except (VerificationError, InvalidHashError):
+            self.throttle.failed(name, address)
             return None
         return Principal(user.name, user.role, "password", _sender(user)) if user else None
 

@@ -20,7 +20,7 @@ from starlette.datastructures import UploadFile as StarletteUpload
 
 from node import __version__
 from node.http.api import masked
-from node.http.auth import COOKIE, Principal
+from node.http.auth import COOKIE, Principal, Throttled
 from node.http.context import Console, destinations, perform, principal_of, read_upload
 from node.store.records import SeriesState
 from node.workflow.operations import OperationRefused
@@ -126,7 +126,14 @@ async def login(request: Request) -> Response:
     if not target.startswith("/") or target.startswith("//"):
         target = "/"  # no open redirect
     address = request.client.host if request.client else ""
-    who = ctx.auth.password(name, password)
+    try:
+        who = ctx.auth.password(name, password, address)
+    except Throttled as exc:
+        ctx.repository.record_audit(name[:64], "", "login", "", "refused", str(exc), address)
+        return templates.TemplateResponse(
+            request, "login.html", {"who": None, "next": target, "error": f"{exc}."},
+            status_code=429,
+        )  # fmt: skip
     if who is None:
         ctx.repository.record_audit(
             name[:64], "", "login", "", "refused", "wrong name or password", address

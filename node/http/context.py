@@ -12,7 +12,7 @@ from fastapi import HTTPException, Request
 from starlette.datastructures import UploadFile
 
 from node.config import Config
-from node.http.auth import COOKIE, Authenticator, Principal
+from node.http.auth import COOKIE, Authenticator, Principal, Throttled
 from node.store.intake import Intake
 from node.store.repository import Repository
 from node.store.storage import Storage
@@ -43,7 +43,11 @@ def principal_of(request: Request) -> Principal | None:
             name, _, password = base64.b64decode(value.strip()).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return None
-        return ctx.auth.password(name, password)
+        address = request.client.host if request.client else ""
+        try:
+            return ctx.auth.password(name, password, address)
+        except Throttled as exc:
+            raise HTTPException(429, str(exc)) from None
     cookie = request.cookies.get(COOKIE)
     return ctx.auth.session(cookie) if cookie else None
 

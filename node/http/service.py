@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from node import __version__
 from node.http import api, console, dicomweb
-from node.http.auth import COOKIE, Principal
+from node.http.auth import COOKIE, Principal, Throttled
 from node.http.context import Console, principal_of
 from node.logs import event
 from node.metrics import REGISTRY
@@ -78,8 +78,14 @@ def create_app(ctx: Console) -> FastAPI:
         username: Annotated[str, Form()],
         password: Annotated[str, Form()],
     ) -> JSONResponse:
-        who = ctx.auth.password(username, password)
         address = request.client.host if request.client else ""
+        try:
+            who = ctx.auth.password(username, password, address)
+        except Throttled as exc:
+            ctx.repository.record_audit(
+                username[:64], "", "login", "", "refused", str(exc), address
+            )
+            raise HTTPException(429, str(exc)) from None
         if who is None:
             ctx.repository.record_audit(
                 username[:64], "", "login", "", "refused", "wrong name or password", address

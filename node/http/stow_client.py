@@ -5,6 +5,7 @@ the server's answer (PS3.18 10.5.3), so a partial refusal retries only what fail
 from __future__ import annotations
 
 import secrets
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,9 @@ class StowClient:
         auth = None
         if destination.username is not None and destination.password is not None:
             auth = httpx.BasicAuth(destination.username, destination.password)
-        verify: Any = str(destination.ca_certificate) if destination.ca_certificate else True
+        verify: Any = True
+        if destination.ca_certificate:
+            verify = ssl.create_default_context(cafile=str(destination.ca_certificate))
         self.client = httpx.Client(headers=headers, auth=auth, verify=verify, timeout=timeout_s)
 
     def close(self) -> None:

@@ -1,0 +1,86 @@
+"""The console over HTTPS, and guessing passwords: a node serving its console with a
+certificate (made by openssl here), and the login throttle in front of every password
+check (console form, API login, HTTP Basic)."""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from node.http.auth import hash_password
+from tests.node_harness import NodeProcess
+
+pytestmark = [
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed"),
+]
+WINDOW_S = 4.0
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory):
+    work = tmp_path_factory.mktemp("https")
+    cert, key = work / "console.crt", work / "console.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    users = [{"name": "ada", "role": "admin", "password_hash": hash_password("admin-pass-1")}]
+    http = {"users": users, "certificate": str(cert), "private_key": str(key),
+            "login_max_failures": 3, "login_block_minutes": WINDOW_S / 60}  # fmt: skip
+    with NodeProcess(work / "node", http=http, wait_models=False) as running:
+        url = running.http_url.replace("http://", "https://")
+        trust = ssl.create_default_context(cafile=str(cert))
+        with httpx.Client(base_url=url, verify=trust, timeout=30) as client:
+            running.wait_for(lambda: _up(client), 30, "the HTTPS console")
+            yield running, client
+
+
+def _up(client: httpx.Client) -> bool:
+    try:
+        return client.get("/healthz").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_the_console_serves_https_with_secure_cookies(node) -> None:
+    running, client = node
+    login = client.post("/api/v1/login", data={"username": "ada", "password": "admin-pass-1"})
+    assert login.status_code == 200
+    cookie = login.headers["set-cookie"].lower()
+    assert "secure" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+    assert client.get("/api/v1/me").json()["name"] == "ada"
+    with pytest.raises(httpx.HTTPError):  # plain HTTP on the same port gets nowhere
+        httpx.get(running.http_url + "/healthz", timeout=5).raise_for_status()
+    with pytest.raises(httpx.ConnectError):  # nor a client that does not trust the cert
+        httpx.get(str(client.base_url) + "/healthz", timeout=5)
+
+
+def test_guessing_passwords_is_throttled_by_name_and_address(node) -> None:
+    _, client = node
+    wrong = {"username": "ada", "password": "guess"}
+    for _ in range(3):
+        assert client.post("/api/v1/login", data=wrong).status_code == 401
+    # Now even the right password waits: the window is per name (and per address).
+    blocked = client.post("/api/v1/login", data={"username": "ada", "password": "admin-pass-1"})
+    assert blocked.status_code == 429 and "too many failed logins" in blocked.json()["detail"]
+    basic = client.get("/api/v1/me", auth=("ada", "admin-pass-1"))
+    assert basic.status_code == 429
+    page = client.post("/login", data={"username": "ada", "password": "admin-pass-1"},
+                       headers={"Origin": str(client.base_url)})  # fmt: skip
+    assert page.status_code == 429 and "too many failed logins" in page.text
+    time.sleep(WINDOW_S + 0.5)
+    ok = client.post("/api/v1/login", data={"username": "ada", "password": "admin-pass-1"})
+    assert ok.status_code == 200
+    client.cookies.clear()
+    audit = client.get("/api/v1/audit", auth=("ada", "admin-pass-1")).json()["items"]
+    refused = [a for a in audit if a["action"] == "login" and a["outcome"] == "refused"]
+    assert any("too many failed logins" in a["detail"] for a in refused)
+    assert sum(a["detail"] == "wrong name or password" for a in refused) >= 3
