@@ -7,6 +7,7 @@ errors, so a typo does not silently fall back to a default.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import tomllib
 from pathlib import Path
@@ -346,6 +347,37 @@ class Config(BaseSettings):
         """The nnU-Net raw dataset folder that readers' corrections are added to."""
         root = self.corrections.training_dir or self.storage.data_dir / "training"
         return root / self.corrections.dataset_name
+
+
+SECRET_KEYS = {"password_hash", "sha256", "private_key", "database_url", "token", "password"}
+
+
+def masked(value: Any, digest: bool = False) -> Any:
+    """A config dump with secrets as ``***`` (``digest``: ``***`` and 8 hex digits of their
+    SHA-256, enough to tell that one changed, never enough to recover it)."""
+    if isinstance(value, dict):
+        return {
+            k: (_mask(v, digest) if k in SECRET_KEYS and v else masked(v, digest))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [masked(v, digest) for v in value]
+    return value
+
+
+def _mask(value: Any, digest: bool) -> str:
+    return "***" + (hashlib.sha256(str(value).encode()).hexdigest()[:8] if digest else "")
+
+
+def changes(before: Any, after: Any, where: str = "") -> list[str]:
+    """Dotted paths (section.key, at most two levels) where two config dumps differ."""
+    if where.count(".") >= 1 or not (isinstance(before, dict) and isinstance(after, dict)):
+        return [] if before == after else [where or "(all)"]
+    found = []
+    for key in sorted(set(before) | set(after)):
+        path = f"{where}.{key}" if where else key
+        found += changes(before.get(key), after.get(key), path)
+    return found
 
 
 def load_config(path: Path | str | None = None) -> Config:

@@ -7,6 +7,7 @@ jobs a crash left running are queued again, and only then does the port open.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from node.config import Config
+from node.config import Config, changes, masked
 from node.dimse.dispatch import Dispatcher
 from node.dimse.scp import DicomService, access_warning
 from node.events import flush_deferred
@@ -78,6 +79,23 @@ class Node:
             self.readiness, self.warnings,
         )  # fmt: skip
 
+    def _audit_config(self) -> None:
+        """A configuration that differs from the one the node last started with goes into
+        the audit trail with what changed (the file is edited outside the node, so the
+        change is seen, and recorded, when it takes effect)."""
+        applied = self.storage.root / "config.applied.json"
+        now = masked(self.config.model_dump(mode="json"), digest=True)
+        try:
+            before = json.loads(applied.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            before = None
+        if before == now:
+            return
+        what = "first start" if before is None else "changed: " + ", ".join(changes(before, now))
+        self.repository.record_audit("lge-node", "", "config", "", "ok", what)
+        self.storage.write_atomic(applied, json.dumps(now, indent=1, sort_keys=True).encode())
+        event(log, "config_changed", detail=what)
+
     def readiness(self) -> tuple[bool, str]:
         """Ready when the DICOM port listens and every worker has its models."""
         if self.dicom.server is None:
@@ -102,6 +120,7 @@ class Node:
         t0 = time.perf_counter()
         store = recover(self.storage, self.repository, self.journal_path)
         recovered = self.repository.recover_jobs()
+        self._audit_config()
         journal = Journal(self.journal_path)
         journal.truncate_if(lambda: True)  # everything in it is indexed now
         self.indexer = Indexer(self.repository, journal, self._indexed, storage=self.storage)

@@ -1,6 +1,7 @@
-"""The console over HTTPS, and guessing passwords: a node serving its console with a
-certificate (made by openssl here), and the login throttle in front of every password
-check (console form, API login, HTTP Basic)."""
+"""The console over HTTPS, guessing passwords, and configuration changes: a node serving
+its console with a certificate (made by openssl here), the login throttle in front of
+every password check (console form, API login, HTTP Basic), and the audit row a changed
+configuration leaves when the node starts with it."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import shutil
 import ssl
 import subprocess
 import time
+import tomllib
+from pathlib import Path
 
 import httpx
 import pytest
 
 from node.http.auth import hash_password
-from tests.node_harness import NodeProcess
+from tests.node_harness import NodeProcess, write_toml
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -84,3 +87,32 @@ def test_guessing_passwords_is_throttled_by_name_and_address(node) -> None:
     refused = [a for a in audit if a["action"] == "login" and a["outcome"] == "refused"]
     assert any("too many failed logins" in a["detail"] for a in refused)
     assert sum(a["detail"] == "wrong name or password" for a in refused) >= 3
+
+
+def test_a_changed_configuration_is_audited_with_what_changed(tmp_path: Path) -> None:
+    users = [{"name": "ada", "role": "admin", "password_hash": hash_password("first-pass-1")}]
+    node = NodeProcess(tmp_path / "node", http={"users": users}, wait_models=False)
+
+    def restart(**change: object) -> list[tuple]:
+        doc = tomllib.loads(node.config_path.read_text())
+        for key, value in change.items():
+            section, _, name = key.partition("__")
+            if name:
+                doc[section][name] = value
+            else:
+                doc[section] = value
+        write_toml(node.config_path, doc)
+        node.start(wait_models=False)
+        node.stop()
+        return node.query("SELECT user, detail FROM audit WHERE action = 'config' ORDER BY id")
+
+    assert restart() == [("lge-node", "first start")]
+    assert len(restart()) == 1  # the same configuration again: nothing to record
+    destination = [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}]
+    rows = restart(http__session_hours=2.0, destinations=destination)
+    assert rows[-1] == ("lge-node", "changed: destinations, http.session_hours")
+    new_hash = hash_password("second-pass-2")
+    rows = restart(http__users=[{**users[0], "password_hash": new_hash}])
+    assert rows[-1] == ("lge-node", "changed: http.users")
+    applied = (node.data_dir / "config.applied.json").read_text()
+    assert new_hash not in applied and users[0]["password_hash"] not in applied

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, UploadFile
 
 from node import __version__
+from node.config import masked
 from node.http.auth import Principal
 from node.http.context import (
     Console,
@@ -32,8 +33,6 @@ Operator = Annotated[Principal, Depends(require("operator"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
 Offset = Annotated[int, Query(ge=0)]
 Limit = Annotated[int, Query(ge=1, le=500)]
-
-SECRET_KEYS = {"password_hash", "sha256", "private_key", "database_url", "token", "password"}
 
 
 def console(request: Request) -> Console:
@@ -158,14 +157,6 @@ def audit(ctx: Ctx, _: Admin, offset: Offset = 0, limit: Limit = 50) -> dict[str
 @router.get("/config", summary="The running configuration, secrets masked (admin)")
 def config(ctx: Ctx, _: Admin) -> dict[str, Any]:
     return masked(ctx.config.model_dump(mode="json"))
-
-
-def masked(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: ("***" if k in SECRET_KEYS and v else masked(v)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [masked(v) for v in value]
-    return value
 
 
 # -- acting ----------------------------------------------------------------------------

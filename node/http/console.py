@@ -19,7 +19,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.datastructures import UploadFile as StarletteUpload
 
 from node import __version__
-from node.http.api import masked
+from node.config import masked
 from node.http.auth import COOKIE, Principal, Throttled
 from node.http.context import Console, destinations, perform, principal_of, read_upload
 from node.store.records import SeriesState
