@@ -291,9 +291,17 @@ class HttpSection(Section):
 
 
 class NotifySection(Section):
-    """A webhook (JSON POST) told when the node needs someone (`node.notify`)."""
+    """Who is told when the node needs someone (`node.notify`): a webhook (JSON POST)
+    and/or e-mail over SMTP."""
 
     webhook_url: str | None = Field(None, pattern=r"^https?://")
+    smtp_host: str | None = None
+    smtp_port: Port = 25
+    smtp_security: Literal["none", "starttls", "tls"] = "none"
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    mail_from: str = "lge-node@localhost"
+    mail_to: list[str] = Field(default_factory=list)
     events: list[str] = Field(
         default_factory=lambda: [
             "job_failed", "models_failed", "destination_failing", "disk_low",
@@ -349,7 +357,10 @@ class Config(BaseSettings):
         return root / self.corrections.dataset_name
 
 
-SECRET_KEYS = {"password_hash", "sha256", "private_key", "database_url", "token", "password"}
+SECRET_KEYS = {
+    "password_hash", "sha256", "private_key", "database_url", "token", "password",
+    "smtp_password", "webhook_url",
+}  # fmt: skip
 
 
 def masked(value: Any, digest: bool = False) -> Any:

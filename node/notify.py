@@ -1,6 +1,6 @@
 """Notifications for whoever looks after the node: a webhook (JSON POST, e.g. a chat or
-paging service) when a job fails, models fail to load, a destination keeps failing for a
-while, or the disk runs low.
+paging service) and/or an e-mail (SMTP) when a job fails, models fail to load, a
+destination keeps failing for a while, or the disk runs low.
 
 Operator events reach `Notifier.offer` from `node.events.notify`; the two conditions
 (a destination failing for ``destination_failing_minutes``, free disk under
@@ -14,12 +14,16 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import smtplib
+import ssl
 import threading
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import formatdate
 from typing import TYPE_CHECKING
 
 from node.config import NotifySection
@@ -56,7 +60,16 @@ class Notifier:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.config.webhook_url)
+        return bool(self.channels())
+
+    def channels(self) -> list[tuple[str, Callable[[Notice], None]]]:
+        """(name, send) of each configured way to tell someone."""
+        found: list[tuple[str, Callable[[Notice], None]]] = []
+        if self.config.webhook_url:
+            found.append(("webhook", self._post))
+        if self.config.smtp_host and self.config.mail_to:
+            found.append(("mail", self._mail))
+        return found
 
     def start(self) -> None:
         if self.enabled and self._thread is None:
@@ -125,24 +138,52 @@ class Notifier:
             notice = self._queue.get()
             if notice is None:
                 return
-            body = json.dumps(asdict(notice)).encode()
-            for attempt in range(1, ATTEMPTS + 1):
-                try:
-                    request = urllib.request.Request(
-                        str(self.config.webhook_url), data=body, method="POST",
-                        headers={"Content-Type": "application/json"},
-                    )  # fmt: skip
-                    with urllib.request.urlopen(request, timeout=10):
-                        pass
-                    event(log, "notice_sent", kind=notice.kind)
-                    break
-                except (urllib.error.URLError, OSError) as exc:
-                    if attempt == ATTEMPTS:
-                        # logged only: a notice about failing notices would loop
-                        event(log, "notice_failed", logging.WARNING, kind=notice.kind,
-                              error=str(exc))  # fmt: skip
-                    else:
-                        time.sleep(2.0 * attempt)
+            for channel, send in self.channels():
+                for attempt in range(1, ATTEMPTS + 1):
+                    try:
+                        send(notice)
+                        event(log, "notice_sent", kind=notice.kind, channel=channel)
+                        break
+                    except (OSError, smtplib.SMTPException) as exc:  # URLError is an OSError
+                        if attempt == ATTEMPTS:
+                            # logged only: a notice about failing notices would loop
+                            event(log, "notice_failed", logging.WARNING, kind=notice.kind,
+                                  channel=channel, error=str(exc))  # fmt: skip
+                        else:
+                            time.sleep(2.0 * attempt)
+
+    def _post(self, notice: Notice) -> None:
+        request = urllib.request.Request(
+            str(self.config.webhook_url), data=json.dumps(asdict(notice)).encode(),
+            method="POST", headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
+    def _mail(self, notice: Notice) -> None:
+        cfg = self.config
+        message = EmailMessage()
+        message["Subject"] = f"[lge-node {notice.node}] {notice.level}: {notice.kind}"
+        message["From"] = cfg.mail_from
+        message["To"] = ", ".join(cfg.mail_to)
+        message["Date"] = formatdate(notice.time, usegmt=True)
+        when = datetime.fromtimestamp(notice.time, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        lines = [notice.message, "", f"node: {notice.node}", f"time: {when}"]
+        lines += [f"{key}: {value}" for key, value in notice.details.items()]
+        lines += ["", "lge-node (research use only; not a medical device)"]
+        message.set_content("\n".join(lines))
+        host, port = str(cfg.smtp_host), cfg.smtp_port
+        smtp: smtplib.SMTP
+        if cfg.smtp_security == "tls":
+            smtp = smtplib.SMTP_SSL(host, port, timeout=10, context=ssl.create_default_context())
+        else:
+            smtp = smtplib.SMTP(host, port, timeout=10)
+        with smtp:
+            if cfg.smtp_security == "starttls":
+                smtp.starttls(context=ssl.create_default_context())
+            if cfg.smtp_username and cfg.smtp_password:
+                smtp.login(cfg.smtp_username, cfg.smtp_password)
+            smtp.send_message(message)
 
 
 _active: list[Notifier] = []

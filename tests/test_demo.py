@@ -31,6 +31,7 @@ def test_demo_command_round_trips_through_orthanc(tmp_path: Path) -> None:
     assert "research only, not for clinical use" in text
     assert "DCMTK storescu" in text and "Orthanc http://127.0.0.1:" in text
     assert re.search(r"console http://127\.0\.0\.1:\d+/ \(user demo, password \S+\)", text)
+    assert re.search(r"DICOMweb http://127\.0\.0\.1:\d+/dicom-web ", text)
     seg = next(out.glob("node/results/*/job*/seg.dcm"))
     metrics = json.loads((seg.parent / "metrics.json").read_text())
     truth = json.loads((out / "study" / "truth.json").read_text())
@@ -62,12 +63,17 @@ def test_demo_without_orthanc_uses_a_storage_scp(tmp_path: Path) -> None:
         with httpx.Client(base_url=url, auth=("demo", password), timeout=30) as api:
             seen["series"] = api.get("/api/v1/series").json()["items"]
             seen["me"] = api.get("/api/v1/me").json()
+            seen["qido"] = api.get("/dicom-web/series").json()
         seen["anonymous"] = httpx.get(url + "/api/v1/series", timeout=30).status_code
 
     result = run_demo(tmp_path / "demo", seed=11, use_orthanc=False, hold=hold)
     assert seen["me"] == {"name": "demo", "role": "admin", "via": "password"}
     assert [(s["series_uid"], s["state"]) for s in seen["series"]] == [(result.series_uid, "done")]
     assert seen["anonymous"] == 401
+    # The node's own DICOMweb lists the study it was sent (OHIF could read it from there).
+    listed = {s["0020000E"]["Value"][0]: s["00080060"]["Value"][0] for s in seen["qido"]}
+    assert listed[result.series_uid] == "MR"
+    assert {"SEG", "SR", "DOC"} <= set(listed.values())
     received = list((tmp_path / "demo" / "received").glob("*.dcm"))
     # SEG, SR, PDF report, summary page and one overlay per slice
     sent = 4 + len(list((result.results_dir / "overlay").glob("*.dcm")))

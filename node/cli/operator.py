@@ -294,6 +294,8 @@ def demo(
     stopped = "" if keep else " - stopped with the demo (--keep keeps it running)"
     console.print(f"  peer      {result.peer}{stopped}")
     console.print(f"  console   {result.console}{stopped}", soft_wrap=True)
+    web = result.console.split(" ", 1)[0].rstrip("/") + "/dicom-web"
+    console.print(f"  DICOMweb  {web} (QIDO/WADO/STOW-RS, same login){stopped}", soft_wrap=True)
     s = result.seconds
     console.print(
         f"time: {s['total']:.0f} s in all (phantom {s['phantom']:.0f} s, node start "
