@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
@@ -42,6 +43,8 @@ def claimed(index: Index) -> tuple[int, int] | None:
 @pytest.fixture(scope="module")
 def postgres(tmp_path_factory: pytest.TempPathFactory):
     if pg_bin() is None:
+        if os.environ.get("CI"):
+            raise RuntimeError("PostgreSQL is not installed in CI (scripts/setup-system)")
         pytest.skip("PostgreSQL is not installed (scripts/setup-system)")
     with Postgres(tmp_path_factory.mktemp("pg")) as server:
         yield server
