@@ -1,0 +1,60 @@
+"""The index schema, versioned with Alembic (`node/store/migrations/`): every process that
+opens the index brings it to the newest revision first, one process at a time.
+
+A database made before migrations existed (tables, no ``alembic_version``) is stamped
+with the first revision, whose schema it has, and upgraded from there. On PostgreSQL an
+advisory lock keeps several nodes and workers starting together from migrating at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, inspect, text
+
+from node.logs import event
+
+log = logging.getLogger("node.migrate")
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+FIRST = "0001"
+LOCK_KEY = 0x4C47454E  # "LGEN": the advisory lock migrations hold on PostgreSQL
+
+
+def _config(connection: Connection) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head() -> str:
+    """The newest revision this code knows."""
+    rev = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+    assert rev is not None
+    return rev
+
+
+def current(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the index to the newest revision (a no-op when it is there)."""
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
+        before = current(connection)
+        if before == head():
+            return
+        cfg = _config(connection)
+        if before is None and inspect(connection).has_table("series"):
+            command.stamp(cfg, FIRST)  # made by create_all before migrations existed
+            before = FIRST
+        command.upgrade(cfg, "head")
+        event(log, "index_migrated", before=before or "empty", now=head())
