@@ -208,6 +208,10 @@ class JobsSection(Section):
     workers: int = Field(1, ge=0, le=8)
     max_attempts: int = Field(3, ge=1, le=20)
     retry_delay_s: float = Field(30.0, ge=0)
+    # Who runs queued jobs: "embedded" (this node's workers poll the index), "procrastinate"
+    # (PostgreSQL index only: workers on any host, `lge-node worker`), or "auto"
+    # (procrastinate exactly when storage.database_url is PostgreSQL).
+    engine: Literal["auto", "embedded", "procrastinate"] = "auto"
 
 
 class DispatchSection(Section):
@@ -351,6 +355,13 @@ class Config(BaseSettings):
         return self.storage.database_url or f"sqlite:///{self.storage.data_dir / 'index.db'}"
 
     @property
+    def distributed(self) -> bool:
+        """Jobs go through procrastinate (`node.workflow.queue`)."""
+        from node.workflow.queue import uses_procrastinate
+
+        return uses_procrastinate(self.database_url, self.jobs.engine)
+
+    @property
     def training_dataset(self) -> Path:
         """The nnU-Net raw dataset folder that readers' corrections are added to."""
         root = self.corrections.training_dir or self.storage.data_dir / "training"
@@ -426,6 +437,8 @@ def _cross_checks(config: Config) -> list[str]:
         seen = [e.name for e in entries]
         for name in sorted({n for n in seen if seen.count(n) > 1}):
             problems.append(f"  http.{kind}: name {name!r} is used twice")
+    if config.jobs.engine == "procrastinate" and not config.database_url.startswith("postgresql"):
+        problems.append("  jobs.engine: procrastinate needs a PostgreSQL storage.database_url")
     if (config.http.certificate is None) != (config.http.private_key is None):
         problems.append("  http: HTTPS needs both certificate and private_key")
     for key in ("include", "exclude"):

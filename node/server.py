@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from datetime import UTC, datetime
@@ -46,6 +47,12 @@ class Node:
         self.config = config
         self.storage = Storage(config.storage.data_dir, fsync=config.storage.fsync)
         self.repository = Repository(config.database_url)
+        if config.distributed:  # jobs deferred with procrastinate, in the same transaction
+            from node.workflow.queue import Procrastinate
+
+            queue = Procrastinate(config.database_url)
+            queue.install(self.repository.engine)
+            self.repository.on_queued = queue.queued
         self.journal_path = self.storage.root / "ingest.journal"
         self.indexer: Indexer | None = None
         self.intake = Intake(config, self.storage, self.repository, self._submit)
@@ -119,7 +126,9 @@ class Node:
     def start(self) -> None:
         t0 = time.perf_counter()
         store = recover(self.storage, self.repository, self.journal_path)
-        recovered = self.repository.recover_jobs()
+        # Embedded: jobs this node's crash left running. Distributed: other hosts' workers
+        # may be running theirs; lost ones are found by their stopped heartbeat.
+        recovered = [] if self.config.distributed else self.repository.recover_jobs()
         self._audit_config()
         journal = Journal(self.journal_path)
         journal.truncate_if(lambda: True)  # everything in it is indexed now
@@ -266,3 +275,52 @@ class Node:
 def run(config: Config) -> None:
     Path(config.storage.data_dir).mkdir(parents=True, exist_ok=True)
     Node(config).serve_forever()
+
+
+class WorkerHost:
+    """``lge-node worker``: job workers only - no DICOM port, no console - on a host
+    that processes the jobs a shared PostgreSQL index queues (procrastinate). It reads
+    the series' files by their indexed paths and writes results under ``data_dir``: the
+    receiving node's folder, shared (NFS or the same host)."""
+
+    def __init__(self, config: Config) -> None:
+        from node.workflow.queue import Procrastinate
+
+        if not config.distributed:
+            raise ValueError(
+                "lge-node worker takes its jobs from procrastinate: set storage.database_url "
+                "to the PostgreSQL index the receiving nodes use"
+            )
+        self.config = config
+        self.storage = Storage(config.storage.data_dir, fsync=config.storage.fsync)
+        self.repository = Repository(config.database_url)
+        Procrastinate(config.database_url).install(self.repository.engine)
+        self.stopped = threading.Event()
+        host = socket.gethostname()
+        self.workers = [
+            Worker(config, self.storage, self.repository, threading.Event(), None,
+                   f"{host}-{os.getpid()}-{i}")
+            for i in range(1, max(1, config.jobs.workers) + 1)
+        ]  # fmt: skip
+
+    def serve_forever(self) -> None:
+        def _stop(signum: int, _frame: object) -> None:
+            event(log, "signal", signal=signal.Signals(signum).name)
+            self.stopped.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        for worker in self.workers:
+            worker.start()
+        event(log, "worker_host_started", workers=len(self.workers), pid=os.getpid())
+        try:
+            while not self.stopped.wait(0.5):
+                if not any(w.is_alive() for w in self.workers):
+                    break
+        finally:
+            for worker in self.workers:
+                worker.stop()
+            for worker in self.workers:
+                worker.join(timeout=120)
+            self.repository.close()
+            event(log, "stopped")

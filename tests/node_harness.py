@@ -91,6 +91,7 @@ class NodeProcess:
         if destinations:
             doc["destinations"] = destinations
         self.http_url = f"http://127.0.0.1:{doc['http']['port']}"
+        self.database_url: str | None = doc["storage"].get("database_url")
         workdir.mkdir(parents=True, exist_ok=True)
         write_toml(self.config_path, doc)
         self.log_path = workdir / "node.log"
@@ -147,6 +148,13 @@ class NodeProcess:
     # -- observing -----------------------------------------------------------------------
 
     def query(self, sql: str, *args: Any) -> list[tuple]:
+        """Read the index (SQLite file, or the PostgreSQL of storage.database_url)."""
+        if self.database_url:
+            import psycopg
+
+            dsn = self.database_url.replace("postgresql+psycopg://", "postgresql://")
+            with psycopg.connect(dsn) as con:
+                return con.execute(sql.replace("?", "%s"), args).fetchall()  # type: ignore[arg-type]
         db = self.data_dir / "index.db"
         if not db.exists():
             return []

@@ -62,6 +62,26 @@ def serve(
     run(cfg)
 
 
+@app.command()
+def worker(
+    config: Annotated[Path | None, typer.Option(help="TOML config; none: defaults.")] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
+    log_json: Annotated[bool, typer.Option("--log-json", help="JSON log lines.")] = False,
+) -> None:
+    """Process jobs of a shared PostgreSQL index on this host (``jobs.workers`` workers,
+    models loaded once each), until SIGTERM / Ctrl-C."""
+    from node import logs
+    from node.server import WorkerHost
+
+    cfg = load_config_or_exit(config)
+    logs.configure(log_level.upper(), log_json)
+    try:
+        host = WorkerHost(cfg)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    host.serve_forever()
+
+
 def _when(t: float | None) -> str:
     import time as _time
 

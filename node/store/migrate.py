@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Engine, inspect, text
 from node.logs import event
 
 log = logging.getLogger("node.migrate")
+logging.getLogger("alembic").setLevel(logging.WARNING)  # its INFO lines are per step noise
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 FIRST = "0001"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -228,6 +228,14 @@ class Repository:
         migrate.upgrade(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write = threading.RLock()
+        # Told, inside the transaction, of every job that becomes queued (the job engine:
+        # `node.workflow.queue.Procrastinate.queued`); None: workers poll `claim_job`.
+        self.on_queued: Callable[[Connection, int, int, float], None] | None = None
+
+    def _queued(self, s: Session, job: Job) -> None:
+        if self.on_queued is not None:
+            s.flush()
+            self.on_queued(s.connection(), job.id, job.series_fk, job.not_before or 0.0)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -453,7 +461,8 @@ class Repository:
         """
         now = time.time() if now is None else now
         with self._writing() as s:
-            series = s.get(Series, series_id)
+            # Locked: nodes sharing the index judge the same quiet series at most once.
+            series = s.get(Series, series_id, with_for_update=True)
             if series is None or series.state != SeriesState.RECEIVING:
                 return None
             if source_id is not None:
@@ -465,51 +474,76 @@ class Repository:
             s.add(job)
             series.state = series_after(series.state, SeriesEvent.QUEUED)
             series.reason, series.kind = reason, kind
-            s.flush()
+            self._queued(s, job)
             return job.id
 
     # -- jobs --------------------------------------------------------------------------
 
     def recover_jobs(self, now: float | None = None) -> list[int]:
-        """At start-up: jobs a crash left running go back to the queue (or fail, if used
-        up; or are cancelled, if their series moved on meanwhile)."""
+        """At start-up of the embedded engine: jobs a crash left running go back to the
+        queue (or fail, if used up; or are cancelled, if their series moved on meanwhile).
+        With procrastinate, a lost worker's job is found by its stopped heartbeat instead
+        (`requeue_lost`): other workers' running jobs are not this node's to touch."""
         now = time.time() if now is None else now
         recovered = []
         with self._writing() as s:
             for job in s.scalars(select(Job).where(Job.state == JobState.RUNNING)):
-                series = s.get(Series, job.series_fk)
-                assert series is not None
-                if series.state != SeriesState.PROCESSING:
-                    job.state = job_after(job.state, JobEvent.SERIES_CHANGED)
-                    job.finished_at, job.error = now, "cancelled: the series changed"
-                elif job.attempts >= job.max_attempts:
-                    job.state, job.finished_at = job_after(job.state, JobEvent.GAVE_UP), now
-                    job.error = (job.error + "\n" if job.error else "") + (
-                        f"node stopped during attempt {job.attempts} of {job.max_attempts}"
-                    )
-                    series.state = series_after(series.state, SeriesEvent.JOB_FAILED)
-                else:
-                    job.state = job_after(job.state, JobEvent.NODE_RESTARTED)
-                    job.not_before = now
-                    series.state = series_after(series.state, SeriesEvent.NODE_RESTARTED)
+                self._recover(s, job, now, "node stopped")
                 recovered.append(job.id)
         return recovered
 
-    def claim_job(self, now: float | None = None) -> Claim | None:
-        """Take the oldest due job, with all a worker needs to run it."""
+    def requeue_lost(self, job_id: int, now: float | None = None) -> bool:
+        """A running job whose worker is gone: True when it is queued again (the caller's
+        engine runs it again), False when it failed (attempts used up), was cancelled
+        (the series moved on) or is not running any more."""
         now = time.time() if now is None else now
         with self._writing() as s:
-            running = select(Job.series_fk).where(Job.state == JobState.RUNNING)
-            job = s.scalar(
-                select(Job)
-                .where(
-                    Job.state == JobState.QUEUED,
-                    Job.not_before <= now,
-                    Job.series_fk.not_in(running),  # one job per series at a time
-                )
-                .order_by(Job.id)
-                .limit(1)
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is None or job.state != JobState.RUNNING:
+                return False
+            return self._recover(s, job, now, "worker lost")
+
+    @staticmethod
+    def _recover(s: Session, job: Job, now: float, why: str) -> bool:
+        series = s.get(Series, job.series_fk)
+        assert series is not None
+        if series.state != SeriesState.PROCESSING:
+            job.state = job_after(job.state, JobEvent.SERIES_CHANGED)
+            job.finished_at, job.error = now, "cancelled: the series changed"
+            return False
+        if job.attempts >= job.max_attempts:
+            job.state, job.finished_at = job_after(job.state, JobEvent.GAVE_UP), now
+            job.error = (job.error + "\n" if job.error else "") + (
+                f"{why} during attempt {job.attempts} of {job.max_attempts}"
             )
+            series.state = series_after(series.state, SeriesEvent.JOB_FAILED)
+            return False
+        job.state = job_after(job.state, JobEvent.NODE_RESTARTED)
+        job.not_before = now
+        series.state = series_after(series.state, SeriesEvent.NODE_RESTARTED)
+        return True
+
+    def claim_job(self, now: float | None = None, job_id: int | None = None) -> Claim | None:
+        """Take the oldest due job (or job ``job_id``, which an engine handed over, if it
+        is still queued), with all a worker needs to run it."""
+        now = time.time() if now is None else now
+        with self._writing() as s:
+            if job_id is not None:
+                job = s.get(Job, job_id, with_for_update=True)
+                if job is not None and job.state != JobState.QUEUED:
+                    job = None  # cancelled or done meanwhile: nothing to run
+            else:
+                running = select(Job.series_fk).where(Job.state == JobState.RUNNING)
+                job = s.scalar(
+                    select(Job)
+                    .where(
+                        Job.state == JobState.QUEUED,
+                        Job.not_before <= now,
+                        Job.series_fk.not_in(running),  # one job per series at a time
+                    )
+                    .order_by(Job.id)
+                    .limit(1)
+                )
             if job is None:
                 return None
             job.state, job.started_at = job_after(job.state, JobEvent.CLAIMED), now
@@ -654,6 +688,7 @@ class Repository:
                 job.state = job_after(job.state, JobEvent.RETRY)
                 job.not_before = now + retry_delay_s
                 series.state = series_after(series.state, SeriesEvent.JOB_RETRY)
+                self._queued(s, job)
             else:
                 job.state, job.finished_at = job_after(job.state, JobEvent.GAVE_UP), now
                 series.state = series_after(series.state, SeriesEvent.JOB_FAILED)
@@ -1041,7 +1076,7 @@ class Repository:
         the series is receiving, queued, running or purged (nothing to do, or no files)."""
         now = time.time() if now is None else now
         with self._writing() as s:
-            series = s.get(Series, series_id)
+            series = s.get(Series, series_id, with_for_update=True)
             if series is None or not series_may(series.state, SeriesEvent.REQUESTED):
                 return None
             job = Job(
@@ -1053,7 +1088,7 @@ class Repository:
             series.reason = reason
             if kind is not None:
                 series.kind = kind
-            s.flush()
+            self._queued(s, job)
             return job.id
 
     def add_sends(

@@ -59,6 +59,9 @@ class Worker(threading.Thread):
         self.pipeline: Pipeline | None = None
         self.algorithm: Algorithm | None = None
         self.load_error: str | None = None
+        # procrastinate hands jobs over when the index is shared (`node.workflow.queue`);
+        # otherwise the worker polls the index.
+        self.distributed = config.distributed
 
     def load_models(self) -> None:
         from dicom_templates.identity import Algorithm
@@ -93,6 +96,12 @@ class Worker(threading.Thread):
             self.ready.set()
             return
         self.ready.set()
+        if self.distributed:
+            from node.workflow.queue import Procrastinate
+
+            engine = Procrastinate(self.config.database_url)
+            engine.run_worker(self.run_job, self.stopping, self.name, self.repository.requeue_lost)
+            return
         while not self.stopping.is_set():
             claim = self.repository.claim_job()
             if claim is None:
@@ -100,6 +109,14 @@ class Worker(threading.Thread):
                 self.wake.clear()
                 continue
             self.process(claim)
+
+    def run_job(self, job_id: int) -> None:
+        """One job an engine handed over (skipped if it is no longer queued)."""
+        claim = self.repository.claim_job(job_id=job_id)
+        if claim is None:
+            event(log, "job_not_queued", job=job_id)
+            return
+        self.process(claim)
 
     def stop(self) -> None:
         self.stopping.set()
