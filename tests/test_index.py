@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from pathlib import Path
 
@@ -179,6 +180,30 @@ def test_send_failures_back_off_exponentially_up_to_the_cap(index: Index) -> Non
     delays = [index.mark_send_failed([row.id], "down", 5.0, 60.0, now=0.0) for _ in range(6)]
     assert delays == [5.0, 10.0, 20.0, 40.0, 60.0, 60.0]
     assert index.due_sends(now=59.0) == [] and len(index.due_sends(now=60.0)) == 1
+
+
+def test_due_sends_are_leased_so_nodes_sharing_the_index_never_send_twice(index: Index) -> None:
+    sid = index.record_instance(info("1.2.3.1.1"), "/x", 1, "S", "a").series_id
+    job = index.enqueue(sid, "psir", "LGE", max_attempts=3)
+    index.claim_job()
+    objects = [result(f"1.2.8.{n}") for n in range(6)]
+    index.finish_job(job, "/r", "{}", objects, [Delivery("pacs", "PACS", "h", 104)], 1.0, now=0.0)
+    picked: list[list[int]] = []
+    threads = [
+        threading.Thread(target=lambda: picked.append(
+            [r.id for r in index.due_sends(now=1.0, limit=4, lease_s=100.0)]))
+        for _ in range(2)
+    ]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    first, second = picked
+    assert not set(first) & set(second) and len(first) + len(second) == 6
+    assert index.due_sends(now=50.0) == []  # all leased
+    index.mark_sent(first)
+    # The other sender died: its rows come back once the lease has passed.
+    assert sorted(r.id for r in index.due_sends(now=102.0)) == sorted(second)
 
 
 @pytest.mark.parametrize(

@@ -233,8 +233,8 @@ class Repository:
         self.on_queued: Callable[[Connection, int, int, float], None] | None = None
 
     def _queued(self, s: Session, job: Job) -> None:
+        s.flush()  # the job's id
         if self.on_queued is not None:
-            s.flush()
             self.on_queued(s.connection(), job.id, job.series_fk, job.not_before or 0.0)
 
     def close(self) -> None:
@@ -720,16 +720,27 @@ class Repository:
 
     # -- dispatch ----------------------------------------------------------------------
 
-    def due_sends(self, now: float | None = None, limit: int = 1000) -> list[OutboxRecord]:
+    def due_sends(
+        self, now: float | None = None, limit: int = 1000, lease_s: float = 300.0
+    ) -> list[OutboxRecord]:
+        """Rows due for sending, leased to the caller for ``lease_s``: another node sharing
+        the index skips them (row locks, SKIP LOCKED) and, should the caller die, sends
+        them once the lease has passed. `mark_sent` / `mark_send_failed` end the lease."""
         now = time.time() if now is None else now
-        with self._read() as s:
-            rows = s.scalars(
-                select(Outbox)
-                .where(Outbox.state == SendState.PENDING, Outbox.next_attempt_at <= now)
-                .order_by(Outbox.id)
-                .limit(limit)
+        with self._writing() as s:
+            rows = list(
+                s.scalars(
+                    select(Outbox)
+                    .where(Outbox.state == SendState.PENDING, Outbox.next_attempt_at <= now)
+                    .order_by(Outbox.id)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
             )
-            return [_outbox(r) for r in rows]
+            records = [_outbox(r) for r in rows]
+            for r in rows:
+                r.next_attempt_at = now + lease_s
+            return records
 
     def mark_sent(self, outbox_ids: list[int], now: float | None = None) -> None:
         now = time.time() if now is None else now
