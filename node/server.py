@@ -42,6 +42,17 @@ from node.workflow.worker import Worker
 log = logging.getLogger("node.server")
 
 
+def stop_on_signals(stopped: threading.Event) -> None:
+    """SIGTERM and SIGINT set ``stopped`` (the main loop then stops cleanly)."""
+
+    def _stop(signum: int, _frame: object) -> None:
+        event(log, "signal", signal=signal.Signals(signum).name)
+        stopped.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+
+
 class Node:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -209,13 +220,7 @@ class Node:
 
     def serve_forever(self) -> None:
         """Run until SIGTERM or SIGINT; a running job finishes first."""
-
-        def _stop(signum: int, _frame: object) -> None:
-            event(log, "signal", signal=signal.Signals(signum).name)
-            self.stopped.set()
-
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
+        stop_on_signals(self.stopped)
         self.start()
         try:
             while not self.stopped.wait(0.5):
@@ -304,12 +309,7 @@ class WorkerHost:
         ]  # fmt: skip
 
     def serve_forever(self) -> None:
-        def _stop(signum: int, _frame: object) -> None:
-            event(log, "signal", signal=signal.Signals(signum).name)
-            self.stopped.set()
-
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
+        stop_on_signals(self.stopped)
         for worker in self.workers:
             worker.start()
         event(log, "worker_host_started", workers=len(self.workers), pid=os.getpid())

@@ -75,3 +75,19 @@ def browser():
         b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory: pytest.TempPathFactory):
+    """A throw-away PostgreSQL server (tests/postgres.py) for the module; in CI it must be
+    installed (scripts/setup-system), elsewhere its tests are skipped without it."""
+    import os
+
+    from tests.postgres import Postgres, pg_bin
+
+    if pg_bin() is None:
+        if os.environ.get("CI"):
+            raise RuntimeError("PostgreSQL is not installed in CI (scripts/setup-system)")
+        pytest.skip("PostgreSQL is not installed (scripts/setup-system)")
+    with Postgres(tmp_path_factory.mktemp("pg")) as server:
+        yield server

@@ -11,6 +11,7 @@ import pwd
 import shutil
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -86,6 +87,13 @@ class Postgres:
     def __exit__(self, *exc: object) -> None:
         self.stop("immediate")
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def new_database(self) -> str:
+        """A fresh, empty database on this server: its SQLAlchemy URL."""
+        name = f"t{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.dsn.replace("/lge", "/postgres"), autocommit=True) as con:
+            con.execute(f"CREATE DATABASE {name}")
+        return self.url.replace("/lge", f"/{name}")
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

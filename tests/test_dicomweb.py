@@ -64,6 +64,13 @@ def site(tmp_path_factory: pytest.TempPathFactory):
             yield node, pacs
 
 
+def instances_in(node: NodeProcess, series: str) -> int:
+    return node.query(
+        "SELECT count(*) FROM instances i JOIN series s ON i.series_fk = s.id "
+        "WHERE s.series_uid = ?", series,
+    )[0][0]  # fmt: skip
+
+
 def webpacs_unsent(node: NodeProcess) -> int:
     return node.query(
         "SELECT count(*) FROM outbox WHERE destination = 'webpacs' AND state != 'sent'"
@@ -111,8 +118,7 @@ def test_stow_goes_the_c_store_way_and_results_go_out_over_stow(site, stowed) ->
     # Recorded as sent by the token's AE title: routing and query scope work as for C-STORE.
     [(sender,)] = node.query("SELECT calling_ae FROM series WHERE series_uid = ?", series)
     assert sender == "GATEWAY"
-    assert node.query("SELECT count(*) FROM instances i JOIN series s ON i.series_fk = s.id "
-                      "WHERE s.series_uid = ?", series) == [(len(files),)]  # fmt: skip
+    assert instances_in(node, series) == len(files)
     # The STOW-RS destination delivered every result to Orthanc's DICOMweb.
     node.wait_for(lambda: webpacs_unsent(node) == 0, 60, "the outbox to empty")
     modalities = {s["MainDicomTags"].get("Modality") for s in pacs.study_series(study)}
@@ -310,11 +316,7 @@ def test_a_stow_acknowledged_survives_a_crash(site, phantom_factory, tmp_path: P
     node.kill()  # at once: the indexer may not have seen them yet
     node.start()
     node.wait_done(series)
-    count = node.query(
-        "SELECT count(*) FROM instances i JOIN series s ON i.series_fk = s.id "
-        "WHERE s.series_uid = ?", series,
-    )  # fmt: skip
-    assert count == [(len(files),)]
+    assert instances_in(node, series) == len(files)
     [(sender,)] = node.query("SELECT calling_ae FROM series WHERE series_uid = ?", series)
     assert sender == "GATEWAY"
 
@@ -352,8 +354,4 @@ def test_scanner_c_store_and_stow_land_in_the_same_index(site, phantom_factory, 
         assert gateway.post("/studies", content=body, headers=headers).status_code == 200
     storescu(node.port, files)
     node.wait_done(series)
-    count = node.query(
-        "SELECT count(*) FROM instances i JOIN series s ON i.series_fk = s.id "
-        "WHERE s.series_uid = ?", series,
-    )  # fmt: skip
-    assert count == [(len(files),)]
+    assert instances_in(node, series) == len(files)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import threading
-import uuid
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from node.store.records import (
@@ -19,7 +16,6 @@ from node.store.records import (
 )
 from node.store.repository import Repository as Index
 from node.store.storage import InvalidUidError, Storage, check_uid
-from tests.postgres import Postgres, pg_bin
 
 
 def info(sop: str, series: str = "1.2.3.1", study: str = "1.2.3") -> InstanceInfo:
@@ -41,27 +37,13 @@ def claimed(index: Index) -> tuple[int, int] | None:
     return None if claim is None else (claim.job_id, claim.series.id)
 
 
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory: pytest.TempPathFactory):
-    if pg_bin() is None:
-        if os.environ.get("CI"):
-            raise RuntimeError("PostgreSQL is not installed in CI (scripts/setup-system)")
-        pytest.skip("PostgreSQL is not installed (scripts/setup-system)")
-    with Postgres(tmp_path_factory.mktemp("pg")) as server:
-        yield server
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def index(request, tmp_path: Path) -> Index:
     """The same state machine on the embedded default and on a shared PostgreSQL."""
     if request.param == "sqlite":
         ix = Index(f"sqlite:///{tmp_path / 'index.db'}")
     else:
-        server = request.getfixturevalue("postgres")
-        name = f"t{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(server.dsn.replace("/lge", "/postgres"), autocommit=True) as con:
-            con.execute(f"CREATE DATABASE {name}")
-        ix = Index(server.url.replace("/lge", f"/{name}"))
+        ix = Index(request.getfixturevalue("postgres").new_database())
     yield ix
     ix.close()
 

@@ -4,12 +4,9 @@ revision, with the schema the code's models describe and no row lost."""
 
 from __future__ import annotations
 
-import os
 import threading
-import uuid
 from pathlib import Path
 
-import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -19,28 +16,13 @@ from node.store import migrate
 from node.store.records import InstanceInfo, Received
 from node.store.repository import Repository
 from node.store.schema import Base
-from tests.postgres import Postgres, pg_bin
-
-
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory: pytest.TempPathFactory):
-    if pg_bin() is None:
-        if os.environ.get("CI"):
-            raise RuntimeError("PostgreSQL is not installed in CI (scripts/setup-system)")
-        pytest.skip("PostgreSQL is not installed (scripts/setup-system)")
-    with Postgres(tmp_path_factory.mktemp("pg")) as server:
-        yield server
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def url(request, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'index.db'}"
-    server = request.getfixturevalue("postgres")
-    name = f"m{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server.dsn.replace("/lge", "/postgres"), autocommit=True) as con:
-        con.execute(f"CREATE DATABASE {name}")
-    return server.url.replace("/lge", f"/{name}")
+    return str(request.getfixturevalue("postgres").new_database())
 
 
 def _differences(url: str) -> list:
@@ -106,10 +88,7 @@ def test_an_index_made_before_migrations_is_adopted_with_its_rows(url: str) -> N
 
 
 def test_nodes_starting_together_on_postgresql_migrate_once(postgres) -> None:
-    name = f"c{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres.dsn.replace("/lge", "/postgres"), autocommit=True) as con:
-        con.execute(f"CREATE DATABASE {name}")
-    url = postgres.url.replace("/lge", f"/{name}")
+    url = postgres.new_database()
     errors: list[BaseException] = []
 
     def open_index() -> None:

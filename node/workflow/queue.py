@@ -95,6 +95,24 @@ class Procrastinate:
     async def _work(
         self, stop: threading.Event, name: str, on_stalled: Callable[[int], bool]
     ) -> None:
+        """Work until stopped; when the database goes away (restart, failover, network),
+        wait and connect again instead of ending the worker."""
+        delay = 1.0
+        while not stop.is_set():
+            try:
+                await self._session(stop, name, on_stalled)
+                delay = 1.0
+            except Exception as exc:
+                event(
+                    log, "queue_unavailable", logging.WARNING, worker=name,
+                    error=f"{type(exc).__name__}: {exc}", retry_in_s=delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 15.0)
+
+    async def _session(
+        self, stop: threading.Event, name: str, on_stalled: Callable[[int], bool]
+    ) -> None:
         async with self.app.open_async():
             worker = asyncio.create_task(
                 self.app.run_worker_async(
@@ -105,14 +123,17 @@ class Procrastinate:
                 )
             )  # fmt: skip
             ticks = 0
-            while not stop.is_set() and not worker.done():
-                await asyncio.sleep(0.5)
-                ticks += 1
-                if ticks % 10 == 0:
-                    await self.recover_stalled(on_stalled)
-            worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
+            try:
+                while not stop.is_set() and not worker.done():
+                    await asyncio.sleep(0.5)
+                    ticks += 1
+                    if ticks % 10 == 0:
+                        await self.recover_stalled(on_stalled)
+            finally:
+                if not worker.done():
+                    worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker  # raises what ended it, when it was not us
 
     async def recover_stalled(self, on_stalled: Callable[[int], bool]) -> list[int]:
         """Jobs of workers gone silent: back to the index's queue, retried by procrastinate
