@@ -356,8 +356,8 @@ class Config(BaseSettings):
 
     @property
     def distributed(self) -> bool:
-        """Jobs go through procrastinate (`node.workflow.queue`)."""
-        from node.workflow.queue import uses_procrastinate
+        """Jobs go through procrastinate (`node.store.jobqueue`)."""
+        from node.store.jobqueue import uses_procrastinate
 
         return uses_procrastinate(self.database_url, self.jobs.engine)
 

@@ -62,8 +62,9 @@ def notify(
     defer: bool = False,
     **fields: Any,
 ) -> None:
-    """Log ``what`` and record it in the index (when there is one; best effort: an index
-    that cannot be written must not stop the work that raised the event).
+    """Log ``what`` and record it in the index (when there is one). An index that cannot
+    be written must not stop the work that raised the event: the event then waits in the
+    background recorder and reaches the index once it takes writes again.
 
     ``defer``: record it from a background thread, retrying until the index takes it, so
     that the caller never waits for the database (access control answers a peer at once
@@ -90,8 +91,11 @@ def notify(
             what.kind, message, logging.getLevelName(what.level), peer_ae, address, series_uid,
             job_id,
         )  # fmt: skip
-    except Exception as exc:  # the database is down or locked: the log line stands
-        event(log, "event_not_recorded", logging.ERROR, kind=what.kind, error=str(exc))
+    except Exception as exc:  # down, locked or out of disk: recorded once it can be
+        event(log, "event_deferred", logging.WARNING, kind=what.kind, error=str(exc))
+        _recorder(repository).put(
+            _Pending(what, message, peer_ae, address, series_uid, job_id, time.time())
+        )
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ class Node:
         self.storage = Storage(config.storage.data_dir, fsync=config.storage.fsync)
         self.repository = Repository(config.database_url)
         if config.distributed:  # jobs deferred with procrastinate, in the same transaction
-            from node.workflow.queue import Procrastinate
+            from node.store.jobqueue import Procrastinate
 
             queue = Procrastinate(config.database_url)
             queue.install(self.repository.engine)
@@ -289,7 +289,7 @@ class WorkerHost:
     receiving node's folder, shared (NFS or the same host)."""
 
     def __init__(self, config: Config) -> None:
-        from node.workflow.queue import Procrastinate
+        from node.store.jobqueue import Procrastinate
 
         if not config.distributed:
             raise ValueError(

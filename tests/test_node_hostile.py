@@ -212,9 +212,18 @@ def test_a_full_disk_refuses_with_out_of_resources_leaves_no_temp_file_and_recov
         assert all(s == 0xA700 for s in statuses if s != 0x0000), statuses
         assert not list((disk / "data").rglob("*.tmp")), "temp files left behind"
         assert echoscu(node.port).returncode == 0
+        # The reason is logged at once; the index, itself on the full disk, records it as
+        # soon as there is room again (nothing is dropped meanwhile).
+        logged = [ln for ln in node.log().splitlines() if "node.events instance_refused " in ln]
+        assert logged and all("status=0xA700" in ln for ln in logged)
+        assert any("No space left on device" in ln or "disk" in ln for ln in logged)
+        mount(64, remount=True)
+        node.wait_for(
+            lambda: len(node.events("instance_refused")) == len(refused), 60,
+            "every refusal recorded once the disk has room",
+        )  # fmt: skip
         reasons = " | ".join(m for m, _, _ in node.events("instance_refused"))
         assert "No space left on device" in reasons or "disk" in reasons.lower()
-        mount(64, remount=True)
         assert set(_send_raw(node.port, refused)) == {0x0000}
         node.wait_for(
             lambda: node.query("SELECT COUNT(*) FROM instances") == [(len(files),)], 90,

@@ -231,7 +231,7 @@ class Repository:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write = threading.RLock()
         # Told, inside the transaction, of every job that becomes queued (the job engine:
-        # `node.workflow.queue.Procrastinate.queued`); None: workers poll `claim_job`.
+        # `node.store.jobqueue.Procrastinate.queued`); None: workers poll `claim_job`.
         self.on_queued: Callable[[Connection, int, int, float], None] | None = None
 
     def _queued(self, s: Session, job: Job) -> None:

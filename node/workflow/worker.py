@@ -59,7 +59,7 @@ class Worker(threading.Thread):
         self.pipeline: Pipeline | None = None
         self.algorithm: Algorithm | None = None
         self.load_error: str | None = None
-        # procrastinate hands jobs over when the index is shared (`node.workflow.queue`);
+        # procrastinate hands jobs over when the index is shared (`node.store.jobqueue`);
         # otherwise the worker polls the index.
         self.distributed = config.distributed
 
@@ -97,7 +97,7 @@ class Worker(threading.Thread):
             return
         self.ready.set()
         if self.distributed:
-            from node.workflow.queue import Procrastinate
+            from node.store.jobqueue import Procrastinate
 
             engine = Procrastinate(self.config.database_url)
             engine.run_worker(self.run_job, self.stopping, self.name, self.repository.requeue_lost)

@@ -30,7 +30,7 @@ from sqlalchemy.engine import make_url
 
 from node.logs import event
 
-log = logging.getLogger("node.queue")
+log = logging.getLogger("node.jobqueue")
 
 TASK = "lge_node.run_job"
 QUEUE = "jobs"
