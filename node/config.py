@@ -116,11 +116,6 @@ class Destination(Section):
                 raise ValueError("username and password go together")
         return self
 
-    @property
-    def where(self) -> str:
-        """How logs and the console name its address."""
-        return self.url if self.protocol == "stow" else f"{self.ae_title}@{self.host}:{self.port}"
-
 
 class Pacs(Section):
     """A PACS the node queries and retrieves from (it must know the node as a modality)."""
@@ -356,10 +351,11 @@ class Config(BaseSettings):
 
     @property
     def distributed(self) -> bool:
-        """Jobs go through procrastinate (`node.store.jobqueue`)."""
-        from node.store.jobqueue import uses_procrastinate
-
-        return uses_procrastinate(self.database_url, self.jobs.engine)
+        """Jobs go through procrastinate (`node.store.jobqueue`): ``jobs.engine`` says so,
+        or is "auto" and the index is PostgreSQL."""
+        if self.jobs.engine == "auto":
+            return _is_postgresql(self.database_url)
+        return self.jobs.engine == "procrastinate"
 
     @property
     def training_dataset(self) -> Path:
@@ -402,6 +398,11 @@ def changes(before: Any, after: Any, where: str = "") -> list[str]:
     return found
 
 
+def _is_postgresql(url: str) -> bool:
+    """A SQLAlchemy URL of PostgreSQL, any driver (``postgresql+psycopg://...``)."""
+    return url.split("://", 1)[0].split("+", 1)[0] == "postgresql"
+
+
 def load_config(path: Path | str | None = None) -> Config:
     """Read ``path`` (TOML; None: defaults) plus environment; raise `ConfigError` if invalid."""
     data: dict[str, Any] = {}
@@ -437,7 +438,7 @@ def _cross_checks(config: Config) -> list[str]:
         seen = [e.name for e in entries]
         for name in sorted({n for n in seen if seen.count(n) > 1}):
             problems.append(f"  http.{kind}: name {name!r} is used twice")
-    if config.jobs.engine == "procrastinate" and not config.database_url.startswith("postgresql"):
+    if config.jobs.engine == "procrastinate" and not _is_postgresql(config.database_url):
         problems.append("  jobs.engine: procrastinate needs a PostgreSQL storage.database_url")
     if (config.http.certificate is None) != (config.http.private_key is None):
         problems.append("  http: HTTPS needs both certificate and private_key")

@@ -81,13 +81,11 @@ def browser():
 def postgres(tmp_path_factory: pytest.TempPathFactory):
     """A throw-away PostgreSQL server (tests/postgres.py) for the module; in CI it must be
     installed (scripts/setup-system), elsewhere its tests are skipped without it."""
-    import os
-
     from tests.postgres import Postgres, pg_bin
+    from tests.system import check
 
-    if pg_bin() is None:
-        if os.environ.get("CI"):
-            raise RuntimeError("PostgreSQL is not installed in CI (scripts/setup-system)")
-        pytest.skip("PostgreSQL is not installed (scripts/setup-system)")
+    missing = None if pg_bin() else "PostgreSQL is not installed (scripts/setup-system)"
+    if check(missing, "PostgreSQL tests"):
+        pytest.skip(missing)
     with Postgres(tmp_path_factory.mktemp("pg")) as server:
         yield server

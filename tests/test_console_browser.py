@@ -14,14 +14,13 @@ import pytest
 from node.http.auth import hash_password
 from tests.node_harness import NodeProcess, copy_study, storescu
 from tests.orthanc import free_port
+from tests.system import requires
 from tests.viewer_harness import CHROMIUM
 
-if not Path(CHROMIUM).is_file():
-    if os.environ.get("CI"):
-        raise RuntimeError("the console browser test cannot run in CI: chromium is missing")
-    pytest.skip("chromium is not installed (scripts/setup-system)", allow_module_level=True)
-
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [
+    pytest.mark.timeout(600),
+    requires(None if Path(CHROMIUM).is_file() else "chromium is not installed", "browser tests"),
+]
 PASSWORDS = {"ada": "admin-pass-1", "vera": "viewer-pass-1"}
 ROLES = {"ada": "admin", "vera": "viewer"}
 SHOTS = os.environ.get("LGE_NODE_SCREENSHOTS")  # a folder: save the README's screenshots

@@ -17,10 +17,11 @@ import pytest
 
 from node.http.auth import hash_password
 from tests.node_harness import NodeProcess, write_toml
+from tests.system import requires
 
 pytestmark = [
     pytest.mark.timeout(300),
-    pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed"),
+    requires(None if shutil.which("openssl") else "openssl is not installed", "HTTPS tests"),
 ]
 WINDOW_S = 4.0
 

@@ -17,11 +17,14 @@ from dicomweb_client.api import DICOMwebClient
 from node.http.auth import hash_password, new_token
 from tests.node_harness import NodeProcess, copy_study, storescu
 from tests.orthanc import Orthanc, free_port
+from tests.system import requires
 from tests.viewer_harness import DICOMWEB_PLUGIN, ORTHANC_DICOMWEB
 
 pytestmark = [
     pytest.mark.timeout(600),
-    pytest.mark.skipif(not DICOMWEB_PLUGIN.is_file(), reason="orthanc-dicomweb not installed"),
+    requires(
+        None if DICOMWEB_PLUGIN.is_file() else "orthanc-dicomweb is not installed", "DICOMweb tests"
+    ),
 ]
 
 GATEWAY, GATEWAY_SHA = new_token()  # a sending system: operator, recorded as GATEWAY

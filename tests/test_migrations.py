@@ -30,15 +30,11 @@ def _differences(url: str) -> list:
     try:
         with engine.connect() as con:
             context = MigrationContext.configure(
-                con, opts={"compare_type": True, "include_object": _ours}
+                con, opts={"compare_type": True, "include_object": migrate.ours_only}
             )
             return compare_metadata(context, Base.metadata)
     finally:
         engine.dispose()
-
-
-def _ours(obj: object, name: str | None, kind: str, reflected: bool, other: object) -> bool:
-    return kind != "table" or name in Base.metadata.tables
 
 
 def _revision(url: str) -> str | None:

@@ -26,16 +26,14 @@ from pipeline.quantify import quantify
 from pipeline.series import load_series
 from tests.dicom_tools import run_tool
 from tests.orthanc import Orthanc
+from tests.system import requires
 from tests.viewer_harness import (
     ORTHANC_DICOMWEB,
     OhifServer,
     viewer_available,
 )
 
-missing = viewer_available()
-if missing and os.environ.get("CI"):
-    raise RuntimeError(f"viewer test cannot run in CI: {missing}")
-pytestmark = pytest.mark.skipif(missing is not None, reason=missing or "")
+pytestmark = requires(viewer_available(), "viewer tests")
 
 CASES = {
     "classic": {"seed": 7, "kind": "psir", "mvo": True},

@@ -20,6 +20,7 @@ import secrets
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -447,14 +448,17 @@ def _multipart(chunks: Iterator[tuple[str, bytes]], part_type: str) -> Streaming
     )
 
 
+def _deliverable(stored: str, wanted: set[str]) -> bool:
+    """As stored (any syntax taken, or this one), or decoded to Explicit VR LE."""
+    return "*" in wanted or stored in wanted or ExplicitVRLittleEndian in wanted
+
+
 def _as_syntax(path: str, stored: str, wanted: set[str]) -> tuple[str, bytes]:
     """The file in a transfer syntax the client takes: as stored when it may, else
-    decoded to Explicit VR Little Endian; 406 when neither is acceptable."""
-    data = open(path, "rb").read()  # noqa: SIM115 - read whole, small files
+    decoded to Explicit VR Little Endian (`_deliverable` said one of them is taken)."""
+    data = Path(path).read_bytes()
     if "*" in wanted or stored in wanted:
         return stored, data
-    if ExplicitVRLittleEndian not in wanted:
-        raise HTTPException(406, f"cannot provide transfer syntax {sorted(wanted)}")
     ds = pydicom.dcmread(io.BytesIO(data))
     if UID(stored).is_compressed:
         ds.decompress()  # pydicom's decoders (pylibjpeg, as the pipeline reads them)
@@ -471,10 +475,14 @@ def retrieve(request: Request, rows: list[QrRow]) -> Response:
         raise HTTPException(
             406, 'instances are served as multipart/related; type="application/dicom"'
         )
-    _as_syntax(rows[0].instance.path, rows[0].instance.transfer_syntax, wanted)  # 406 early
+    if not _deliverable(rows[0].instance.transfer_syntax, wanted):
+        raise HTTPException(406, f"cannot provide transfer syntax {sorted(wanted)}")
 
     def chunks() -> Iterator[tuple[str, bytes]]:
         for r in rows:
+            if not _deliverable(r.instance.transfer_syntax, wanted):
+                event(log, "wado_not_deliverable", logging.WARNING, sop=r.instance.sop_uid)
+                continue
             try:
                 syntax, data = _as_syntax(r.instance.path, r.instance.transfer_syntax, wanted)
             except OSError as exc:

@@ -39,13 +39,6 @@ HEARTBEAT_S = 5.0
 STALLED_AFTER_S = 20.0  # no heartbeat for this long: the worker is gone
 
 
-def uses_procrastinate(database_url: str, engine: str) -> bool:
-    """``jobs.engine``: "auto" means procrastinate exactly when the index is PostgreSQL."""
-    if engine == "auto":
-        return make_url(database_url).get_backend_name() == "postgresql"
-    return engine == "procrastinate"
-
-
 class Procrastinate:
     def __init__(self, database_url: str) -> None:
         url = make_url(database_url)

@@ -18,6 +18,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, text
 
 from node.logs import event
+from node.store.schema import Base
 
 log = logging.getLogger("node.migrate")
 logging.getLogger("alembic").setLevel(logging.WARNING)  # its INFO lines are per step noise
@@ -25,6 +26,12 @@ logging.getLogger("alembic").setLevel(logging.WARNING)  # its INFO lines are per
 MIGRATIONS = Path(__file__).parent / "migrations"
 FIRST = "0001"
 LOCK_KEY = 0x4C47454E  # "LGEN": the advisory lock migrations hold on PostgreSQL
+
+
+def ours_only(obj: object, name: str | None, kind: str, reflected: bool, other: object) -> bool:
+    """Tables of others in the same database (apscheduler's, procrastinate's) are not
+    the index's to migrate (Alembic's ``include_object``)."""
+    return kind != "table" or name in Base.metadata.tables
 
 
 def _config(connection: Connection) -> AlembicConfig:

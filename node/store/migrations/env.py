@@ -5,14 +5,8 @@ from __future__ import annotations
 
 from alembic import context
 
+from node.store.migrate import ours_only
 from node.store.schema import Base
-
-
-def _ours(obj: object, name: str | None, kind: str, reflected: bool, other: object) -> bool:
-    """Tables of others in the same database (apscheduler's, procrastinate's) are not
-    the index's to migrate."""
-    return kind != "table" or name in Base.metadata.tables
-
 
 connection = context.config.attributes["connection"]
 context.configure(
@@ -20,7 +14,7 @@ context.configure(
     target_metadata=Base.metadata,
     render_as_batch=True,  # SQLite cannot ALTER most things: copy-and-move tables
     compare_type=True,
-    include_object=_ours,
+    include_object=ours_only,
 )
 with context.begin_transaction():
     context.run_migrations()
