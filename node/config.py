@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import socket
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -313,6 +314,30 @@ class NotifySection(Section):
     check_interval_s: float = Field(30.0, gt=0)
 
 
+class ClusterSection(Section):
+    """Several nodes and workers on one PostgreSQL index (`lge-node worker`).
+
+    A receiving node keeps the files it received; workers on other hosts fetch a job's
+    series from the node that holds it over WADO-RS and hand the results back to it
+    (``POST /api/v1/jobs/{id}/results``), so no shared filesystem is needed. A shared
+    one still works: files found at their indexed paths are read in place."""
+
+    # This node's name among those sharing the index (unique; stable across restarts:
+    # the files it holds are recorded under it). Unset: the host name.
+    node_name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[\w.@:-]+$")
+    # Where workers reach this node's HTTP service. Unset: http.public_url, else
+    # http://<host name>:<http.port>.
+    url: str | None = Field(None, pattern=r"^https?://")
+    # Workers: "auto" reads a file in place when its indexed path exists here and fetches
+    # it otherwise; "dicomweb" always fetches (hosts that happen to see the same paths).
+    fetch: Literal["auto", "dicomweb"] = "auto"
+    # Workers: the API token (operator role) they present to the receiving nodes, and
+    # the CA certificate that signs those nodes' HTTPS certificates.
+    token: str | None = None
+    ca_certificate: Path | None = None
+    timeout_s: float = Field(60.0, gt=0)
+
+
 class Config(BaseSettings):
     """Everything the node reads at start-up."""
 
@@ -331,6 +356,7 @@ class Config(BaseSettings):
     corrections: CorrectionsSection = Field(default_factory=CorrectionsSection)
     http: HttpSection = Field(default_factory=HttpSection)
     notify: NotifySection = Field(default_factory=NotifySection)
+    cluster: ClusterSection = Field(default_factory=ClusterSection)
     destinations: list[Destination] = Field(default_factory=list)
     pacs: list[Pacs] = Field(default_factory=list)
 
@@ -356,6 +382,20 @@ class Config(BaseSettings):
         if self.jobs.engine == "auto":
             return _is_postgresql(self.database_url)
         return self.jobs.engine == "procrastinate"
+
+    @property
+    def node_name(self) -> str:
+        return self.cluster.node_name or socket.gethostname()
+
+    @property
+    def node_url(self) -> str:
+        """Where workers reach this node's HTTP service ("" when it has none)."""
+        if not self.http.enabled:
+            return ""
+        if self.cluster.url or self.http.public_url:
+            return (self.cluster.url or self.http.public_url or "").rstrip("/")
+        scheme = "https" if self.http.certificate else "http"
+        return f"{scheme}://{socket.getfqdn()}:{self.http.port}"
 
     @property
     def training_dataset(self) -> Path:

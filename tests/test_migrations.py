@@ -8,9 +8,10 @@ import threading
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 
 from node.store import migrate
 from node.store.records import InstanceInfo, Received
@@ -64,15 +65,15 @@ def test_a_new_index_is_at_the_newest_revision_with_the_models_schema(url: str) 
 
 
 def test_an_index_made_before_migrations_is_adopted_with_its_rows(url: str) -> None:
-    engine = create_engine(url)
-    Base.metadata.create_all(engine)  # what every node did before Alembic
-    engine.dispose()
     repo = Repository(url)
     repo.record_batch([_received(n) for n in range(3)])
     repo.close()
     engine = create_engine(url)
-    with engine.begin() as con:  # as it was then: tables and rows, no version
+    with engine.begin() as con:  # as it was then: the first schema with rows, no version
+        command.downgrade(migrate._config(con), migrate.FIRST)
         con.execute(text("DROP TABLE alembic_version"))
+    with engine.connect() as con:
+        assert "nodes" not in inspect(con).get_table_names()
     engine.dispose()
     assert _revision(url) is None
     again = Repository(url)

@@ -16,7 +16,6 @@ import io
 import logging
 import mmap
 import re
-import secrets
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from starlette.concurrency import run_in_threadpool
 
 from node.dimse.common import Dimse
 from node.dimse.qr_scp import QueryError, QueryRetrieveScp, keys_for
+from node.http import multipart
 from node.http.auth import Principal
 from node.http.context import Console, require
 from node.logs import event
@@ -73,15 +73,10 @@ def _warning(text: str) -> str:
 # -- STOW-RS ---------------------------------------------------------------------------
 
 
-class MultipartError(ValueError):
-    """The request body is not the multipart/related it says it is."""
-
-
 def _boundary(content_type: str, part_type: str) -> bytes:
     """The boundary of a ``multipart/related; type="<part_type>"`` body (415 otherwise)."""
-    main, _, params = content_type.partition(";")
-    values = dict(_params(params))
-    if main.strip().lower() != "multipart/related":
+    main, values = multipart.content_type(content_type)
+    if main != "multipart/related":
         raise HTTPException(415, f'STOW-RS takes multipart/related; type="{part_type}"')
     kind = values.get("type", part_type).lower()
     if kind != part_type:
@@ -91,40 +86,6 @@ def _boundary(content_type: str, part_type: str) -> bytes:
     if not values.get("boundary"):
         raise HTTPException(400, "multipart/related without a boundary")
     return values["boundary"].encode("latin-1")
-
-
-def _params(text: str) -> Iterator[tuple[str, str]]:
-    for item in text.split(";"):
-        key, sep, value = item.partition("=")
-        if sep:
-            yield key.strip().lower(), value.strip().strip('"')
-
-
-def parts(body: bytes | mmap.mmap, boundary: bytes) -> Iterator[tuple[dict[str, str], int, int]]:
-    """(headers, start, end) of each part of a multipart body (RFC 2046), by offsets,
-    so a large body is never copied whole."""
-    delimiter = b"--" + boundary
-    pos = body.find(delimiter)
-    if pos < 0:
-        raise MultipartError("the boundary never occurs in the body")
-    while True:
-        pos += len(delimiter)
-        if body[pos : pos + 2] == b"--":
-            return
-        line_end = body.find(b"\r\n", pos)
-        head_end = body.find(b"\r\n\r\n", line_end) if line_end >= 0 else -1
-        if head_end < 0:
-            raise MultipartError("a part's headers do not end (truncated body?)")
-        headers: dict[str, str] = {}
-        for line in bytes(body[line_end + 2 : head_end]).decode("latin-1").split("\r\n"):
-            key, sep, value = line.partition(":")
-            if sep:
-                headers[key.strip().lower()] = value.strip()
-        end = body.find(b"\r\n" + delimiter, head_end + 4)
-        if end < 0:
-            raise MultipartError("the body ends inside a part (truncated, or no closing boundary)")
-        yield headers, head_end + 4, end
-        pos = end + 2
 
 
 @dataclass(frozen=True)
@@ -144,7 +105,7 @@ def _store_parts(
 ) -> list[Outcome]:
     limit = ctx.config.storage.max_instance_mb * 2**20
     out = []
-    for n, (headers, start, end) in enumerate(parts(body, boundary), start=1):
+    for n, (headers, start, end) in enumerate(multipart.parts(body, boundary), start=1):
         kind = headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
         if kind != "application/dicom":
             verdict = ctx.intake.refuse(
@@ -186,7 +147,7 @@ async def stow(request: Request, who: Operator, study: str | None = None) -> Res
         with mmap.mmap(spool.fileno(), 0, access=mmap.ACCESS_READ) as body:
             try:
                 outcomes = await run_in_threadpool(_store_parts, ctx, body, boundary, sender, study)
-            except MultipartError as exc:
+            except multipart.MultipartError as exc:
                 raise HTTPException(400, f"not a valid multipart body: {exc}") from None
     if not outcomes:
         raise HTTPException(400, "the request holds no part")
@@ -420,7 +381,7 @@ def _accepted(request: Request, media: str) -> set[str] | None:
     for item in accept.split(","):
         main, _, rest = item.partition(";")
         main = main.strip().lower()
-        params = dict(_params(rest))
+        params = dict(multipart.params(rest))
         if main in ("*/*", "multipart/*"):
             acceptable = True
             found.add("*")
@@ -433,17 +394,10 @@ def _accepted(request: Request, media: str) -> set[str] | None:
 
 
 def _multipart(chunks: Iterator[tuple[str, bytes]], part_type: str) -> StreamingResponse:
-    boundary = secrets.token_hex(16)
-
-    def body() -> Iterator[bytes]:
-        for content_type, data in chunks:
-            yield f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
-            yield data
-            yield b"\r\n"
-        yield f"--{boundary}--\r\n".encode()
-
+    boundary = multipart.new_boundary()
+    items = (({"Content-Type": kind}, data) for kind, data in chunks)
     return StreamingResponse(
-        body(),
+        multipart.encode(items, boundary),
         media_type=f'multipart/related; type="{part_type}"; boundary={boundary}',
     )
 

@@ -4,9 +4,7 @@ the server's answer (PS3.18 10.5.3), so a partial refusal retries only what fail
 
 from __future__ import annotations
 
-import secrets
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,9 @@ import httpx
 
 from node import __version__
 from node.config import Destination
+from node.http import multipart
+
+DICOM_PART = {"Content-Type": "application/dicom"}
 
 
 class StowClient:
@@ -38,7 +39,7 @@ class StowClient:
         """Send ``(SOP Instance UID, path)`` pairs; returns the error of each that was not
         stored (an empty dict: all stored). Raises `httpx.HTTPError` when the server
         cannot be reached at all."""
-        boundary = secrets.token_hex(16)
+        boundary = multipart.new_boundary()
         errors: dict[str, str] = {}
         bodies = []
         for sop, path in items:
@@ -51,7 +52,7 @@ class StowClient:
             return errors
         response = self.client.post(
             self.url,
-            content=b"".join(_multipart(bodies, boundary)),
+            content=b"".join(multipart.encode(((DICOM_PART, b) for b in bodies), boundary)),
             headers={
                 "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'
             },
@@ -67,14 +68,6 @@ class StowClient:
         for sop, _ in sendable:
             errors[sop] = f"{why}: {text}" if text else why
         return errors
-
-
-def _multipart(bodies: list[bytes], boundary: str) -> Iterator[bytes]:
-    for body in bodies:
-        yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-        yield body
-        yield b"\r\n"
-    yield f"--{boundary}--\r\n".encode()
 
 
 def _failed(response: httpx.Response) -> dict[str, str]:

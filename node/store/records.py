@@ -118,6 +118,7 @@ class SeriesRecord:
     # (a received SEG, kind "correction"): the series whose segmentation it edits.
     derived_from: int | None
     processed_instances: int
+    node: str = ""  # the node holding it when the index is shared (cluster.node_name)
 
 
 @dataclass(frozen=True)
@@ -169,11 +170,27 @@ CORRECTION = "correction"  # the kind of a received SEG that edits one of our se
 
 
 @dataclass(frozen=True)
+class StoredFile:
+    """An indexed instance file: its path in the data folder of the node holding it
+    (``node``, "" when the index is not shared), and the UIDs to fetch it by."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    path: str
+    node: str = ""
+
+
+@dataclass(frozen=True)
 class CorrectionInputs:
     """What a correction job reads besides the reader's SEG: the series it segments."""
 
     source: SeriesRecord
-    source_paths: list[str]
+    source_files: list[StoredFile]
+
+    @property
+    def source_paths(self) -> list[str]:
+        return [f.path for f in self.source_files]
 
 
 @dataclass(frozen=True)
@@ -183,9 +200,15 @@ class Claim:
     job_id: int
     attempt: int
     series: SeriesRecord
-    paths: list[str]  # newest first
+    files: list[StoredFile]  # newest first
     previous_results: str | None  # results folder of the job this one supersedes
     correction: CorrectionInputs | None = None  # set when the series is a reader's SEG
+    previous_job: int | None = None  # the job this one supersedes
+    previous_node: str = ""  # the node holding that job's results
+
+    @property
+    def paths(self) -> list[str]:
+        return [f.path for f in self.files]
 
 
 @dataclass(frozen=True)

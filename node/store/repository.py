@@ -53,6 +53,7 @@ from node.store.records import (
     SeriesRow,
     SeriesState,
     Snapshot,
+    StoredFile,
     StoreOutcome,
     StudyRecord,
 )
@@ -62,6 +63,7 @@ from node.store.schema import (
     EventRow,
     Instance,
     Job,
+    NodeRow,
     Outbox,
     PolledStudy,
     Series,
@@ -108,7 +110,7 @@ def _series(s: Series) -> SeriesRecord:
         first_received=s.first_received, last_received=s.last_received,
         state=SeriesState(s.state), reason=s.reason, kind=s.kind, forced=bool(s.forced),
         origin=Origin(s.origin), derived_from=s.derived_from,
-        processed_instances=s.processed_instances,
+        processed_instances=s.processed_instances, node=s.node,
     )  # fmt: skip
 
 
@@ -217,8 +219,12 @@ def _clause(m: KeyMatch, column: Any) -> ColumnElement[bool] | None:
 class Repository:
     """All reads and writes of the node's state."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, node: str | None = None) -> None:
+        """``node``: this process's node name when the index is shared by several nodes
+        (what it receives is recorded as held by it; it sends, purges and serves over
+        Q/R only what it holds); None: the only node, nothing is told apart."""
         self.url = url
+        self.node = node
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
@@ -233,6 +239,20 @@ class Repository:
         # Told, inside the transaction, of every job that becomes queued (the job engine:
         # `node.store.jobqueue.Procrastinate.queued`); None: workers poll `claim_job`.
         self.on_queued: Callable[[Connection, int, int, float], None] | None = None
+
+    @property
+    def _mine(self) -> list[str]:
+        """Node names whose files are this node's: its own, and "" (from before the
+        index was shared)."""
+        return [self.node or "", ""]
+
+    def _held(self, column: Any) -> list[ColumnElement[bool]]:
+        """The condition "held by this node" on ``column`` (none when not shared)."""
+        return [] if self.node is None else [column.in_(self._mine)]
+
+    def holds(self, series: SeriesRecord) -> bool:
+        """Whether this node holds the series' files (always, when not shared)."""
+        return self.node is None or series.node in self._mine
 
     def _queued(self, s: Session, job: Job) -> None:
         s.flush()  # the job's id
@@ -328,6 +348,7 @@ class Repository:
                     calling_address=address, first_received=now, last_received=now,
                     n_instances=0, forced=forced, state=SeriesState.RECEIVING, reason="",
                     kind="", origin=Origin.RECEIVED, processed_instances=0,
+                    node=self.node or "",
             )  # fmt: skip
             state = SeriesState.RECEIVING
         else:
@@ -346,7 +367,7 @@ class Repository:
                     series_fk=series_id, sop_uid=info.sop_uid,
                     sop_class_uid=info.sop_class_uid, transfer_syntax=info.transfer_syntax,
                     instance_number=info.instance_number, path=path, size=size,
-                    received_at=now, frames=json.dumps(info.frames),
+                    received_at=now, frames=json.dumps(info.frames), node=self.node or "",
                 )
             )  # fmt: skip
         elif existing[0] != series_id:
@@ -355,7 +376,8 @@ class Repository:
             con.execute(
                 instances.update()
                 .where(instances.c.sop_uid == info.sop_uid)
-                .values(size=size, received_at=now)
+                # the newest copy is the one served (another node's, in a cluster)
+                .values(size=size, received_at=now, path=path, node=self.node or "")
             )
         values: dict[str, Any] = {"last_received": now}
         if existing is None:
@@ -413,7 +435,9 @@ class Repository:
         """Studies with a receiving series where no series received anything for a while."""
         now = time.time() if now is None else now
         with self._read() as s:
-            receiving = select(Series.study_fk).where(Series.state == SeriesState.RECEIVING)
+            receiving = select(Series.study_fk).where(
+                Series.state == SeriesState.RECEIVING, *self._held(Series.node)
+            )
             latest = (
                 select(Series.study_fk, func.max(Series.last_received).label("last"))
                 .where(Series.study_fk.in_(receiving))
@@ -558,7 +582,7 @@ class Repository:
             if series.kind == CORRECTION and series.derived_from is not None:
                 source = s.get(Series, series.derived_from)
                 assert source is not None
-                correction = CorrectionInputs(_series(source), self._paths(s, source.id))
+                correction = CorrectionInputs(_series(source), self._files(s, source.id))
                 reports_of = [source.id, *self._corrections_of(s, source.id)]
             job.supersedes = s.scalar(
                 select(Job.id)
@@ -567,15 +591,31 @@ class Repository:
                 .limit(1)
             )
             previous = s.get(Job, job.supersedes) if job.supersedes is not None else None
+            previous_series = s.get(Series, previous.series_fk) if previous else None
             return Claim(
                 job_id=job.id,
                 attempt=job.attempts,
                 series=_series(series),
-                paths=self._paths(s, series.id),
+                files=self._files(s, series.id),
                 previous_results=previous.results_dir if previous and previous.results_dir
                 else None,
                 correction=correction,
+                previous_job=previous.id if previous else None,
+                previous_node=previous_series.node if previous_series else "",
             )  # fmt: skip
+
+    @staticmethod
+    def _files(s: Session, series_id: int) -> list[StoredFile]:
+        """A series' instance files with where they lie, the newest received first."""
+        rows = s.execute(
+            select(Study.study_uid, Series.series_uid, Instance.sop_uid, Instance.path,
+                   Instance.node)
+            .join(Series, Series.study_fk == Study.id)
+            .join(Instance, Instance.series_fk == Series.id)
+            .where(Instance.series_fk == series_id)
+            .order_by(Instance.received_at.desc(), Instance.id.desc())
+        )  # fmt: skip
+        return [StoredFile(*row) for row in rows]
 
     @staticmethod
     def _paths(s: Session, series_id: int) -> list[str]:
@@ -655,6 +695,7 @@ class Repository:
                         series_fk=rs.id, sop_uid=o.sop_uid, sop_class_uid=o.sop_class_uid,
                         transfer_syntax=o.transfer_syntax, instance_number=o.instance_number,
                         path=o.path, size=o.size, received_at=now, frames="[]",
+                        node=source.node,  # results are handed back to its node
                     )
                 )  # fmt: skip
             s.add_all(_sends(job_id, objects, deliveries, now))
@@ -730,14 +771,19 @@ class Repository:
         them once the lease has passed. `mark_sent` / `mark_send_failed` end the lease."""
         now = time.time() if now is None else now
         with self._writing() as s:
-            rows = list(
-                s.scalars(
-                    select(Outbox)
-                    .where(Outbox.state == SendState.PENDING, Outbox.next_attempt_at <= now)
-                    .order_by(Outbox.id)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
+            q = select(Outbox).where(
+                Outbox.state == SendState.PENDING, Outbox.next_attempt_at <= now
+            )
+            if self.node is not None:  # the files are in the holding node's folder
+                q = q.where(
+                    Outbox.job_fk.in_(
+                        select(Job.id)
+                        .join(Series, Series.id == Job.series_fk)
+                        .where(Series.node.in_(self._mine))
+                    )
                 )
+            rows = list(
+                s.scalars(q.order_by(Outbox.id).limit(limit).with_for_update(skip_locked=True))
             )
             records = [_outbox(r) for r in rows]
             for r in rows:
@@ -786,6 +832,7 @@ class Repository:
                         Series.state.in_([SeriesState.SKIPPED, SeriesState.DONE]),
                         Series.last_received <= cutoff,
                         Series.id.not_in(undelivered),
+                        *self._held(Series.node),
                     )
                 )
             )
@@ -825,7 +872,7 @@ class Repository:
             select(Study, Series, Instance)
             .join(Series, Series.study_fk == Study.id)
             .join(Instance, Instance.series_fk == Series.id)
-            .where(Series.state != SeriesState.PURGED)
+            .where(Series.state != SeriesState.PURGED, *self._held(Instance.node))
         )
         for keyword, m in query.criteria.items():
             clause = _clause(m, QR_COLUMNS[keyword]) if keyword in QR_COLUMNS else None
@@ -851,6 +898,42 @@ class Repository:
             return [
                 QrRow(_study(st), _series(se), _instance(i)) for st, se, i in s.execute(q).all()
             ]
+
+    # -- nodes sharing the index --------------------------------------------------------
+
+    def register_node(
+        self, url: str, data_dir: str, host: str, alive_s: float = 90.0,
+        now: float | None = None,
+    ) -> None:  # fmt: skip
+        """Record this node (``self.node``) and where workers reach it. Refused while
+        another live node (seen within ``alive_s``, other data folder) has the name."""
+        assert self.node is not None, "only a node sharing the index registers"
+        now = time.time() if now is None else now
+        with self._writing() as s:
+            row = s.get(NodeRow, self.node, with_for_update=True)
+            if row is None:
+                s.add(NodeRow(name=self.node, url=url, data_dir=data_dir, host=host,
+                              started_at=now, seen_at=now))  # fmt: skip
+                return
+            if (row.host, row.data_dir) != (host, data_dir) and now - row.seen_at < alive_s:
+                raise ValueError(
+                    f"another node named {self.node!r} is running ({row.host}, data folder "
+                    f"{row.data_dir}): give each node its own cluster.node_name"
+                )
+            row.url, row.data_dir, row.host = url, data_dir, host
+            row.started_at = row.seen_at = now
+
+    def node_alive(self, now: float | None = None) -> None:
+        assert self.node is not None
+        now = time.time() if now is None else now
+        with self._writing() as s:
+            s.execute(update(NodeRow).where(NodeRow.name == self.node).values(seen_at=now))
+
+    def node_url(self, name: str) -> str | None:
+        """Where a node said it is reached (None: no such node registered)."""
+        with self._read() as s:
+            row = s.get(NodeRow, name)
+            return row.url if row is not None else None
 
     # -- polling -----------------------------------------------------------------------
 

@@ -56,6 +56,9 @@ class Series(Base):
     # For a result series: the received series it was computed from.
     derived_from: Mapped[int | None] = mapped_column(ForeignKey("series.id"), nullable=True)
     processed_instances: Mapped[int] = mapped_column(Integer, default=0)
+    # The node that received it first (cluster.node_name; "" when the index is not
+    # shared): its results are handed back to, and sent from, that node.
+    node: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
 
 class Instance(Base):
@@ -72,6 +75,8 @@ class Instance(Base):
     # [[position key, inversion time ms | None], ...] per frame: tells a TI scout
     # (many TIs per position) from an LGE stack (one).
     frames: Mapped[str] = mapped_column(Text, default="[]")
+    # The node whose data folder holds ``path`` ("" when the index is not shared).
+    node: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
 
 class Job(Base):
@@ -110,6 +115,19 @@ class Outbox(Base):
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[float] = mapped_column(Float)
     sent_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class NodeRow(Base):
+    """A receiving node sharing the index: where workers reach it for the files it
+    holds, and when it last said it was alive."""
+
+    __tablename__ = "nodes"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(Text, default="")
+    data_dir: Mapped[str] = mapped_column(Text, default="")
+    host: Mapped[str] = mapped_column(String(255), default="")
+    started_at: Mapped[float] = mapped_column(Float)
+    seen_at: Mapped[float] = mapped_column(Float)
 
 
 class PolledStudy(Base):

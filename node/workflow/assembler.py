@@ -57,8 +57,8 @@ class Assembler:
         decisions = choose(facts, self.config.selection)
         queued = 0
         for s in judged:
-            if s.state != SeriesState.RECEIVING:
-                continue
+            if s.state != SeriesState.RECEIVING or not repo.holds(s):
+                continue  # judged already, or by the node that holds its files
             decision = decisions[s.series_uid]
             source_id = None
             if is_seg(s) and self.config.corrections.enabled:
