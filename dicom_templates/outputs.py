@@ -63,16 +63,7 @@ def _atomic_save(ds: Dataset, path: Path) -> WrittenObject:
     tmp = path.with_name(f".{path.name}.tmp")
     ds.save_as(tmp, enforce_file_format=True)
     os.replace(tmp, path)
-    number = ds.get("SeriesNumber")
-    instance = ds.get("InstanceNumber")
-    return WrittenObject(
-        path=str(path), sop_class_uid=str(ds.SOPClassUID), sop_uid=str(ds.SOPInstanceUID),
-        series_uid=str(ds.SeriesInstanceUID), modality=str(ds.get("Modality", "")),
-        description=str(ds.get("SeriesDescription", "")),
-        series_number=int(number) if number is not None else None,
-        instance_number=int(instance) if instance is not None else None,
-        transfer_syntax=str(ds.file_meta.TransferSyntaxUID), size=path.stat().st_size,
-    )  # fmt: skip
+    return WrittenObject.of(ds, str(path), path.stat().st_size)
 
 
 def write_metrics(

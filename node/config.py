@@ -326,7 +326,7 @@ class ClusterSection(Section):
     # the files it holds are recorded under it). Unset: the host name.
     node_name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[\w.@:-]+$")
     # Where workers reach this node's HTTP service. Unset: http.public_url, else
-    # http://<host name>:<http.port>.
+    # http://<http.bind_address, or the host name when bound to all>:<http.port>.
     url: str | None = Field(None, pattern=r"^https?://")
     # Workers: "auto" reads a file in place when its indexed path exists here and fetches
     # it otherwise; "dicomweb" always fetches (hosts that happen to see the same paths).
@@ -395,7 +395,9 @@ class Config(BaseSettings):
         if self.cluster.url or self.http.public_url:
             return (self.cluster.url or self.http.public_url or "").rstrip("/")
         scheme = "https" if self.http.certificate else "http"
-        return f"{scheme}://{socket.getfqdn()}:{self.http.port}"
+        bound = self.http.bind_address
+        host = socket.getfqdn() if bound in ("0.0.0.0", "::", "") else bound
+        return f"{scheme}://{host}:{self.http.port}"
 
     @property
     def training_dataset(self) -> Path:

@@ -57,7 +57,10 @@ class Node:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.storage = Storage(config.storage.data_dir, fsync=config.storage.fsync)
-        self.repository = Repository(config.database_url)
+        # Sharing the index: what this node receives is recorded as held by it.
+        self.repository = Repository(
+            config.database_url, node=config.node_name if config.distributed else None
+        )
         if config.distributed:  # jobs deferred with procrastinate, in the same transaction
             from node.store.jobqueue import Procrastinate
 
@@ -136,6 +139,10 @@ class Node:
 
     def start(self) -> None:
         t0 = time.perf_counter()
+        if self.config.distributed:  # workers elsewhere find this node's files through it
+            self.repository.register_node(
+                self.config.node_url, str(self.storage.root), socket.gethostname()
+            )
         store = recover(self.storage, self.repository, self.journal_path)
         # Embedded: jobs this node's crash left running. Distributed: other hosts' workers
         # may be running theirs; lost ones are found by their stopped heartbeat.
@@ -164,6 +171,9 @@ class Node:
                                max_instances=1, coalesce=True,
                                next_run_time=datetime.now(UTC))  # fmt: skip
         self._schedule_polls()
+        if self.config.distributed:
+            self.scheduler.add_job(self._alive, "interval", seconds=30.0, id="alive",
+                                   max_instances=1, coalesce=True)  # fmt: skip
         if self.notifier.enabled:
             self.notifier.start()
             self.scheduler.add_job(self._check_notices, "interval",
@@ -248,6 +258,12 @@ class Node:
         except Exception as exc:
             event(log, "dispatch_error", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
 
+    def _alive(self) -> None:
+        try:
+            self.repository.node_alive()
+        except Exception as exc:
+            event(log, "alive_error", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
+
     def _purge(self) -> None:
         try:
             self.retention.purge()
@@ -285,8 +301,9 @@ def run(config: Config) -> None:
 class WorkerHost:
     """``lge-node worker``: job workers only - no DICOM port, no console - on a host
     that processes the jobs a shared PostgreSQL index queues (procrastinate). It reads
-    the series' files by their indexed paths and writes results under ``data_dir``: the
-    receiving node's folder, shared (NFS or the same host)."""
+    a series' files in place when their indexed paths exist here (a shared folder) and
+    otherwise fetches them from the node holding them, handing the results back to it
+    (`node.workflow.remote`); ``data_dir`` is then only scratch."""
 
     def __init__(self, config: Config) -> None:
         from node.store.jobqueue import Procrastinate
@@ -310,9 +327,13 @@ class WorkerHost:
 
     def serve_forever(self) -> None:
         stop_on_signals(self.stopped)
+        stale = self.workers[0].remote.clean_stale() if self.workers[0].remote else 0
         for worker in self.workers:
             worker.start()
-        event(log, "worker_host_started", workers=len(self.workers), pid=os.getpid())
+        event(
+            log, "worker_host_started", workers=len(self.workers), pid=os.getpid(),
+            fetch=self.config.cluster.fetch, stale_scratch_removed=stale,
+        )  # fmt: skip
         try:
             while not self.stopped.wait(0.5):
                 if not any(w.is_alive() for w in self.workers):

@@ -1,37 +1,56 @@
-"""Scale-out on a shared PostgreSQL index with procrastinate: a receive-only node and
-worker processes (`lge-node worker`) on this host, a real PostgreSQL and a real Orthanc.
-Studies from two senders are each processed exactly once by whichever worker is free; a
-worker killed mid-job loses nothing - another one finishes the job."""
+"""Scale-out on a shared PostgreSQL index with procrastinate: two receiving nodes and two
+worker processes (`lge-node worker`), each with its own data folder, a real PostgreSQL
+and a real Orthanc. Workers share no files with the nodes: they fetch each series over
+WADO-RS from the node that received it and hand the results back to it. Studies from
+two senders are each processed exactly once by whichever worker is free; a worker
+killed mid-job loses nothing - another one finishes the job; a PostgreSQL outage loses
+nothing acknowledged."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from tests.node_harness import ROOT, NodeProcess, copy_study, storescu
+from tests.node_harness import ROOT, NodeProcess, copy_study, free_port, storescu, write_toml
 from tests.orthanc import Orthanc
 
 pytestmark = pytest.mark.timeout(900)
 
 
-class WorkerProcess:
-    """``lge-node worker`` as a child process with its own log."""
+TOKEN = "worker-token-for-the-scale-out-test"
+TOKEN_SHA = hashlib.sha256(TOKEN.encode()).hexdigest()
 
-    def __init__(self, node: NodeProcess, name: str) -> None:
+
+class WorkerProcess:
+    """``lge-node worker`` as a child process with its own data folder, config and log."""
+
+    def __init__(self, node: NodeProcess, workdir: Path, name: str) -> None:
         self.node, self.name = node, name
-        self.log_path = node.workdir / f"{name}.log"
+        self.workdir = workdir
+        self.data_dir = workdir / "data"
+        self.config_path = workdir / "worker.toml"
+        self.log_path = workdir / "worker.log"
         self.proc: subprocess.Popen | None = None
+        doc = tomllib.loads(node.config_path.read_text())
+        doc["storage"]["data_dir"] = str(self.data_dir)
+        doc.pop("destinations", None)  # results go out from the node that holds them
+        doc["cluster"] = {"fetch": "dicomweb", "token": TOKEN}
+        doc["jobs"]["workers"] = 1
+        workdir.mkdir(parents=True, exist_ok=True)
+        write_toml(self.config_path, doc)
 
     def start(self) -> WorkerProcess:
         log = self.log_path.open("a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "worker", "--config", str(self.node.config_path)],
+            [sys.executable, "-m", "node.cli", "worker", "--config", str(self.config_path)],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
         )  # fmt: skip
@@ -61,23 +80,33 @@ class WorkerProcess:
                 self.proc.kill()
 
 
+def _receiver(work: Path, name: str, pg_url: str, destination: dict) -> NodeProcess:
+    """A receive-only node (jobs.workers = 0) on the shared index, reachable by workers
+    with the operator token."""
+    port = free_port()
+    return NodeProcess(
+        work / name, destinations=[destination], wait_models=False,
+        storage={"database_url": pg_url}, jobs={"workers": 0, "retry_delay_s": 1.0},
+        http={"port": port, "tokens": [{"name": "worker", "role": "operator",
+                                        "sha256": TOKEN_SHA}]},
+        cluster={"node_name": name, "url": f"http://127.0.0.1:{port}"},
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def cluster(postgres, tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("scale")
-    pg = postgres
     with Orthanc(work / "orthanc") as pacs:
         destination = {"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1",
                        "port": pacs.dicom_port}  # fmt: skip
-        node = NodeProcess(
-            work / "node", destinations=[destination], wait_models=False,
-            storage={"database_url": pg.url}, jobs={"workers": 0, "retry_delay_s": 1.0},
-        )  # fmt: skip
-        workers = [WorkerProcess(node, f"worker-{i}") for i in (1, 2)]
-        with node:
+        nodes = [_receiver(work, name, postgres.url, destination) for name in ("east", "west")]
+        with nodes[0], nodes[1]:
+            workers = [WorkerProcess(nodes[0], work / f"worker-{i}", f"worker-{i}")
+                       for i in (1, 2)]  # fmt: skip
             for w in workers:
                 w.start()
             try:
-                yield node, workers, pacs
+                yield nodes, workers, pacs
             finally:
                 for w in workers:
                     w.stop()
@@ -90,32 +119,50 @@ def _done_jobs(node: NodeProcess, series: str) -> list[tuple]:
     )  # fmt: skip
 
 
-def test_studies_from_two_senders_are_each_processed_once(
+def test_ten_studies_from_two_senders_to_two_nodes_are_each_processed_once(
     cluster, phantom_factory, tmp_path: Path
 ) -> None:
-    node, workers, pacs = cluster
+    nodes, workers, pacs = cluster
     case = phantom_factory(seed=7, kind="psir")
-    sent = []
-    for i, sender in enumerate(["SCANNER_A", "SCANNER_B", "SCANNER_A", "SCANNER_B"]):
+    sent = []  # (receiving node, study, series)
+    for i in range(10):
+        node, sender = (nodes[0], "SCANNER_A") if i % 2 == 0 else (nodes[1], "SCANNER_B")
         study, series, files = copy_study(case.out_dir / "dicom", tmp_path / f"s{i}")
         storescu(node.port, files, aet=sender)
-        sent.append((study, series))
-    for _, series in sent:
-        node.wait_done(series, timeout=300)
-    for study, series in sent:
-        assert len(_done_jobs(node, series)) == 1, series  # exactly once
-        modalities = {s["MainDicomTags"].get("Modality") for s in pacs.study_series(study)}
-        assert {"SEG", "SR"} <= modalities
+        sent.append((node, study, series))
+    for node, _, series in sent:
+        node.wait_done(series, timeout=600)
     started = [j for w in workers for j in w.jobs_started()]
     assert len(started) == len(set(started))  # no job ran twice
-    # The receiving node ran none itself (jobs.workers = 0): the workers did.
-    assert "job_started" not in node.log()
+    for node, study, series in sent:
+        [(job_id, _)] = _done_jobs(node, series)  # exactly once
+        assert job_id in started
+        # The results live in the receiving node's folder, recorded as held by it, and
+        # went out to Orthanc from there.
+        [(results_dir, holder)] = node.query(
+            "SELECT j.results_dir, s.node FROM jobs j JOIN series s ON j.series_fk = s.id "
+            "WHERE j.id = ?", job_id,
+        )  # fmt: skip
+        assert holder == node.workdir.name
+        assert Path(results_dir).is_relative_to(node.data_dir)
+        assert (Path(results_dir) / "seg.dcm").is_file()
+        assert node.unsent(series) == 0
+        modalities = {s["MainDicomTags"].get("Modality") for s in pacs.study_series(study)}
+        assert {"SEG", "SR"} <= modalities
+    for node in nodes:
+        assert "job_started" not in node.log()  # receive-only: the workers did the jobs
+        assert "results_handed_back" in node.log()
+    # The workers fetched over WADO-RS and kept nothing once done.
+    assert sum(w.log().count("series_fetched") for w in workers) >= len(sent)
+    for w in workers:
+        assert not list(w.data_dir.glob("fetched/*/instances/*.dcm"))
+        assert not list(w.data_dir.glob("results/*/*/*.dcm"))
 
 
 def test_a_worker_killed_mid_job_is_replaced_by_another(
     cluster, phantom_factory, tmp_path: Path
 ) -> None:
-    node, workers, _ = cluster
+    (node, _), workers, _ = cluster
     case = phantom_factory(seed=8, kind="psir")
     _, series, files = copy_study(case.out_dir / "dicom", tmp_path / "kill")
     before = {w.name: len(w.jobs_started()) for w in workers}
@@ -142,7 +189,7 @@ def test_a_postgresql_outage_loses_nothing_acknowledged(
     """The index goes away for 20 s while a scanner sends: every instance is acknowledged
     (files and journal are on disk), and once PostgreSQL is back the study is indexed,
     processed once and delivered, by workers that waited instead of exiting."""
-    node, workers, pacs = cluster
+    (node, _), workers, pacs = cluster
     case = phantom_factory(seed=9, kind="psir")
     study, series, files = copy_study(case.out_dir / "dicom", tmp_path / "outage")
     postgres.stop("immediate")

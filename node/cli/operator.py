@@ -56,10 +56,14 @@ def serve(
     """Run the node: receive, select, process, send back (until SIGTERM / Ctrl-C)."""
     from node import logs
     from node.server import run
+    from node.store.repository import NodeNameTaken
 
     cfg = load_config_or_exit(config)
     logs.configure(log_level.upper(), log_json)
-    run(cfg)
+    try:
+        run(cfg)
+    except NodeNameTaken as exc:
+        raise fail(str(exc)) from None
 
 
 @app.command()

@@ -7,12 +7,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
 
 from node import __version__
 from node.config import masked
+from node.http import multipart
 from node.http.auth import Principal
 from node.http.context import (
     Console,
@@ -25,6 +29,7 @@ from node.http.context import (
 )
 from node.store.records import SeriesState
 from node.workflow.operations import OperationRefused
+from node.workflow.remote import HandBackRefused, accept_results
 
 router = APIRouter(prefix="/api/v1")
 
@@ -189,6 +194,62 @@ def retry(ctx: Ctx, request: Request, who: Operator, name: str) -> Done:
         return n, f"{n} pending sends due now"
 
     return _act(ctx, request, who, "retry", name, run)
+
+
+# -- workers on other hosts (cluster) ----------------------------------------------------
+
+
+@router.post("/jobs/{job_id}/results", summary="A worker hands back a running job's results")
+async def hand_back(
+    ctx: Ctx, request: Request, who: Operator, job_id: int, seconds: float = 0.0
+) -> dict[str, Any]:
+    """The body is multipart/related, one part per file, named by its Content-Location
+    relative to the results folder ("seg.dcm", "overlay/001.dcm"), DICOM objects in the
+    order they are to be sent. The node keeps them, finishes the job and sends them to
+    its destinations (`node.workflow.remote.accept_results`)."""
+    limit = int(ctx.config.http.max_stow_mb * 2**20)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, f"results over http.max_stow_mb ({limit >> 20} MB)")
+    try:
+        parts = multipart.split(bytes(body), request.headers.get("content-type", ""))
+    except multipart.MultipartError as exc:
+        raise HTTPException(400, f"not a valid multipart/related body: {exc}") from None
+    files = [(h.get("content-location", ""), data) for h, data in parts]
+    address = request.client.host if request.client else ""
+    try:
+        folder = await run_in_threadpool(
+            accept_results, ctx.config, ctx.storage, ctx.repository, job_id, files, seconds
+        )
+    except HandBackRefused as exc:
+        ctx.repository.record_audit(
+            who.name, who.role, "hand_back", f"job {job_id}", "refused", str(exc), address
+        )
+        raise HTTPException(exc.status, str(exc)) from None
+    ctx.repository.record_audit(
+        who.name, who.role, "hand_back", f"job {job_id}", "ok", f"{len(files)} files", address
+    )
+    ctx.operations.wake_dispatch()
+    return {"results_dir": str(folder), "files": len(files)}
+
+
+@router.get("/jobs/{job_id}/results/{name:path}", summary="A file of a job's results")
+def result_file(ctx: Ctx, _: Viewer, job_id: int, name: str) -> FileResponse:
+    try:
+        record = ctx.repository.job(job_id)
+    except KeyError:
+        raise HTTPException(404, f"no job {job_id}") from None
+    if not record.results_dir:
+        raise HTTPException(404, f"job {job_id} has no results")
+    try:
+        path = ctx.storage.result_file(Path(record.results_dir), name)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+    if not path.is_file():
+        raise HTTPException(404, f"job {job_id} has no result {name!r} on this node")
+    return FileResponse(path, media_type="application/octet-stream")
 
 
 __all__ = ["principal_of", "router"]

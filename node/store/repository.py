@@ -216,6 +216,10 @@ def _clause(m: KeyMatch, column: Any) -> ColumnElement[bool] | None:
     return column == m.values[0]
 
 
+class NodeNameTaken(ValueError):
+    """Another live node shares the index under this node's name."""
+
+
 class Repository:
     """All reads and writes of the node's state."""
 
@@ -916,7 +920,7 @@ class Repository:
                               started_at=now, seen_at=now))  # fmt: skip
                 return
             if (row.host, row.data_dir) != (host, data_dir) and now - row.seen_at < alive_s:
-                raise ValueError(
+                raise NodeNameTaken(
                     f"another node named {self.node!r} is running ({row.host}, data folder "
                     f"{row.data_dir}): give each node its own cluster.node_name"
                 )

@@ -16,6 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+# A file in a results folder, as a worker names it when handing results back:
+# "seg.dcm", "overlay/003.dcm" (at most one folder down; no dot files, no "..").
+RESULT_FILE = re.compile(r"^[A-Za-z0-9][\w.-]{0,99}(/[A-Za-z0-9][\w.-]{0,99})?$")
 
 
 class InvalidUidError(ValueError):
@@ -57,6 +60,31 @@ class Storage:
 
     def results_dir(self, series_uid: str, job_id: int) -> Path:
         return self.results / uid_hash(series_uid) / f"job{job_id:06d}"
+
+    def result_file(self, folder: Path, name: str) -> Path:
+        """``name`` in a results folder; ValueError for a name that could leave it."""
+        if not RESULT_FILE.match(name) or ".." in name:
+            raise ValueError(f"{name!r} is not a result file name")
+        path = (folder / name).resolve()
+        if self.results not in path.parents:
+            raise ValueError(f"{name!r} is outside the results folder")
+        return path
+
+    def place_results(self, folder: Path, files: list[tuple[str, bytes]]) -> None:
+        """A job's results handed back by a worker on another host, as one folder: written
+        (and flushed) beside it, then swapped in, so the folder is whole or absent; what
+        an earlier attempt left there goes."""
+        stage = folder.with_name(f".{folder.name}.{os.getpid()}.{id(files):x}.incoming")
+        shutil.rmtree(stage, ignore_errors=True)
+        try:
+            for name, data in files:
+                target = self.result_file(folder, name)
+                self.write_atomic(stage / target.relative_to(folder), data)
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(stage, folder)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
 
     def write_atomic(self, path: Path, data: bytes) -> None:
         """Write ``data`` to ``path`` so that a reader sees the old file or the whole new one."""
@@ -104,6 +132,9 @@ class Storage:
             removed += 1
         for tmp in self.results.rglob(".*.tmp"):
             tmp.unlink(missing_ok=True)  # results are remade by the re-queued job
+            removed += 1
+        for stage in self.results.glob("*/.*.incoming"):
+            shutil.rmtree(stage, ignore_errors=True)  # a hand-back cut short
             removed += 1
         shutil.rmtree(self.incoming, ignore_errors=True)
         self.incoming.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ import numpy as np
 import pydicom
 from pydicom.uid import SegmentationStorage
 
-from node.store.records import CorrectionInputs, Origin, SeriesRecord, SeriesState
+from node.store.records import Origin, SeriesRecord, SeriesState
 from node.store.repository import Repository
 from node.store.storage import uid_hash
 
@@ -103,7 +103,8 @@ class Corrected:
 
 def correct(
     seg_path: Path,
-    inputs: CorrectionInputs,
+    source_paths: list[Path],
+    source: SeriesRecord,
     previous_results: Path | None,
     settings: PipelineSettings,
     algorithm: Algorithm,
@@ -111,8 +112,9 @@ def correct(
     training_dataset: Path,
     received_from: str,
 ) -> Corrected:
-    """Apply the reader's SEG at ``seg_path`` to the series in ``inputs`` and write the
-    reader-edited results into ``out_dir`` and the training pair into ``training_dataset``.
+    """Apply the reader's SEG at ``seg_path`` to ``source`` (its files at ``source_paths``)
+    and write the reader-edited results into ``out_dir`` and the training pair into
+    ``training_dataset``.
 
     Blood pools, which a reader does not edit, come from the previous results' labels;
     the predecessor of the new SR is the previous results' SR.
@@ -123,10 +125,9 @@ def correct(
     from pipeline.run import remeasure
     from pipeline.series import load_series
 
-    source = inputs.source
     if source.state == SeriesState.PURGED:
         raise CorrectionError(f"series {source.series_uid} was purged (retention)")
-    volume = load_series([Path(p) for p in inputs.source_paths], source.series_uid)
+    volume = load_series(source_paths, source.series_uid)
     seg = pydicom.dcmread(seg_path)
     try:
         masks = read_seg_masks(seg, volume)

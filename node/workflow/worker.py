@@ -25,6 +25,7 @@ from node.store.records import Claim
 from node.store.repository import Repository
 from node.store.storage import Storage
 from node.workflow.corrections import CorrectionError, correct
+from node.workflow.remote import JobInputs, Remote
 from pipeline.errors import SeriesLoadError
 
 if TYPE_CHECKING:
@@ -62,6 +63,8 @@ class Worker(threading.Thread):
         # procrastinate hands jobs over when the index is shared (`node.store.jobqueue`);
         # otherwise the worker polls the index.
         self.distributed = config.distributed
+        # Files not on this host are fetched from the node holding them (`remote`).
+        self.remote = Remote(config, storage, repository) if config.distributed else None
 
     def load_models(self) -> None:
         from dicom_templates.identity import Algorithm
@@ -132,20 +135,28 @@ class Worker(threading.Thread):
             instances=series.n_instances, kind=kind,
         )  # fmt: skip
         out = self.storage.results_dir(series.series_uid, job_id)
-        previous = Path(claim.previous_results) if claim.previous_results else None
+        inputs: JobInputs | None = None
         try:
             shutil.rmtree(out, ignore_errors=True)  # leftovers of an interrupted attempt
+            inputs = self._inputs(claim)
             if claim.correction is not None:
-                files, metrics, calling_ae = self._correct(claim, previous, out)
+                files, metrics, calling_ae = self._correct(claim, inputs, out)
             else:
-                files, metrics = self._analyse(claim, previous, out)
+                files, metrics = self._analyse(claim, inputs, out)
                 calling_ae = series.calling_ae
             objects = files.objects
-            deliveries = deliveries_for(self.config, calling_ae)
             seconds = time.perf_counter() - t0
-            self.repository.finish_job(
-                job_id, str(out), files.metrics.read_text(), objects, deliveries, seconds
-            )
+            if inputs.fetched:  # the holding node keeps the results and finishes the job
+                assert self.remote is not None
+                where = self.remote.hand_back(claim, out, files.dicom, seconds)
+                shutil.rmtree(out, ignore_errors=True)
+                destinations = f"by node {series.node} from {where}"
+            else:
+                deliveries = deliveries_for(self.config, calling_ae)
+                self.repository.finish_job(
+                    job_id, str(out), files.metrics.read_text(), objects, deliveries, seconds
+                )
+                destinations = ",".join(d.name for d in deliveries) or "-"
         except CorrectionError as exc:
             self._fail(job_id, series.series_uid, f"reader's SEG not usable: {exc}", final=True)
             return
@@ -157,27 +168,38 @@ class Worker(threading.Thread):
             self._fail(job_id, series.series_uid, f"{type(exc).__name__}: {exc}", final=False)
             log.debug("job %s traceback:\n%s", job_id, traceback.format_exc())
             return
+        finally:
+            if self.remote is not None and inputs is not None and inputs.fetched:
+                self.remote.clean(job_id)
         JOB_SECONDS.labels(kind).observe(seconds)
         m = metrics
         event(
             log, "job_done", job=job_id, series=series.series_uid, kind=kind,
             seconds=round(seconds, 2), scar_ml=round(m.scar_ml, 2),
             scar_percent=round(m.scar_percent, 1), mvo_ml=round(m.mvo_ml, 2),
-            objects=len(objects), destinations=",".join(d.name for d in deliveries) or "-",
+            objects=len(objects), destinations=destinations,
         )  # fmt: skip
         if self.on_done:
             self.on_done()
 
-    def _analyse(
-        self, claim: Claim, previous: Path | None, out: Path
-    ) -> tuple[OutputFiles, Metrics]:
+    def _inputs(self, claim: Claim) -> JobInputs:
+        """Where the job's files are read: in place, or fetched from their node."""
+        if self.remote is not None:
+            return self.remote.prepare(claim)
+        source = claim.correction.source_paths if claim.correction else []
+        previous = Path(claim.previous_results) if claim.previous_results else None
+        return JobInputs([Path(p) for p in claim.paths], [Path(p) for p in source], previous,
+                         False)  # fmt: skip
+
+    def _analyse(self, claim: Claim, inputs: JobInputs, out: Path) -> tuple[OutputFiles, Metrics]:
         """The model's segmentation of the claimed series."""
         from dicom_templates.outputs import write_outputs
         from pipeline.series import load_series
 
         assert self.pipeline is not None and self.algorithm is not None
-        volume = load_series([Path(p) for p in claim.paths], claim.series.series_uid)
+        volume = load_series(inputs.paths, claim.series.series_uid)
         result = self.pipeline.run(volume)
+        previous = inputs.previous
         predecessor = previous / "sr.dcm" if previous else None
         files = write_outputs(
             out, volume, result.labels, result.metrics, self.algorithm,
@@ -186,7 +208,7 @@ class Worker(threading.Thread):
         return files, result.metrics
 
     def _correct(
-        self, claim: Claim, previous: Path | None, out: Path
+        self, claim: Claim, inputs: JobInputs, out: Path
     ) -> tuple[OutputFiles, Metrics, str]:
         """A reader's SEG applied to the series it edits; results go where that series'
         results went."""
@@ -194,8 +216,8 @@ class Worker(threading.Thread):
         assert claim.correction is not None
         source = claim.correction.source
         corrected = correct(
-            Path(claim.paths[0]), claim.correction, previous, self.pipeline.settings,
-            self.algorithm, out, self.config.training_dataset,
+            inputs.paths[0], inputs.source_paths, claim.correction.source, inputs.previous,
+            self.pipeline.settings, self.algorithm, out, self.config.training_dataset,
             received_from=claim.series.calling_ae,
         )  # fmt: skip
         event(
