@@ -206,6 +206,25 @@ def test_paths_come_from_hashes_inside_the_data_folder(tmp_path: Path) -> None:
         storage.remove(tmp_path / "elsewhere")
 
 
+@pytest.mark.parametrize(
+    "name", ["../x.dcm", "overlay/../../x", "/etc/passwd", ".hidden", "a/b/c.dcm", "", "a\\b"]
+)
+def test_results_handed_back_cannot_leave_their_folder(tmp_path: Path, name: str) -> None:
+    storage = Storage(tmp_path / "data")
+    folder = storage.results_dir("1.2.3.4", 7)
+    storage.place_results(folder, [("seg.dcm", b"old")])
+    with pytest.raises(ValueError):
+        storage.place_results(folder, [("sr.dcm", b"new"), (name, b"bad")])
+    # a refused hand-back leaves the folder as it was, and nothing staged beside it
+    assert [p.name for p in folder.iterdir()] == ["seg.dcm"]
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]
+    storage.place_results(folder, [("sr.dcm", b"new"), ("overlay/001.dcm", b"o")])
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.dcm")) == [
+        "overlay/001.dcm",
+        "sr.dcm",
+    ]  # whole new folder: the earlier attempt's seg.dcm is gone
+
+
 def test_acknowledged_but_unindexed_instances_are_indexed_at_start_with_their_sender(
     tmp_path: Path, psir_classic
 ) -> None:

@@ -17,6 +17,7 @@ import time
 import tomllib
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.node_harness import ROOT, NodeProcess, copy_study, free_port, storescu, write_toml
@@ -210,3 +211,41 @@ def test_a_postgresql_outage_loses_nothing_acknowledged(
     assert all(w.proc is not None and w.proc.poll() is None for w in workers)
     assert any("Connection refused" in w.log() for w in workers)  # they did notice
     assert node.alive()
+
+
+def test_the_hand_back_api_takes_results_only_for_a_running_job_it_holds(
+    cluster, phantom_factory, tmp_path: Path
+) -> None:
+    """What a worker may ask of a node, and what it is refused: results for a job that is
+    not running (a stalled attempt handing back late), names that leave the folder,
+    callers without the token."""
+    (node, _), _, _ = cluster
+    case = phantom_factory(seed=7, kind="psir")
+    _, series, files = copy_study(case.out_dir / "dicom", tmp_path / "api")
+    storescu(node.port, files)
+    node.wait_done(series, timeout=300)
+    [(job_id, results_dir)] = node.query(
+        "SELECT j.id, j.results_dir FROM jobs j JOIN series s ON j.series_fk = s.id "
+        "WHERE j.state = 'done' AND s.series_uid = ?", series,
+    )  # fmt: skip
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    url = f"{node.http_url}/api/v1/jobs/{job_id}/results"
+    got = httpx.get(f"{url}/seg.dcm", headers=auth, timeout=30)
+    assert got.status_code == 200
+    assert got.content == (Path(results_dir) / "seg.dcm").read_bytes()
+    assert httpx.get(f"{url}/..%2F..%2Findex.db", headers=auth, timeout=30).status_code in (
+        400, 404,
+    )  # fmt: skip
+    assert httpx.get(f"{url}/seg.dcm", timeout=30).status_code == 401
+    body = b"--b\r\nContent-Location: metrics.json\r\n\r\n{}\r\n--b--\r\n"
+    late = httpx.post(
+        url, content=body, timeout=30,
+        headers={**auth, "Content-Type": 'multipart/related; type="application/octet-stream"; '
+                                         "boundary=b"},
+    )  # fmt: skip
+    assert late.status_code == 409 and "not running" in late.json()["detail"]
+    assert (Path(results_dir) / "seg.dcm").is_file()  # the done job's results untouched
+    refused = node.query(
+        "SELECT outcome FROM audit WHERE action = 'hand_back' AND target = ?", f"job {job_id}"
+    )
+    assert ("refused",) in refused
