@@ -88,3 +88,36 @@ def test_destinations_map_calling_ae_titles(tmp_path: Path) -> None:
     cfg = load_config(path)
     assert [d.name for d in deliveries_for(cfg, "ORTHANC")] == ["pacs"]
     assert [d.name for d in deliveries_for(cfg, "SCANNER_MR2")] == ["pacs", "research"]
+
+
+def test_cluster_examples_are_valid_and_scaled_out() -> None:
+    """deploy/cluster: a receive-only node with its own name and address for workers, a
+    worker host that fetches what it cannot read in place; the compose file (not run
+    here) mounts those very files."""
+    import yaml
+
+    cluster = EXAMPLE.parent / "cluster"
+    receiver = load_config(cluster / "receiver.toml")
+    worker = load_config(cluster / "worker.toml")
+    for cfg in (receiver, worker):
+        assert cfg.distributed and cfg.database_url.startswith("postgresql")
+    assert receiver.jobs.workers == 0 and receiver.node_name == "site-east"
+    assert receiver.node_url == "http://lge-east.example.org:8044"
+    assert receiver.http.tokens[0].role == "operator"
+    assert worker.cluster.fetch == "auto" and worker.cluster.token
+    compose = yaml.safe_load((cluster / "compose.yaml").read_text())
+    mounted = {
+        v.split(":")[0] for s in compose["services"].values() for v in s.get("volumes", [])
+    }
+    assert {"./receiver.toml", "./worker.toml"} <= mounted
+    assert (cluster / compose["x-node"]["build"]["dockerfile"].split("/")[-1]).is_file()
+
+
+def test_node_url_defaults_to_what_the_console_is_bound_to(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text('[http]\nbind_address = "10.1.2.3"\nport = 8100\n')
+    assert load_config(path).node_url == "http://10.1.2.3:8100"
+    path.write_text('[http]\nport = 8100\npublic_url = "https://node.example/"\n')
+    assert load_config(path).node_url == "https://node.example"
+    path.write_text("[http]\nenabled = false\n")
+    assert load_config(path).node_url == ""
