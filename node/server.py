@@ -16,6 +16,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -23,8 +24,6 @@ from node.config import Config, changes, masked
 from node.dimse.dispatch import Dispatcher
 from node.dimse.scp import DicomService, access_warning
 from node.events import flush_deferred
-from node.http.context import Console
-from node.http.service import HttpService
 from node.logs import event
 from node.metrics import watch_index
 from node.notify import Notifier, install
@@ -38,6 +37,10 @@ from node.store.storage import Storage
 from node.workflow.assembler import Assembler
 from node.workflow.operations import Operations
 from node.workflow.worker import Worker
+
+if TYPE_CHECKING:
+    from node.http.context import Console
+    from node.http.service import HttpService
 
 log = logging.getLogger("node.server")
 
@@ -84,12 +87,11 @@ class Node:
         self.stopped = threading.Event()
         self.notifier = Notifier(config.notify, config.dicom.ae_title)
         install(self.notifier)
-        self.http: HttpService | None = None
-        if config.http.enabled:
-            self.http = HttpService(self._console())
+        self.http: HttpService | None = None  # built once the DICOM port is open
 
     def _console(self) -> Console:
         from node.http.auth import Authenticator, session_secret
+        from node.http.context import Console
 
         operations = Operations(
             self.config, self.repository, self.wake_workers.set, self._results_ready
@@ -159,6 +161,9 @@ class Node:
             orphans_indexed=store.orphans_indexed, orphans_removed=store.orphans_removed,
             jobs_recovered=len(recovered),
         )  # fmt: skip
+        # The port opens first: everything below (models loading in the workers, the
+        # scheduler, the console's imports) comes after a scanner can already send.
+        self.dicom.start()
         for worker in self.workers:
             worker.start()
         tick = min(1.0, max(0.2, self.config.storage.stable_age_s / 4))
@@ -185,9 +190,11 @@ class Node:
         for job in self.scheduler.get_jobs(jobstore="persistent"):
             if job.id not in wanted:
                 job.remove()
-        self.dicom.start()
         watch_index(self.repository, self.storage.free_bytes)
-        if self.http is not None:
+        if self.config.http.enabled:
+            from node.http.service import HttpService
+
+            self.http = HttpService(self._console())
             self.http.start()
         event(log, "started", seconds=round(time.perf_counter() - t0, 2))
 

@@ -58,6 +58,10 @@ def _received(n: int) -> Received:
     return Received(info, f"/data/{n}.dcm", 100, "SCANNER", "127.0.0.1", False, 0.0)
 
 
+def test_the_head_the_node_checks_on_start_is_the_newest_script() -> None:
+    assert migrate.HEAD == migrate.head()
+
+
 def test_a_new_index_is_at_the_newest_revision_with_the_models_schema(url: str) -> None:
     Repository(url).close()
     assert _revision(url) == migrate.head()

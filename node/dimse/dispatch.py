@@ -15,12 +15,10 @@ import threading
 from collections import defaultdict
 from itertools import islice
 
-import httpx
 from pynetdicom import AE
 
 from node.config import Config, Destination
 from node.dimse.common import RESULT_SYNTAXES, stored
-from node.http.stow_client import StowClient
 from node.logs import event
 from node.store.records import Delivery, OutboxRecord
 from node.store.repository import Repository
@@ -127,6 +125,10 @@ class Dispatcher:
         dest = next((d for d in self.config.destinations if d.name == name and d.url == url), None)
         if dest is None:  # the destination left the config (or its URL changed)
             return 0, self._failed(rows, url, f"destination {name!r} with {url} is not configured")
+        import httpx  # only for STOW-RS destinations: not on every start-up
+
+        from node.http.stow_client import StowClient
+
         client = StowClient(dest, self.config.dicom.network_timeout_s)
         try:
             errors = client.store([(r.sop_uid, r.path) for r in rows])

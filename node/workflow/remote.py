@@ -21,9 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import pydicom
 
 from dicom_templates.written import WrittenObject
@@ -36,6 +35,9 @@ from node.store.records import CORRECTION, Claim, JobState, StoredFile
 from node.store.repository import Repository
 from node.store.storage import Storage, uid_hash
 from node.workflow.transitions import IllegalTransition
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("node.remote")
 
@@ -70,6 +72,8 @@ class NodeClient:
     """What a worker asks of the receiving nodes, over their HTTP service."""
 
     def __init__(self, config: Config, repository: Repository) -> None:
+        import httpx  # not imported by a node that never fetches (start-up time)
+
         cluster = config.cluster
         headers = {"User-Agent": f"lge-node-worker/{__version__}"}
         if cluster.token:
