@@ -106,9 +106,7 @@ def test_cluster_examples_are_valid_and_scaled_out() -> None:
     assert receiver.http.tokens[0].role == "operator"
     assert worker.cluster.fetch == "auto" and worker.cluster.token
     compose = yaml.safe_load((cluster / "compose.yaml").read_text())
-    mounted = {
-        v.split(":")[0] for s in compose["services"].values() for v in s.get("volumes", [])
-    }
+    mounted = {v.split(":")[0] for s in compose["services"].values() for v in s.get("volumes", [])}
     assert {"./receiver.toml", "./worker.toml"} <= mounted
     assert (cluster / compose["x-node"]["build"]["dockerfile"].split("/")[-1]).is_file()
 

@@ -59,7 +59,7 @@ def _received(n: int) -> Received:
 
 
 def test_the_head_the_node_checks_on_start_is_the_newest_script() -> None:
-    assert migrate.HEAD == migrate.head()
+    assert migrate.head() == migrate.HEAD
 
 
 def test_a_new_index_is_at_the_newest_revision_with_the_models_schema(url: str) -> None:
