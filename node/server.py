@@ -90,13 +90,13 @@ class Node:
         self.http: HttpService | None = None  # built once the DICOM port is open
 
     def _console(self) -> Console:
-        from node.http.auth import Authenticator, session_secret
+        from node.http.auth import Authenticator
         from node.http.context import Console
 
         operations = Operations(
             self.config, self.repository, self.wake_workers.set, self._results_ready
         )
-        auth = Authenticator(self.config.http, session_secret(self.storage.root))
+        auth = Authenticator(self.config.http, self.storage.secret("console.secret"))
         return Console(
             self.config, self.repository, self.storage, self.intake, operations, auth,
             self.readiness, self.warnings,
@@ -161,6 +161,8 @@ class Node:
             orphans_indexed=store.orphans_indexed, orphans_removed=store.orphans_removed,
             jobs_recovered=len(recovered),
         )  # fmt: skip
+        if self.config.http.enabled:  # made before a scanner can fill the disk
+            self.storage.secret("console.secret")
         # The port opens first: everything below (models loading in the workers, the
         # scheduler, the console's imports) comes after a scanner can already send.
         self.dicom.start()

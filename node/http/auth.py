@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
-from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -52,18 +50,6 @@ def new_token() -> tuple[str, str]:
     """(token to hand out, its SHA-256 for ``http.tokens[].sha256``)."""
     token = secrets.token_urlsafe(32)
     return token, hashlib.sha256(token.encode()).hexdigest()
-
-
-def session_secret(data_dir: Path) -> bytes:
-    """The key that signs session cookies: made once, kept in the data folder (0600), so
-    sessions survive a restart and are not valid on another node."""
-    path = Path(data_dir) / "console.secret"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_bytes(32))
-    return path.read_bytes()
 
 
 class Throttled(Exception):

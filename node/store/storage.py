@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -85,6 +86,24 @@ class Storage:
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
             raise
+
+    def secret(self, name: str, size: int = 32) -> bytes:
+        """A random key made once and kept in the data folder (0600), e.g. the one that
+        signs console sessions, so they survive a restart. Written whole or not at all
+        (a full disk leaves no empty key behind)."""
+        path = self.root / name
+        try:
+            data = path.read_bytes()
+            if len(data) == size:
+                return data
+        except FileNotFoundError:
+            pass
+        old = os.umask(0o077)
+        try:
+            self.write_atomic(path, secrets.token_bytes(size))
+        finally:
+            os.umask(old)
+        return path.read_bytes()
 
     def write_atomic(self, path: Path, data: bytes) -> None:
         """Write ``data`` to ``path`` so that a reader sees the old file or the whole new one."""
