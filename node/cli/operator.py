@@ -16,6 +16,10 @@ from node.cli.common import console, fail, load_config_or_exit
 from node.events import Event, notify
 from node.store.records import EventView, JobRow, SendRow, SeriesRow, Snapshot
 
+ConfigOption = Annotated[Path | None, typer.Option(help="TOML config; none: defaults.")]
+LogLevel = Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")]
+LogJson = Annotated[bool, typer.Option("--log-json", help="JSON log lines.")]
+
 if TYPE_CHECKING:
     from node.config import Config
     from node.store.repository import Repository
@@ -49,9 +53,9 @@ def check_config(
 
 @app.command()
 def serve(
-    config: Annotated[Path | None, typer.Option(help="TOML config; none: defaults.")] = None,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
-    log_json: Annotated[bool, typer.Option("--log-json", help="JSON log lines.")] = False,
+    config: ConfigOption = None,
+    log_level: LogLevel = "INFO",
+    log_json: LogJson = False,
 ) -> None:
     """Run the node: receive, select, process, send back (until SIGTERM / Ctrl-C)."""
     from node import logs
@@ -68,9 +72,9 @@ def serve(
 
 @app.command()
 def worker(
-    config: Annotated[Path | None, typer.Option(help="TOML config; none: defaults.")] = None,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
-    log_json: Annotated[bool, typer.Option("--log-json", help="JSON log lines.")] = False,
+    config: ConfigOption = None,
+    log_level: LogLevel = "INFO",
+    log_json: LogJson = False,
 ) -> None:
     """Process jobs of a shared PostgreSQL index on this host (``jobs.workers`` workers,
     models loaded once each), until SIGTERM / Ctrl-C."""
@@ -115,7 +119,7 @@ def _status_from_api(url: str, token: str | None, limit: int) -> dict[str, Any]:
 
 @app.command()
 def status(
-    config: Annotated[Path | None, typer.Option(help="TOML config; none: defaults.")] = None,
+    config: ConfigOption = None,
     limit: Annotated[int, typer.Option(help="Rows per table.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
     url: Annotated[
@@ -186,7 +190,7 @@ def status(
 @app.command()
 def retrieve(
     pacs: Annotated[str, typer.Option(help="Name of a [[pacs]] entry in the config.")],
-    config: Annotated[Path | None, typer.Option(help="TOML config; none: defaults.")] = None,
+    config: ConfigOption = None,
     study: Annotated[str | None, typer.Option(help="StudyInstanceUID.")] = None,
     accession: Annotated[str | None, typer.Option(help="Accession number.")] = None,
     patient: Annotated[str | None, typer.Option(help="Patient ID.")] = None,

@@ -624,12 +624,7 @@ class Repository:
     @staticmethod
     def _paths(s: Session, series_id: int) -> list[str]:
         """A series' instance files, the newest received first."""
-        rows = s.scalars(
-            select(Instance.path)
-            .where(Instance.series_fk == series_id)
-            .order_by(Instance.received_at.desc(), Instance.id.desc())
-        )
-        return list(rows)
+        return [f.path for f in Repository._files(s, series_id)]
 
     @staticmethod
     def _corrections_of(s: Session, source_id: int) -> list[int]:

@@ -67,6 +67,13 @@ class JobInputs:
     previous: Path | None  # the superseded job's results folder
     fetched: bool  # something came from another node: results go back to it
 
+    @classmethod
+    def in_place(cls, claim: Claim) -> JobInputs:
+        """Every file read where the index says it is (one host, or a shared folder)."""
+        source = claim.correction.source_paths if claim.correction else []
+        previous = Path(claim.previous_results) if claim.previous_results else None
+        return cls([Path(p) for p in claim.paths], [Path(p) for p in source], previous, False)
+
 
 class NodeClient:
     """What a worker asks of the receiving nodes, over their HTTP service."""
@@ -216,10 +223,7 @@ class Remote:
         source = claim.correction.source_files if claim.correction else []
         remote = [f for f in [*claim.files, *source] if f.node and not self._here(f)]
         if not remote:
-            return JobInputs(
-                [Path(p) for p in claim.paths], [Path(f.path) for f in source],
-                Path(claim.previous_results) if claim.previous_results else None, False,
-            )  # fmt: skip
+            return JobInputs.in_place(claim)
         scratch = self.scratch(claim.job_id)
         shutil.rmtree(scratch, ignore_errors=True)  # leftovers of an interrupted attempt
         fetched = self.client.fetch_series(remote, scratch / "instances")
@@ -268,15 +272,17 @@ def accept_results(
         raise HandBackRefused(400, "the results hold no metrics.json")
     folder = storage.results_dir(series.series_uid, job_id)
     objects = []
-    try:
-        storage.place_results(folder, files)
-        for name, data in files:
+    # Every name and header is checked before anything is written: a refused hand-back
+    # leaves the folder as it was.
+    for name, data in files:
+        try:
+            path = storage.result_file(folder, name)
             if name.endswith(".dcm"):
                 ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-                path = storage.result_file(folder, name)
                 objects.append(WrittenObject.of(ds, str(path), len(data)))
-    except (ValueError, AttributeError, pydicom.errors.InvalidDicomError) as exc:
-        raise HandBackRefused(400, f"results not usable: {exc}") from None
+        except Exception as exc:  # a bad name, a cut-off or non-DICOM part, no UIDs
+            raise HandBackRefused(400, f"result {name!r} not usable: {exc}") from None
+    storage.place_results(folder, files)
     # Results of a reader's correction go where the corrected series' results went.
     calling_ae = series.calling_ae
     if series.kind == CORRECTION and series.derived_from is not None:

@@ -184,12 +184,7 @@ class Worker(threading.Thread):
 
     def _inputs(self, claim: Claim) -> JobInputs:
         """Where the job's files are read: in place, or fetched from their node."""
-        if self.remote is not None:
-            return self.remote.prepare(claim)
-        source = claim.correction.source_paths if claim.correction else []
-        previous = Path(claim.previous_results) if claim.previous_results else None
-        return JobInputs([Path(p) for p in claim.paths], [Path(p) for p in source], previous,
-                         False)  # fmt: skip
+        return self.remote.prepare(claim) if self.remote else JobInputs.in_place(claim)
 
     def _analyse(self, claim: Claim, inputs: JobInputs, out: Path) -> tuple[OutputFiles, Metrics]:
         """The model's segmentation of the claimed series."""
