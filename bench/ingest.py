@@ -91,6 +91,12 @@ def main() -> None:
     with Orthanc(work / "orthanc", stable_age_s=2) as pacs:
         dest = {"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1",
                 "port": pacs.dicom_port}  # fmt: skip
+        # The bare SCP binds first: a port picked for a node is free only until it binds.
+        bare_port = free_port()
+        (work / "bare").mkdir()
+        bare_cmd = [sys.executable, "-c", BARE_SCP, str(work / "bare"), str(bare_port)]
+        bare = subprocess.Popen(bare_cmd)
+        time.sleep(2.0)
         # Ingest nodes never reach stable_age during the run, so no job competes for the
         # CPU; a third node, with the demo's stable_age, measures latency afterwards.
         nodes = {
@@ -103,11 +109,6 @@ def main() -> None:
             work / "node_latency", destinations=[dest], stable_age_s=stable_age,
             storage={"fsync": True},
         )  # fmt: skip
-        bare_port = free_port()
-        (work / "bare").mkdir()
-        bare_cmd = [sys.executable, "-c", BARE_SCP, str(work / "bare"), str(bare_port)]
-        bare = subprocess.Popen(bare_cmd)
-        time.sleep(2.0)
         for node in nodes.values():
             node.start()
         receivers = {

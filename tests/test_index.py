@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from node.store.records import (
     Delivery,
     InstanceInfo,
     JobState,
+    Received,
     ResultObject,
     SeriesState,
 )
@@ -101,6 +103,69 @@ def test_late_instances_cancel_a_waiting_job_and_reopen_a_done_series(index: Ind
     j3 = index.enqueue(sid, "psir", "LGE", max_attempts=3)
     index.claim_job()
     assert index.job(j3).supersedes == j2
+
+
+def hinted(sop: str, n: int | None, acquisition: int | None = 1, series: str = "1.2.3.1",
+           study: str = "1.2.3") -> InstanceInfo:  # fmt: skip
+    return replace(info(sop, series, study), images_in_acquisition=n,
+                   acquisition_number=acquisition)  # fmt: skip
+
+
+def test_a_series_whose_headers_agree_on_its_size_is_complete_without_waiting(
+    index: Index,
+) -> None:
+    for k in (1, 2):
+        out = index.record_instance(hinted(f"1.2.3.1.{k}", 3), f"/x{k}", 1, "S", "a")
+        assert not out.complete
+        assert index.complete_studies() == []
+    out = index.record_instance(hinted("1.2.3.1.3", 3), "/x3", 1, "S", "a")
+    assert out.complete and index.complete_studies() == [index.series(out.series_id).study_id]
+    # a batch completing a series says so too
+    items = [Received(hinted(f"1.2.5.1.{k}", 2, study="1.2.5", series="1.2.5.1"), f"/y{k}", 1,
+                      "S", "a", False, 1.0) for k in (1, 2)]  # fmt: skip
+    assert all(o.complete for o in index.record_batch(items))
+    assert len(index.complete_studies()) == 2
+
+
+@pytest.mark.parametrize(
+    "second",
+    [(4, 1), (3, 2), (None, 1)],
+    ids=["other-count", "other-acquisition", "no-hint"],
+)
+def test_headers_that_disagree_are_not_trusted(index: Index, second: tuple) -> None:
+    index.record_instance(hinted("1.2.3.1.1", 3), "/x1", 1, "S", "a")
+    index.record_instance(hinted("1.2.3.1.2", *second), "/x2", 1, "S", "a")
+    out = index.record_instance(hinted("1.2.3.1.3", 3), "/x3", 1, "S", "a")
+    assert not out.complete and index.complete_studies() == []
+
+
+def test_a_multiframe_object_is_a_complete_series_and_a_late_extra_waits(index: Index) -> None:
+    enhanced = replace(info("1.2.3.1.1"), frames=[("0\\0\\0", 300.0), ("0\\0\\8", 300.0)])
+    out = index.record_instance(enhanced, "/x1", 1, "S", "a")
+    assert out.complete and index.complete_studies() == [index.series(out.series_id).study_id]
+    # another series of the study still arriving, without a hint: the study waits for it
+    index.record_instance(info("1.2.3.2.1", series="1.2.3.2"), "/y1", 1, "S", "a")
+    assert index.complete_studies() == []
+    # a second object in the multi-frame series: no longer trusted
+    index.record_instance(replace(enhanced, sop_uid="1.2.3.1.2"), "/x2", 1, "S", "a")
+    index.record_instance(info("1.2.3.2.2", series="1.2.3.2"), "/y2", 1, "S", "a")
+    assert index.complete_studies() == []
+
+
+def test_a_retrieved_series_is_complete_at_its_count_even_when_expected_first(
+    index: Index,
+) -> None:
+    # the retrieve can end before the node indexed anything of the series
+    index.expect("1.2.3.1", 2, "MOVE from pacs")
+    out = index.record_instance(info("1.2.3.1.1"), "/x1", 1, "S", "a")
+    assert not out.complete and index.complete_studies() == []
+    out = index.record_instance(info("1.2.3.1.2"), "/x2", 1, "S", "a")
+    assert out.complete and index.complete_studies() == [index.series(out.series_id).study_id]
+    # a retrieve's count wins over headers that disagree
+    index.expect("1.2.4.1", 1, "GET from pacs")
+    out = index.record_instance(hinted("1.2.4.1.1", 5, study="1.2.4", series="1.2.4.1"),
+                                "/z", 1, "S", "a")  # fmt: skip
+    assert out.complete
 
 
 def test_one_job_per_series_at_a_time(index: Index) -> None:

@@ -13,10 +13,13 @@ import pydicom
 import pytest
 
 from tests.dcmqrscp import DcmQrScp
-from tests.node_harness import ROOT, NodeProcess, copy_study
+from tests.node_harness import ROOT, NodeProcess, copy_study, storescu
 from tests.orthanc import Orthanc, free_port
 
 pytestmark = pytest.mark.timeout(600)
+
+
+STABLE_AGE_S = 600.0
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +34,11 @@ def site(tmp_path_factory: pytest.TempPathFactory):
         extra={"DicomAlwaysAllowFind": True},
     )  # fmt: skip
     entry = {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": pacs.dicom_port}
+    # stable_age is long: what this node processes, it processes because it knew the
+    # series was complete (the retrieve's count, or the headers), not because it waited.
     node = NodeProcess(
         work / "node", destinations=[{"name": "pacs", **entry}], port=node_port,
+        stable_age_s=STABLE_AGE_S,
         pacs=[{"name": "orthanc", **entry, "retry_delay_s": 1.0},
               {"name": "orthanc-get", **entry, "method": "get", "retry_delay_s": 1.0}],
     )  # fmt: skip
@@ -80,6 +86,29 @@ def test_retrieve_by_c_get(site, phantom_factory) -> None:
     proc = _retrieve(node, "--pacs", "orthanc-get", "--study", study)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     node.wait_done(lge)
+    # done although stable_age is far off: the C-GET's count completed the series
+    held = node.query("SELECT n_instances FROM series WHERE series_uid = ?", lge)[0][0]
+    assert node.query("SELECT instances, source FROM expectations WHERE series_uid = ?",
+                      lge) == [(held, "GET from orthanc-get")]  # fmt: skip
+
+
+def test_a_pushed_series_whose_headers_give_its_size_is_processed_without_waiting(
+    site, psir_classic
+) -> None:
+    """ImagesInAcquisition agreed by every instance of one acquisition: judged once the
+    last arrives. The same series without the hint waits for stable_age (600 s here)."""
+    node, _, work = site
+    src = psir_classic.out_dir / "dicom"
+    _, hinted, files = copy_study(src, work / "hinted", ImagesInAcquisition=14,
+                                  AcquisitionNumber=1)  # fmt: skip
+    _, plain, plain_files = copy_study(src, work / "plain")
+    storescu(node.port, files[:13] + plain_files)
+    time.sleep(3.0)  # indexed by now, and nothing judged: 13 of 14, and no hint
+    assert node.series_state(hinted)[0] == "receiving"
+    storescu(node.port, files[13:])
+    node.wait_done(hinted, timeout=60)
+    assert node.series_state(plain)[0] == "receiving"
+    assert node.log().count("study_complete") >= 1
 
 
 def test_unknown_study_and_refused_move_give_clear_messages(site, tmp_path: Path) -> None:

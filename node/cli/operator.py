@@ -252,7 +252,7 @@ def retrieve(
                       f"{sp.warning} warnings ({sp.attempts} attempt(s))")  # fmt: skip
     if record_outcome(_repository(cfg), peer, plans):
         raise fail("some images could not be retrieved; see lge-node status")
-    console.print("moved to the node; it processes them once they are quiet (stable age)")
+    console.print("moved to the node; it processes them now (the count is known) or once quiet")
 
 
 @app.command()

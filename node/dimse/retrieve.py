@@ -343,6 +343,10 @@ def record_outcome(
     incomplete = []
     for sp in (sp for st in plans for sp in st.series if sp.process and sp.attempts):
         history = "; ".join(sp.history)
+        count = _retrieved_count(sp)
+        if repository is not None and count is not None:
+            # the node now holds the whole series: it is judged without waiting
+            repository.expect(sp.series_uid, count, f"{pacs.method.upper()} from {pacs.name}")
         if sp.failed:
             incomplete.append(sp)
             notify(
@@ -356,3 +360,13 @@ def record_outcome(
                 series_uid=sp.series_uid,
             )  # fmt: skip
     return incomplete
+
+
+def _retrieved_count(sp: SeriesPlan) -> int | None:
+    """Instances a finished retrieve delivered, when that is known for the whole series:
+    every sub-operation done in one attempt (or the PACS's own count after a retry)."""
+    if sp.failed:
+        return None
+    if sp.attempts == 1 and sp.completed + sp.warning > 0:
+        return sp.completed + sp.warning
+    return sp.instances or None

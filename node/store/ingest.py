@@ -17,7 +17,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +62,44 @@ def describe(data: bytes, affected_sop_uid: str | None = None) -> InstanceInfo:
         image_type=_text(ds, "ImageType")[:256],
         scanning_sequence=_text(ds, "ScanningSequence")[:64],
         frames=_frames(ds),
-        patient={
-            k: _text(ds, k) for k in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex")
-        },
-        study={
-            k: _text(ds, k)
-            for k in ("AccessionNumber", "StudyDate", "StudyTime", "StudyDescription", "StudyID")
-        },
+        images_in_acquisition=_int(ds, "ImagesInAcquisition"),
+        acquisition_number=_int(ds, "AcquisitionNumber"),
+        patient=HeaderText(ds, ("PatientID", "PatientName", "PatientBirthDate", "PatientSex")),
+        study=HeaderText(
+            ds, ("AccessionNumber", "StudyDate", "StudyTime", "StudyDescription", "StudyID")
+        ),
     )
+
+
+class HeaderText(Mapping[str, str]):
+    """Text attributes of a header, read when first asked for: the patient and study
+    fields matter only when a study is first indexed, so the C-STORE round trip does not
+    pay for them. A value pydicom cannot convert reads as empty (it is not needed to
+    store or process the instance)."""
+
+    def __init__(self, ds: Dataset, keywords: tuple[str, ...]) -> None:
+        self._ds: Dataset | None = ds
+        self._keywords = keywords
+        self._values: dict[str, str] = {}
+
+    def _read(self) -> dict[str, str]:
+        if self._ds is not None:
+            for k in self._keywords:
+                try:
+                    self._values[k] = _text(self._ds, k)
+                except Exception:  # a value in no valid form: index it as empty
+                    self._values[k] = ""
+            self._ds = None  # the header can go once read
+        return self._values
+
+    def __getitem__(self, key: str) -> str:
+        return self._read()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keywords)
+
+    def __len__(self) -> int:
+        return len(self._keywords)
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -165,6 +195,9 @@ class Indexer(threading.Thread):
         on_indexed: Callable[[Received, StoreOutcome | ValueError], None],
         batch: int = 500,
         storage: Storage | None = None,
+        linger_s: float = 1.0,
+        gap_s: float = 0.05,
+        on_complete: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(name="indexer", daemon=True)
         self.index = index
@@ -172,6 +205,9 @@ class Indexer(threading.Thread):
         self.journal = journal
         self.on_indexed = on_indexed
         self.batch = batch
+        self.on_complete = on_complete
+        self.linger_s = linger_s  # the longest an instance waits to be indexed
+        self.gap_s = gap_s  # a pause this long ends a burst: index at once
         self.queue: queue.Queue[Received | None] = queue.Queue()
         self.pending = 0  # submitted, not yet committed
         self._pending_lock = threading.Lock()
@@ -200,10 +236,14 @@ class Indexer(threading.Thread):
             if first is None:
                 break
             items = [first]
+            # While instances keep arriving, gather them (up to ``linger_s``) and index
+            # them together: the index work then competes with the receiving threads
+            # for the interpreter once per batch, not once per instance.
+            until = time.monotonic() + self.linger_s
             while len(items) < self.batch:
                 try:
-                    nxt = self.queue.get_nowait()
-                except queue.Empty:
+                    nxt = self.queue.get(timeout=min(self.gap_s, until - time.monotonic()))
+                except (queue.Empty, ValueError):  # ValueError: the linger has passed
                     break
                 if nxt is None:
                     stopping = True
@@ -243,3 +283,7 @@ class Indexer(threading.Thread):
         if done:
             self.journal.truncate_if(lambda: self.pending == 0)
             self.idle.set()
+        if self.on_complete is not None and any(
+            isinstance(o, StoreOutcome) and o.complete for o in outcomes
+        ):
+            self.on_complete()  # a series is whole: judge it now, not at stable_age

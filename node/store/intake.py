@@ -30,7 +30,7 @@ from node.logs import event
 from node.metrics import BYTES_RECEIVED, INSTANCES_RECEIVED, REFUSED
 from node.store.ingest import describe
 from node.store.records import InstanceInfo, Origin, Received
-from node.store.repository import Repository
+from node.store.repository import OriginCache, Repository
 from node.store.storage import InvalidUidError, Storage
 
 log = logging.getLogger("node.intake")
@@ -83,6 +83,7 @@ class Intake:
         self.storage = storage
         self.repository = repository
         self.submit = submit  # hands a stored instance to the indexer
+        self._origins = OriginCache()
 
     def accept(
         self,
@@ -172,7 +173,7 @@ class Intake:
                 "first is kept (send corrected images under new UIDs)"
             )
         try:
-            known = self.repository.identity(sop_uid, series_uid)
+            known = self.repository.identity(sop_uid, series_uid, self._origins)
         except Exception as exc:  # index unreachable: store, the indexer will judge it
             event(log, "identity_unchecked", logging.WARNING, error=str(exc))
             return None

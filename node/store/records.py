@@ -4,6 +4,7 @@ from it and every other module reads them, never an ORM row."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Generic, TypeVar
@@ -55,8 +56,19 @@ class InstanceInfo:
     image_type: str
     scanning_sequence: str
     frames: list[tuple[str | None, float | None]]
-    patient: dict[str, str]  # PatientID, PatientName, ... (index only, never logged)
-    study: dict[str, str]
+    patient: Mapping[str, str]  # PatientID, PatientName, ... (index only, never logged)
+    study: Mapping[str, str]
+    images_in_acquisition: int | None = None  # (0020,1002): a hint of the series' size
+    acquisition_number: int | None = None
+
+    @property
+    def size_hint(self) -> int | None:
+        """Instances this one says its series holds: 1 for a multi-frame object, else
+        ImagesInAcquisition (from 2); None when it does not say."""
+        if len(self.frames) > 1:
+            return 1
+        n = self.images_in_acquisition
+        return n if n is not None and n >= 2 else None
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,7 @@ class StoreOutcome:
     duplicate: bool  # the same SOP instance was already held (file replaced, harmless)
     reopened: bool  # the series had been processed: a re-run will follow
     series_id: int
+    complete: bool = False  # the series now holds the instances it is expected to
 
 
 # One DICOM object a job wrote (SEG, SR or an overlay), as the builders describe it.

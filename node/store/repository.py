@@ -14,11 +14,24 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, and_, create_engine, event, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    and_,
+    case,
+    create_engine,
+    event,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -61,6 +74,7 @@ from node.store.schema import (
     AuditRow,
     Base,
     EventRow,
+    Expectation,
     Instance,
     Job,
     NodeRow,
@@ -76,6 +90,25 @@ from node.workflow.transitions import (
     series_after,
     series_may,
 )
+
+
+class OriginCache:
+    """Origin of recently seen series (a series UID's origin is fixed once indexed)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._known: OrderedDict[str, Origin] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, series_uid: str) -> Origin | None:
+        with self._lock:
+            return self._known.get(series_uid)
+
+    def put(self, series_uid: str, origin: Origin) -> None:
+        with self._lock:
+            self._known[series_uid] = origin
+            while len(self._known) > self.size:
+                self._known.popitem(last=False)
 
 
 def _table(entity: type[Base]) -> Table:
@@ -293,8 +326,13 @@ class Repository:
         forced: bool = False, now: float | None = None,
     ) -> StoreOutcome:  # fmt: skip
         """Index one received instance."""
+        r = Received(info, path, size, calling_ae, address, forced,
+                     time.time() if now is None else now)  # fmt: skip
         with self._write, self.engine.begin() as con:
-            return self._record(con, info, path, size, calling_ae, address, forced, now)
+            outcome = self._record_series(con, [r])[0]
+        if isinstance(outcome, ValueError):
+            raise outcome
+        return outcome
 
     def record_batch(self, items: list[Received]) -> list[StoreOutcome | ValueError]:
         """Index many instances in one transaction; an item that conflicts with what is
@@ -305,91 +343,133 @@ class Repository:
         alone gets a ValueError. A database that cannot be reached (OperationalError)
         fails the whole batch, for the caller to try again.
         """
+        by_series: dict[str, list[int]] = {}
+        for i, r in enumerate(items):
+            by_series.setdefault(r.info.series_uid, []).append(i)
+        outcomes: list[StoreOutcome | ValueError | None] = [None] * len(items)
         try:
             with self._write, self.engine.begin() as con:
-                return [self._record_or_conflict(con, r) for r in items]
+                for positions in by_series.values():
+                    done = self._record_series(con, [items[i] for i in positions])
+                    for i, outcome in zip(positions, done, strict=True):
+                        outcomes[i] = outcome
         except OperationalError:
             raise
         except (SQLAlchemyError, OverflowError, TypeError) as exc:
             if len(items) > 1:
                 return [self.record_batch([r])[0] for r in items]
             return [ValueError(f"instance {items[0].info.sop_uid} cannot be indexed: {exc}")]
+        return [o for o in outcomes if o is not None]
 
-    def _record_or_conflict(self, con: Connection, r: Received) -> StoreOutcome | ValueError:
-        try:
-            return self._record(
-                con, r.info, r.path, r.size, r.calling_ae, r.address, r.forced, r.received_at
-            )
-        except ValueError as exc:
-            return exc
-
-    def _record(
-        self, con: Connection, info: InstanceInfo, path: str, size: int, calling_ae: str,
-        address: str, forced: bool, now: float | None,
-    ) -> StoreOutcome:  # fmt: skip
-        # The hot path of ingest: Core SQL, three to four statements, no ORM objects.
-        now = time.time() if now is None else now
+    def _record_series(
+        self, con: Connection, items: list[Received]
+    ) -> list[StoreOutcome | ValueError]:
+        """Index instances of one series (in arrival order): the hot path of ingest, so
+        Core SQL and a handful of statements per series, not per instance."""
         studies, series_t, instances = _table(Study), _table(Series), _table(Instance)
-        study_id = con.execute(
-            select(studies.c.id).where(studies.c.study_uid == info.study_uid)
-        ).scalar()
-        if study_id is None:
-            study_id = _insert(
-                con, studies, study_uid=info.study_uid, created_at=now, **_study_fields(info)
-            )
+        first = items[0].info
+        study_ids: dict[str, int] = {}
+        for r in items:
+            uid = r.info.study_uid
+            if uid not in study_ids:
+                found = con.execute(select(studies.c.id).where(studies.c.study_uid == uid)).scalar()
+                study_ids[uid] = found if found is not None else _insert(
+                    con, studies, study_uid=uid, created_at=r.received_at,
+                    **_study_fields(r.info),
+                )  # fmt: skip
         row = con.execute(
-            select(series_t.c.id, series_t.c.study_fk, series_t.c.state).where(
-                series_t.c.series_uid == info.series_uid
-            )
-        ).first()
+            select(
+                series_t.c.id, series_t.c.study_fk, series_t.c.state, series_t.c.n_instances,
+                series_t.c.expected, series_t.c.acquisition,
+            ).where(series_t.c.series_uid == first.series_uid)
+        ).first()  # fmt: skip
         if row is None:
+            r0 = items[0]
+            count, hint = 0, (first.size_hint, first.acquisition_number)
             series_id = _insert(
                 con, series_t,
-                    study_fk=study_id, series_uid=info.series_uid, modality=info.modality,
-                    sop_class_uid=info.sop_class_uid, description=info.series_description,
-                    series_number=info.series_number, image_type=info.image_type,
-                    scanning_sequence=info.scanning_sequence, calling_ae=calling_ae,
-                    calling_address=address, first_received=now, last_received=now,
-                    n_instances=0, forced=forced, state=SeriesState.RECEIVING, reason="",
-                    kind="", origin=Origin.RECEIVED, processed_instances=0,
-                    node=self.node or "",
+                study_fk=study_ids[first.study_uid], series_uid=first.series_uid,
+                modality=first.modality, sop_class_uid=first.sop_class_uid,
+                description=first.series_description, series_number=first.series_number,
+                image_type=first.image_type, scanning_sequence=first.scanning_sequence,
+                calling_ae=r0.calling_ae, calling_address=r0.address,
+                first_received=r0.received_at, last_received=r0.received_at, n_instances=0,
+                forced=r0.forced, state=SeriesState.RECEIVING, reason="", kind="",
+                origin=Origin.RECEIVED, processed_instances=0, node=self.node or "",
+                expected=hint[0], acquisition=hint[1],
             )  # fmt: skip
-            state = SeriesState.RECEIVING
+            owner, state = study_ids[first.study_uid], SeriesState(SeriesState.RECEIVING)
         else:
-            series_id, owner, state = row
-            if owner != study_id:
-                raise ValueError(
+            series_id, owner, state, count = row[0], row[1], SeriesState(row[2]), row[3]
+            hint = (row[4], row[5])
+        expected = hint[0]
+        held: dict[str, int] = {}
+        sops = [r.info.sop_uid for r in items]
+        for at in range(0, len(sops), 500):
+            rows = con.execute(
+                select(instances.c.sop_uid, instances.c.series_fk).where(
+                    instances.c.sop_uid.in_(sops[at : at + 500])
+                )
+            )
+            held.update((sop, fk) for sop, fk in rows)
+        node = self.node or ""
+        new: dict[str, dict[str, Any]] = {}  # in arrival order; a repeat replaces its row
+        outcomes: list[StoreOutcome | ValueError] = []
+        reopened_at: int | None = None
+        last, forced = 0.0, False
+        for r in items:
+            info = r.info
+            if study_ids[info.study_uid] != owner:
+                outcomes.append(ValueError(
                     f"series {info.series_uid} already belongs to another study; "
                     f"instance {info.sop_uid} refused"
+                ))  # fmt: skip
+                continue
+            if info.sop_uid in held and held[info.sop_uid] != series_id:
+                outcomes.append(
+                    ValueError(f"instance {info.sop_uid} already belongs to another series")
                 )
-        existing = con.execute(
-            select(instances.c.series_fk).where(instances.c.sop_uid == info.sop_uid)
-        ).first()
-        if existing is None:
-            con.execute(
-                instances.insert().values(
+                continue
+            duplicate = info.sop_uid in held or info.sop_uid in new
+            if info.sop_uid in held:
+                # the newest copy is the one served (another node's, in a cluster)
+                con.execute(
+                    instances.update()
+                    .where(instances.c.sop_uid == info.sop_uid)
+                    .values(size=r.size, received_at=r.received_at, path=r.path, node=node)
+                )
+            else:
+                new[info.sop_uid] = dict(
                     series_fk=series_id, sop_uid=info.sop_uid,
                     sop_class_uid=info.sop_class_uid, transfer_syntax=info.transfer_syntax,
-                    instance_number=info.instance_number, path=path, size=size,
-                    received_at=now, frames=json.dumps(info.frames), node=self.node or "",
-                )
-            )  # fmt: skip
-        elif existing[0] != series_id:
-            raise ValueError(f"instance {info.sop_uid} already belongs to another series")
-        else:
-            con.execute(
-                instances.update()
-                .where(instances.c.sop_uid == info.sop_uid)
-                # the newest copy is the one served (another node's, in a cluster)
-                .values(size=size, received_at=now, path=path, node=self.node or "")
-            )
-        values: dict[str, Any] = {"last_received": now}
-        if existing is None:
-            values["n_instances"] = series_t.c.n_instances + 1
+                    instance_number=info.instance_number, path=r.path, size=r.size,
+                    received_at=r.received_at, frames=json.dumps(info.frames), node=node,
+                )  # fmt: skip
+            if (
+                not duplicate
+                and expected != -1
+                and ((info.size_hint, info.acquisition_number) != hint)
+            ):
+                # one instance that says otherwise (or nothing): the hint is not trusted
+                expected = -1 if expected is not None or info.size_hint is not None else None
+            reopened = False
+            if not duplicate and reopened_at is None and state != SeriesState.RECEIVING:
+                reopened_at = len(outcomes)
+                reopened = state in (SeriesState.DONE, SeriesState.FAILED, SeriesState.PROCESSING)
+            last, forced = max(last, r.received_at), forced or r.forced
+            outcomes.append(StoreOutcome(duplicate, reopened, series_id))
+        if new:
+            con.execute(instances.insert(), list(new.values()))
+        if last == 0.0:
+            return outcomes  # every item refused
+        values: dict[str, Any] = {"last_received": last}
+        if new:
+            values["n_instances"] = series_t.c.n_instances + len(new)
+        if expected != hint[0]:
+            values["expected"] = expected
         if forced:
             values["forced"] = True
-        reopened = False
-        if existing is None and state != SeriesState.RECEIVING:
+        if reopened_at is not None:
             # New data for a series already judged: judge (and maybe process) it again
             # once it is quiet; a job still waiting would see a half-updated series.
             if state == SeriesState.QUEUED:
@@ -397,12 +477,60 @@ class Repository:
                     update(Job)
                     .where(Job.series_fk == series_id, Job.state == JobState.QUEUED)
                     .values(state=job_after(JobState.QUEUED, JobEvent.SERIES_CHANGED),
-                            finished_at=now, error="cancelled: more instances arrived")
+                            finished_at=last, error="cancelled: more instances arrived")
                 )  # fmt: skip
-            reopened = state in (SeriesState.DONE, SeriesState.FAILED, SeriesState.PROCESSING)
             values.update(state=series_after(state, SeriesEvent.INSTANCE_ADDED), reason="")
         con.execute(series_t.update().where(series_t.c.id == series_id).values(**values))
-        return StoreOutcome(existing is not None, reopened, series_id)
+        if reopened_at is None and state == SeriesState.RECEIVING:
+            target = self._expected(con, first.series_uid, expected)
+            if target is not None and count + len(new) == target:
+                outcomes = [
+                    replace(o, complete=True) if isinstance(o, StoreOutcome) else o
+                    for o in outcomes
+                ]
+        return outcomes
+
+    @staticmethod
+    def _expected(con: Connection, series_uid: str, hinted: int | None) -> int | None:
+        """The instance count that completes a series: a retrieve's, else the headers'."""
+        exp = _table(Expectation)
+        retrieved = con.execute(
+            select(exp.c.instances).where(exp.c.series_uid == series_uid)
+        ).scalar()
+        if retrieved is not None:
+            return int(retrieved)
+        return hinted if hinted is not None and hinted > 0 else None
+
+    def expect(self, series_uid: str, instances: int, source: str) -> None:
+        """Record that ``series_uid`` is complete at ``instances`` (a retrieve the node
+        made, every sub-operation done); expectations older than a day are dropped."""
+        exp = _table(Expectation)
+        now = time.time()
+        with self._write, self.engine.begin() as con:
+            con.execute(exp.delete().where(
+                or_(exp.c.series_uid == series_uid, exp.c.created_at < now - 86400)
+            ))  # fmt: skip
+            con.execute(exp.insert().values(
+                series_uid=series_uid, instances=instances, source=source[:64], created_at=now
+            ))  # fmt: skip
+
+    def complete_studies(self) -> list[int]:
+        """Studies whose receiving series all hold the instances they are expected to
+        (a retrieve's count, else the headers' hint): judged without waiting."""
+        series_t, exp = _table(Series), _table(Expectation)
+        target = func.coalesce(
+            exp.c.instances, case((series_t.c.expected > 0, series_t.c.expected), else_=None)
+        )
+        whole = case((series_t.c.n_instances == target, 1), else_=0)
+        with self._read() as s:
+            rows = s.execute(
+                select(series_t.c.study_fk)
+                .select_from(series_t.outerjoin(exp, exp.c.series_uid == series_t.c.series_uid))
+                .where(series_t.c.state == SeriesState.RECEIVING, *self._held(series_t.c.node))
+                .group_by(series_t.c.study_fk)
+                .having(func.min(whole) == 1)
+            )
+            return [r[0] for r in rows]
 
     def known_paths(self) -> set[str]:
         """Paths of every indexed instance (start-up reconciliation)."""
@@ -414,14 +542,25 @@ class Repository:
             state = s.scalar(select(Series.state).where(Series.series_uid == series_uid))
             return SeriesState(state) if state is not None else None
 
-    def identity(self, sop_uid: str, series_uid: str) -> Identity:
-        with self._read() as s:
-            home = s.execute(
-                select(Series.series_uid, Instance.path)
-                .join(Instance, Instance.series_fk == Series.id)
-                .where(Instance.sop_uid == sop_uid)
+    def identity(
+        self, sop_uid: str, series_uid: str, origins: OriginCache | None = None
+    ) -> Identity:
+        # Asked on every C-STORE before it is acknowledged: Core SQL on a pooled
+        # connection, and a series' origin (which never changes) asked once.
+        series_t, instances = _table(Series), _table(Instance)
+        origin = origins.get(series_uid) if origins is not None else None
+        with self.engine.connect() as con:
+            home = con.execute(
+                select(series_t.c.series_uid, instances.c.path)
+                .join(series_t, instances.c.series_fk == series_t.c.id)
+                .where(instances.c.sop_uid == sop_uid)
             ).first()
-            origin = s.scalar(select(Series.origin).where(Series.series_uid == series_uid))
+            if origin is None:
+                origin = con.execute(
+                    select(series_t.c.origin).where(series_t.c.series_uid == series_uid)
+                ).scalar()
+                if origin is not None and origins is not None:
+                    origins.put(series_uid, Origin(origin))
         return Identity(
             home_series=home[0] if home else None,
             home_path=home[1] if home else None,

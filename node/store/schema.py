@@ -59,6 +59,11 @@ class Series(Base):
     # The node that received it first (cluster.node_name; "" when the index is not
     # shared): its results are handed back to, and sent from, that node.
     node: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    # How many instances the headers say the series holds (1 for a multi-frame object,
+    # ImagesInAcquisition when every instance agrees on it and on one acquisition);
+    # -1 once they disagree. Lets the series be judged without waiting stable_age.
+    expected: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    acquisition: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Instance(Base):
@@ -128,6 +133,18 @@ class NodeRow(Base):
     host: Mapped[str] = mapped_column(String(255), default="")
     started_at: Mapped[float] = mapped_column(Float)
     seen_at: Mapped[float] = mapped_column(Float)
+
+
+class Expectation(Base):
+    """A series the node retrieved (C-MOVE / C-GET) with every sub-operation done: it is
+    complete once it holds that many instances. Recorded by series UID because the
+    retrieve may end before the node has indexed the series' first instance."""
+
+    __tablename__ = "expectations"
+    series_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    instances: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[float] = mapped_column(Float)
 
 
 class PolledStudy(Base):

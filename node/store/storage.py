@@ -114,7 +114,7 @@ class Storage:
                 fh.write(data)
                 if self.fsync:
                     fh.flush()
-                    os.fsync(fh.fileno())
+                    os.fdatasync(fh.fileno())  # the data and its size: all a reader needs
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)  # disk full, I/O error: no temp file outlives it

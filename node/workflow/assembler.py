@@ -1,6 +1,8 @@
 """Series completion and selection: a study whose series have been quiet for
-``stable_age`` seconds is judged (like Orthanc's StableAge or mercure's series trigger):
-each newly complete series gets a job or is skipped with its reason recorded. A received
+``stable_age`` seconds is judged (like Orthanc's StableAge or mercure's series trigger),
+or at once when every series holds the instances it is expected to (a retrieve's count,
+a multi-frame object, ImagesInAcquisition agreed by all): each newly complete series
+gets a job or is skipped with its reason recorded. A received
 SEG that edits one of the node's segmentations gets a correction job
 (`node.workflow.corrections`)."""
 
@@ -39,9 +41,14 @@ class Assembler:
         self.repository = repository
 
     def check(self) -> int:
-        """Judge every quiet study; returns the number of jobs queued."""
+        """Judge every quiet study, and every study whose series all hold the instances
+        they are expected to (`Repository.complete_studies`); returns the jobs queued."""
+        quiet = self.repository.quiet_studies(self.config.storage.stable_age_s)
+        complete = [s for s in self.repository.complete_studies() if s not in quiet]
+        for study_id in complete:
+            event(log, "study_complete", study=study_id, judged="without waiting stable_age")
         queued = 0
-        for study_id in self.repository.quiet_studies(self.config.storage.stable_age_s):
+        for study_id in quiet + complete:
             queued += self._judge_study(study_id)
         return queued
 
