@@ -175,8 +175,6 @@ class Node:
         # The port opens first: everything below (models loading in the workers, the
         # scheduler, the console's imports) comes after a scanner can already send.
         self.dicom.start()
-        for worker in self.workers:
-            worker.start()
         tick = min(1.0, max(0.2, self.config.storage.stable_age_s / 4))
         self.scheduler.add_job(self._assemble, "interval", seconds=tick, id="assemble",
                                max_instances=1, coalesce=True)  # fmt: skip
@@ -207,6 +205,10 @@ class Node:
 
             self.http = HttpService(self._console())
             self.http.start()
+        # Models load last, once every start-up import is done: a library that walks
+        # sys.modules while another thread imports fails ("dictionary changed size").
+        for worker in self.workers:
+            worker.start()
         event(log, "started", seconds=round(time.perf_counter() - t0, 2))
 
     def _schedule_polls(self) -> None:
