@@ -15,6 +15,7 @@ latency, and the node's peak memory: all in one run, on this machine.
 from __future__ import annotations
 
 import argparse
+import calendar
 import statistics
 import subprocess
 import sys
@@ -46,6 +47,20 @@ ae.start_server(("127.0.0.1", int(sys.argv[2])), evt_handlers=[(evt.EVT_C_STORE,
 """
 
 
+def _when(line: str) -> float:
+    stamp = line.split(" ", 1)[0]  # 2026-11-24T10:00:00.123Z, UTC
+    return calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) + float(stamp[19:-1])
+
+
+def timeline(log: str, series_uid: str, t_last: float) -> tuple[float, float, float]:
+    """(last instance -> job started, the job, job done -> results sent), from the log."""
+    lines = log.splitlines()
+    started = next(_when(x) for x in lines if " job_started " in x and series_uid in x)
+    done = next(_when(x) for x in lines if " job_done " in x and series_uid in x)
+    sent = next(_when(x) for x in lines if " results_sent " in x and _when(x) >= done)
+    return started - t_last, done - started, sent - done
+
+
 def send(port: int, aec: str, folder: Path) -> float:
     t0 = time.perf_counter()
     subprocess.run(
@@ -73,11 +88,47 @@ def vm_hwm_mb(pid: int) -> float:
     return float("nan")
 
 
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+HINT = {"ImagesInAcquisition": 14, "AcquisitionNumber": 1}
+Timeline = tuple[float, float, float]
+
+
+def measure_latency(
+    node: NodeProcess, src: Path, work: Path, studies: int, stable_age: float, hinted_only: bool
+) -> tuple[dict[str, list[float]], list[Timeline]]:
+    """Last instance acknowledged -> every result confirmed stored in Orthanc, per kind
+    (waits stable_age / size known), and the size-known studies' timelines."""
+    latencies: dict[str, list[float]] = {"waits stable_age": [], "size known": []}
+    parts: list[Timeline] = []
+    kinds = (
+        [("size known", HINT)] if hinted_only else [("waits stable_age", {}), ("size known", HINT)]
+    )
+    for i in range(studies + 1):  # the first warms the models up
+        for how, hint in kinds:
+            _, uid, files = copy_study(src, work / f"lat{i}{how[0]}", **hint)
+            send(node.port, "LGE_NODE", files[0].parent)
+            t_last, wall_last = time.perf_counter(), time.time()
+            node.wait_done(uid, timeout=300)
+            if i:
+                waited = stable_age if how == "waits stable_age" else 0.0
+                latencies[how].append(time.perf_counter() - t_last - waited)
+                if how == "size known":
+                    parts.append(timeline(node.log(), uid, wall_last))
+    return latencies, parts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency-studies", type=int, default=3)
+    parser.add_argument("--no-ingest", action="store_true", help="latency and memory only")
     args = parser.parse_args()
     console = Console()
 
@@ -106,10 +157,6 @@ def main() -> None:
             ),
             "lge-node (no fsync)": NodeProcess(work / "node_nofsync", stable_age_s=600.0),
         }
-        latency_node = NodeProcess(
-            work / "node_latency", destinations=[dest], stable_age_s=stable_age,
-            storage={"fsync": True},
-        )  # fmt: skip
         for node in nodes.values():
             node.start()
         receivers = {
@@ -120,7 +167,7 @@ def main() -> None:
         # The fsync node also processes what it receives: ingest is measured while its
         # worker is idle (studies are sent before the stable age elapses).
         n_images = 0
-        for r in range(args.repeats):
+        for r in range(0 if args.no_ingest else args.repeats):
             for name, (port, aec) in receivers.items():
                 target = work / f"in_{r}_{port}"
                 folder, _, n_images = fresh_copies(src, target, args.studies)
@@ -129,47 +176,61 @@ def main() -> None:
 
         for n in nodes.values():
             n.stop()
-        # Latency: last instance acknowledged -> every result confirmed stored in Orthanc.
-        node = latency_node.start()
-        latencies: dict[str, list[float]] = {"waits stable_age": [], "size known": []}
-        for i in range(args.latency_studies + 1):  # the first warms the models up
-            for how, hint in (("waits stable_age", {}),
-                              ("size known", {"ImagesInAcquisition": 14,
-                                              "AcquisitionNumber": 1})):  # fmt: skip
-                _, uid, files = copy_study(src, work / f"lat{i}{how[0]}", **hint)
-                send(node.port, "LGE_NODE", files[0].parent)
-                t_last = time.perf_counter()
-                node.wait_done(uid, timeout=300)
-                if i:
-                    waited = stable_age if how == "waits stable_age" else 0.0
-                    latencies[how].append(time.perf_counter() - t_last - waited)
-        rss = vm_hwm_mb(node.proc.pid)
-        node.stop()
+        # Latency: last instance acknowledged -> every result confirmed stored in Orthanc;
+        # with the default one association to it, and with four.
+        runs: dict[int, tuple[dict[str, list[float]], list[Timeline]]] = {}
+        rss = rss_drawing = 0.0
+        for associations in (1, 4):
+            node = NodeProcess(
+                work / f"node_latency{associations}", stable_age_s=stable_age,
+                destinations=[{**dest, "associations": associations}], storage={"fsync": True},
+            ).start()  # fmt: skip
+            runs[associations] = measure_latency(
+                node, src, work / f"a{associations}", args.latency_studies, stable_age,
+                hinted_only=associations > 1,
+            )  # fmt: skip
+            assert node.proc is not None
+            rss = max(rss, vm_hwm_mb(node.proc.pid))
+            rss_drawing = max([rss_drawing, *(vm_hwm_mb(c) for c in children(node.proc.pid))])
+            node.stop()
         bare.terminate()
 
+    if args.no_ingest:
+        rates = {}
     table = Table(title=f"Ingest: {args.studies} studies ({n_images} images) per send, "
                         f"one association, median of {args.repeats}")  # fmt: skip
     table.add_column("receiver")
     table.add_column("images/s", justify="right")
     table.add_column("vs bare SCP", justify="right")
-    bare_rate = statistics.median(rates["bare pynetdicom SCP (files only)"])
+    bare_rate = statistics.median(rates.get("bare pynetdicom SCP (files only)", [1.0]))
     for name, values in rates.items():
         rate = statistics.median(values)
         table.add_row(name, f"{rate:.0f}", f"{100 * rate / bare_rate:.0f} %")
-    console.print(table)
+    if rates:
+        console.print(table)
     t2 = Table(title="lge-node end to end (2-core CPU, demo models)")
     t2.add_column("measure")
     t2.add_column("value", justify="right")
-    for how, what in (
-        ("waits stable_age", "latency, last instance -> results stored in Orthanc, minus "
-                             "stable_age (no size hint)"),
-        ("size known", "latency, last instance -> results stored in Orthanc, size known "
-                       "(ImagesInAcquisition; a C-MOVE/C-GET count alike)"),
-    ):  # fmt: skip
-        got = latencies[how]
-        t2.add_row(what, f"median {statistics.median(got):.1f} s "
-                         f"(min {min(got):.1f}, max {max(got):.1f}, n={len(got)})")  # fmt: skip
+    for associations, (latencies, parts) in runs.items():
+        to = f"{associations} association{'s' * (associations > 1)} to Orthanc"
+        for how, what in (
+            ("waits stable_age", "minus stable_age (no size hint)"),
+            ("size known", "size known (ImagesInAcquisition; a C-MOVE/C-GET count alike)"),
+        ):
+            got = latencies[how]
+            if got:
+                t2.add_row(
+                    f"latency, last instance -> results stored in Orthanc, {what}; {to}",
+                    f"median {statistics.median(got):.1f} s "
+                    f"(min {min(got):.1f}, max {max(got):.1f}, n={len(got)})",
+                )
+        for k, what in enumerate(("last instance -> job started",
+                                  "the job: load, segment, quantify, write SEG/SR/PDF/overlays",
+                                  "job done -> results sent and acknowledged")):  # fmt: skip
+            got = [p[k] for p in parts]
+            t2.add_row(f"  {what} ({to})", f"median {statistics.median(got):.2f} s")
     t2.add_row("peak RSS of the node process (models loaded, after all jobs)", f"{rss:.0f} MB")
+    t2.add_row("peak RSS of its drawing process (overlays, PDF)", f"{rss_drawing:.0f} MB")
     console.print(t2)
 
 

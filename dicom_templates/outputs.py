@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from concurrent.futures import BrokenExecutor, Executor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from dicom_templates.identity import Algorithm
-from dicom_templates.overlay import build_overlays
+from dicom_templates.overlay import OverlayPages, overlay_objects, render_overlays
 from dicom_templates.pdf import build_pdf, render_report
 from dicom_templates.seg import build_seg
 from dicom_templates.sr import build_sr
@@ -57,6 +58,32 @@ class OutputFiles:
     @property
     def dicom(self) -> list[Path]:
         return [self.seg, self.sr, self.pdf, self.summary, *self.overlays]
+
+
+@dataclass(frozen=True)
+class Pages:
+    """What is drawn rather than encoded: the overlay pages and the PDF report."""
+
+    overlays: OverlayPages
+    document: bytes  # the PDF
+
+
+def render_pages(
+    volume: Volume, labels: np.ndarray, metrics: Metrics, algorithm: Algorithm
+) -> Pages:
+    """Draw the overlay pages and the PDF. Pure, so it can run in another process."""
+    return Pages(
+        render_overlays(volume, labels, metrics, algorithm),
+        render_report(volume, labels, metrics, algorithm),
+    )
+
+
+def _for_drawing(volume: Volume) -> Volume:
+    """``volume`` with only the first source header, without its pixel data: all that
+    drawing reads, and cheap to send to another process."""
+    first = volume.datasets[0]
+    header = Dataset({tag: elem for tag, elem in first.items() if tag.group != 0x7FE0})
+    return replace(volume, datasets=[header])
 
 
 def _atomic_save(ds: Dataset, path: Path) -> WrittenObject:
@@ -109,22 +136,40 @@ def write_outputs(
     predecessor_sr: Path | None = None,
     include_blood_pools: bool = False,
     reader_edit: ReaderEdit | None = None,
+    drawing: Executor | None = None,
 ) -> OutputFiles:
     """Build and write every output object for ``volume`` into ``out_dir``.
 
     ``predecessor_sr``: the report these outputs supersede (referenced by the new SR).
-    ``reader_edit``: the labels are a reader's correction; every object says so."""
+    ``reader_edit``: the labels are a reader's correction; every object says so.
+    ``drawing``: an executor (a process) that draws the overlays and the PDF while this
+    thread encodes the SEG and SR; both are pure Python and hold the interpreter, so
+    only another process runs them side by side. If it fails, they are drawn here."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if reader_edit is not None:
         algorithm = algorithm.edited()
+    pending = None
+    if drawing is not None:
+        try:
+            pending = drawing.submit(render_pages, _for_drawing(volume), labels, metrics, algorithm)
+        except (BrokenExecutor, RuntimeError):  # broken, or shut down by a stopping worker
+            pending = None
     predecessor = pydicom.dcmread(predecessor_sr) if predecessor_sr else None
     seg = build_seg(volume, labels, algorithm, include_blood_pools)
     sr = build_sr(
         volume, seg, labels, metrics, algorithm, predecessor=predecessor,
         reader_seg=reader_edit.seg if reader_edit else None,
     )  # fmt: skip
-    overlays, summary = build_overlays(volume, labels, metrics, algorithm)
-    document = render_report(volume, labels, metrics, algorithm)
+    pages = None
+    if pending is not None:
+        try:
+            pages = pending.result()
+        except BrokenExecutor:  # the drawing process died (killed, out of memory)
+            pages = None
+    if pages is None:
+        pages = render_pages(volume, labels, metrics, algorithm)
+    overlays, summary = overlay_objects(volume, pages.overlays, algorithm)
+    document = pages.document
     pdf = build_pdf(volume, document, algorithm)
 
     metrics_path = write_metrics(out_dir, volume, metrics, algorithm, reader_edit)

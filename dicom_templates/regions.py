@@ -9,10 +9,11 @@ the region stays the same set of pixels rather than the filled outer contour.
 
 from __future__ import annotations
 
+import cv2
 import highdicom as hd
 import numpy as np
 from matplotlib.path import Path as PolyPath
-from skimage.measure import approximate_polygon, find_contours
+from skimage.measure import find_contours
 
 from pipeline.volume import Volume
 
@@ -40,13 +41,15 @@ def outlines(mask: np.ndarray) -> list[np.ndarray]:
     padded = np.pad(mask.astype(np.float32), 1)
     contours = []
     for c in find_contours(padded, 0.5):
-        c = approximate_polygon(c, TOLERANCE_PX)
-        if len(c) < 4:
-            continue
         xy = c[:, ::-1] - 1.0 + 0.5  # (row, col) in the padded array -> (x, y)
-        if not np.allclose(xy[0], xy[-1]):
-            xy = np.vstack([xy, xy[:1]])
-        contours.append(xy)
+        if np.allclose(xy[0], xy[-1]):
+            xy = xy[:-1]
+        # Douglas-Peucker in C (skimage's approximate_polygon is a Python loop, and the
+        # outlines are on the path from a finished segmentation to its report).
+        xy = cv2.approxPolyDP(xy.astype(np.float32)[:, None], TOLERANCE_PX, True)[:, 0]
+        if len(xy) < 3:
+            continue
+        contours.append(np.vstack([xy, xy[:1]]).astype(np.float64))
     # Nesting depth decides outer (even) or hole (odd); a hole joins its innermost parent.
     paths = [PolyPath(c) for c in contours]
     depth = [

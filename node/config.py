@@ -88,6 +88,8 @@ class Destination(Section):
     ``sources`` maps calling AE titles to destinations (shell patterns): results of a
     study received from a matching peer go here. ``["*"]`` (default) sends every result;
     ``["ORTHANC"]`` returns results only to the PACS that sent the study.
+
+    ``associations``: parallel C-STORE associations per round (1-8, default 1).
     """
 
     name: str
@@ -101,6 +103,10 @@ class Destination(Section):
     password: str | None = None
     ca_certificate: Path | None = None
     sources: list[str] = Field(default_factory=lambda: ["*"])
+    # C-STORE over this many associations at once. A PACS stores each object in its own
+    # transaction, so a study's ~20 results arrive sooner in parallel; many PACS cap the
+    # associations per calling AE title, hence 1 unless the site allows more.
+    associations: int = Field(1, ge=1, le=8)
 
     @model_validator(mode="after")
     def _complete(self) -> Destination:

@@ -125,6 +125,42 @@ def test_dicom_tls_with_a_self_signed_certificate(tmp_path: Path, psir_classic) 
         assert echoscu(node.port).returncode != 0
 
 
+def test_results_go_over_parallel_associations_each_object_once(
+    tmp_path: Path, psir_classic
+) -> None:
+    """A destination with ``associations = 3`` gets a study's results over three
+    associations at once (DCMTK storescp forking one process per association)."""
+    sink_port = free_port()
+    sink_dir = tmp_path / "sink"
+    sink_dir.mkdir()
+    sink_log = (tmp_path / "sink.log").open("w")
+    sink = subprocess.Popen(
+        [require_tool("storescp"), "-v", "--fork", "-aet", "SINK", "-od", str(sink_dir),
+         str(sink_port)],
+        stdout=sink_log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        dest = {"name": "sink", "ae_title": "SINK", "host": "127.0.0.1", "port": sink_port,
+                "associations": 3}  # fmt: skip
+        with NodeProcess(tmp_path / "node", destinations=[dest]) as node:
+            _, series, files = copy_study(psir_classic.out_dir / "dicom", tmp_path / "s")
+            storescu(node.port, files)
+            node.wait_done(series)
+            sent = node.query("SELECT sop_uid FROM outbox WHERE sent_at IS NOT NULL")
+        expected = RESULTS_PER_STUDY + len(files)
+        assert len(sent) == expected
+        stored = sorted(
+            pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in sink_dir.iterdir()
+        )
+        assert stored == sorted(uid for (uid,) in sent), "each object once"
+        associations = (tmp_path / "sink.log").read_text().count("Association Received")
+        assert associations == 3, f"{associations} associations for one round"
+    finally:
+        sink.terminate()
+        sink.wait(10)
+        sink_log.close()
+
+
 def test_retention_purges_delivered_and_skipped_keeps_failed(tmp_path: Path, psir_classic) -> None:
     sink_port = free_port()
     sink_dir = tmp_path / "sink"

@@ -554,3 +554,44 @@ def test_reader_edited_outputs_say_so_everywhere_and_stay_valid(psir_classic, tm
         "received_from": "ORTHANC",
     }
     assert json.loads(first.metrics.read_text())["segmentation"] == {"source": "automatic"}
+
+
+def test_pages_drawn_in_the_drawing_process_are_the_ones_drawn_here_even_after_it_dies(
+    psir_classic, tmp_path: Path
+) -> None:
+    """The worker's drawing process (overlays, PDF) gives the same pages as drawing in the
+    worker's thread; killed, the job still gets every page and the next job a new one."""
+    import os
+    import signal
+    import time
+
+    from node.workflow.drawing import DrawingProcess
+
+    def pages(files: OutputFiles) -> list[np.ndarray]:
+        return [pydicom.dcmread(p).pixel_array for p in (files.summary, *files.overlays)]
+
+    def pdf_text(files: OutputFiles) -> list[str]:
+        from pypdf import PdfReader
+
+        return [page.extract_text() for page in PdfReader(files.pdf.parent / "report.pdf").pages]
+
+    here, _ = _write(psir_classic, tmp_path / "here")
+    drawing = DrawingProcess()
+    drawing.start()
+    try:
+        there, _ = _write(psir_classic, tmp_path / "there", drawing=drawing)
+        assert [np.array_equal(a, b) for a, b in zip(pages(here), pages(there))] == [True] * (
+            1 + len(here.overlays)
+        )
+        assert pdf_text(there) == pdf_text(here)
+        assert len(pdf_text(here)) == 2
+        (pid,) = drawing.pids
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+        again, _ = _write(psir_classic, tmp_path / "again", drawing=drawing)
+        assert len(again.overlays) == len(here.overlays)
+        assert all(np.array_equal(a, b) for a, b in zip(pages(here), pages(again)))
+        _write(psir_classic, tmp_path / "next", drawing=drawing)
+        assert drawing.pids and drawing.pids != [pid], "a new drawing process"
+    finally:
+        drawing.shutdown()

@@ -1,6 +1,7 @@
 """Routing and sending of results: which destinations a finished job goes to
 (`deliveries_for`), and the sending of the outbox: C-STORE, one association per
-destination per round, or STOW-RS (`node.http.stow_client`), one request per batch.
+destination per round (or its ``associations`` in parallel), or STOW-RS
+(`node.http.stow_client`), one request per batch.
 
 A row is marked sent only when the destination answered Success (or a Warning, which
 PS3.4 counts as stored); anything else schedules a retry with exponential backoff, so a
@@ -13,6 +14,7 @@ import fnmatch
 import logging
 import threading
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 
 from pynetdicom import AE
@@ -69,11 +71,26 @@ class Dispatcher:
                     if port == STOW_PORT:
                         ok, bad = self._stow(name, host, batch)
                     else:
-                        ok, bad = self._send(ae_title, host, port, batch)
+                        ok, bad = self._send_parallel(name, ae_title, host, port, batch)
                     sent, failed = sent + ok, failed + bad
             return sent, failed
         finally:
             self._lock.release()
+
+    def _send_parallel(
+        self, name: str, ae_title: str, host: str, port: int, rows: list[OutboxRecord]
+    ) -> tuple[int, int]:
+        """``rows`` over the destination's number of associations, each in its thread."""
+        dest = next((d for d in self.config.destinations if d.name == name), None)
+        n = min(dest.associations if dest else 1, len(rows))
+        if n <= 1:
+            return self._send(ae_title, host, port, rows)
+        # Interleaved, so each association starts with the first objects (SEG, SR).
+        with ThreadPoolExecutor(n, thread_name_prefix="dispatch") as pool:
+            results = list(
+                pool.map(lambda i: self._send(ae_title, host, port, rows[i::n]), range(n))
+            )
+        return sum(ok for ok, _ in results), sum(bad for _, bad in results)
 
     def _send(
         self, ae_title: str, host: str, port: int, rows: list[OutboxRecord]

@@ -25,6 +25,7 @@ from node.store.records import Claim
 from node.store.repository import Repository
 from node.store.storage import Storage
 from node.workflow.corrections import CorrectionError, correct
+from node.workflow.drawing import DrawingProcess
 from node.workflow.remote import JobInputs, Remote
 from pipeline.errors import SeriesLoadError
 
@@ -65,6 +66,8 @@ class Worker(threading.Thread):
         self.distributed = config.distributed
         # Files not on this host are fetched from the node holding them (`remote`).
         self.remote = Remote(config, storage, repository) if config.distributed else None
+        # Overlays and the PDF are drawn beside the SEG/SR encoding (`node.workflow.drawing`).
+        self.drawing = DrawingProcess()
 
     def load_models(self) -> None:
         from dicom_templates.identity import Algorithm
@@ -73,6 +76,7 @@ class Worker(threading.Thread):
 
         cfg = self.config.pipeline
         t0 = time.perf_counter()
+        self.drawing.start()
         bundle = ModelBundle.load(cfg.model_dir, cfg.nnunet_model, cfg.yolo_weights)
         self.pipeline = Pipeline(
             bundle,
@@ -91,6 +95,12 @@ class Worker(threading.Thread):
         )  # fmt: skip
 
     def run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self.drawing.shutdown(wait=False, cancel_futures=True)
+
+    def _serve(self) -> None:
         try:
             self.load_models()
         except Exception as exc:  # the node keeps receiving; jobs wait for a fixed config
@@ -199,6 +209,7 @@ class Worker(threading.Thread):
         files = write_outputs(
             out, volume, result.labels, result.metrics, self.algorithm,
             predecessor_sr=predecessor if predecessor and predecessor.exists() else None,
+            drawing=self.drawing,
         )  # fmt: skip
         return files, result.metrics
 

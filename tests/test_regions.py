@@ -1,0 +1,56 @@
+"""SR outlines: a viewer fills the polylines of a measurement's image region, so filling
+them must give back the pixels that were measured."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from matplotlib.path import Path as PolyPath
+from scipy import ndimage
+
+from dicom_templates.regions import outlines
+
+
+def _fill(polylines: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """Even-odd fill at pixel centres ((column, row) + 0.5, DICOM's convention)."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    centres = np.c_[xx.ravel() + 0.5, yy.ravel() + 0.5]
+    inside = np.zeros(len(centres), dtype=int)
+    for poly in polylines:
+        inside += PolyPath(poly).contains_points(centres)
+    return (inside % 2 == 1).reshape(shape)
+
+
+def _ring(side: int = 64) -> np.ndarray:
+    yy, xx = np.mgrid[:side, :side]
+    r = np.hypot(yy - side / 2, xx - side / 2)
+    wobble = 3 * np.sin(3 * np.arctan2(yy - side / 2, xx - side / 2))
+    return (r < 20 + wobble) & (r > 12)
+
+
+def test_a_ring_is_one_closed_polyline_that_fills_to_the_ring() -> None:
+    ring = _ring()
+    polys = outlines(ring)
+    assert len(polys) == 1, "the hole joins its ring through a zero-width cut"
+    assert np.allclose(polys[0][0], polys[0][-1]), "closed"
+    wrong = int((_fill(polys, ring.shape) != ring).sum())
+    # Only pixel centres lying exactly on the zero-width cut can be ambiguous.
+    assert wrong <= 10, f"{wrong} of {ring.sum()} pixels differ"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_blobs_fill_back_to_their_pixels(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    mask = ndimage.gaussian_filter(rng.random((72, 64)), 4) > 0.5
+    mask |= _ring(72)[:, :64] & (seed % 2 == 0)
+    polys = outlines(mask)
+    labelled, n = ndimage.label(mask)
+    assert 1 <= len(polys) <= n, "one polyline per 4-connected component at most"
+    wrong = int((_fill(polys, mask.shape) != mask).sum())
+    assert wrong <= 0.02 * mask.sum(), f"{wrong} of {mask.sum()} pixels differ"
+    # Simplified, but not to a caricature: vertices only where the outline turns.
+    assert sum(len(p) for p in polys) < 4 * int(mask.sum() ** 0.5) * n + 50
+
+
+def test_nothing_to_outline() -> None:
+    assert outlines(np.zeros((8, 8), bool)) == []
