@@ -1,6 +1,8 @@
 """Processing throughput (studies per minute) with 1, 2 and 4 workers, on the embedded
 default (SQLite, worker threads in the node) and on PostgreSQL with procrastinate
-(a receive-only node and `lge-node worker` processes), in one run on this machine.
+(a receive-only node and `lge-node worker` processes, sharing its data folder, or with
+folders of their own, fetching each series over WADO-RS and handing results back), in
+one run on this machine.
 
     uv run python bench/scale.py [--studies 8] [--workers 1 2 4]
 
@@ -27,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from node.demo.peers import system_tool  # noqa: E402
+from tests.cluster_harness import WorkerProcess, receiver  # noqa: E402
 from tests.node_harness import NodeProcess, copy_study  # noqa: E402
 from tests.postgres import Postgres  # noqa: E402
 
@@ -102,6 +105,23 @@ def main() -> None:
                         p.terminate()
                     for p in procs:
                         p.wait(timeout=120)
+        results[(label, n)] = seconds
+        console.print(f"{label}, {n} worker(s): {seconds:.1f} s")
+
+        label = "PostgreSQL + procrastinate, no shared folder (WADO-RS fetch, hand-back)"
+        with Postgres(work / f"pgw{n}") as pg:
+            # The receiver's destination is never reached: the clock stops at "done".
+            nowhere = {"name": "none", "ae_title": "NONE", "host": "127.0.0.1", "port": 9}
+            node = receiver(work, f"recv{n}", pg.url, nowhere, stable_age_s=STABLE_AGE)
+            with node:
+                remote = [WorkerProcess(node, work / f"rw{n}-{i}", f"w{i}") for i in range(n)]
+                for w in remote:
+                    w.start()
+                try:
+                    seconds = run_once(work / f"pgw{n}", src, args.studies, node)
+                finally:
+                    for w in remote:
+                        w.stop()
         results[(label, n)] = seconds
         console.print(f"{label}, {n} worker(s): {seconds:.1f} s")
 

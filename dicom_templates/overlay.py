@@ -332,9 +332,7 @@ def overlay_objects(
             sc.SourceImageSequence = [_source_image(volume, k)]
             sc.DerivationDescription = "LGE image with segmentation outlines burned in"
         out.append(sc)
-    summary = _sc(
-        ref, pages.summary, new_uid(), SUMMARY_SERIES.of(algorithm), 1, None, orientation
-    )
+    summary = _sc(ref, pages.summary, new_uid(), SUMMARY_SERIES.of(algorithm), 1, None, orientation)
     summary.PatientOrientation = ""  # a report page has no anatomical orientation
     return out, summary
 

@@ -6,8 +6,15 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from node.demo.peers import system_tool
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pydicom
+
+    from pipeline.volume import Volume
 
 
 def require_tool(name: str) -> str:
@@ -99,3 +106,48 @@ def dsr_numbers(path: Path) -> dict[str, dict[str, float]]:
         if g["site"]:
             groups[key]["site"] = g["site"][0]
     return groups
+
+
+def reader_seg(volume: Volume, labels: np.ndarray) -> pydicom.Dataset:
+    """A SEG as a viewer stores a reader's edit: a new series by another manufacturer, the
+    segments renumbered (MVO, infarct, myocardium) and relabelled, the codes kept."""
+    import highdicom as hd
+    import numpy as np
+    from pydicom.uid import generate_uid
+
+    from dicom_templates import codes
+    from pipeline.labels import Label, myocardium_mask, scar_mask
+
+    segments = [
+        (labels == Label.MVO, "MVO (edited)", codes.MORPHOLOGICALLY_ABNORMAL, codes.MVO),
+        (scar_mask(labels), "Scar (edited)", codes.MORPHOLOGICALLY_ABNORMAL, codes.INFARCT),
+        (myocardium_mask(labels), "Myocardium (edited)", codes.ANATOMICAL_STRUCTURE,
+         codes.LV_MYOCARDIUM),
+    ]  # fmt: skip
+    manual = hd.seg.SegmentAlgorithmTypeValues.MANUAL
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=n,
+            segment_label=label,
+            segmented_property_category=category,
+            segmented_property_type=kind,
+            algorithm_type=manual,
+        )
+        for n, (_, label, category, kind) in enumerate(segments, start=1)
+    ]
+    seg = hd.seg.Segmentation(
+        source_images=volume.datasets,
+        pixel_array=np.stack([m for m, *_ in segments], axis=-1).astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(),
+        series_number=300,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="OHIF",
+        manufacturer_model_name="OHIF Viewer",
+        software_versions="3.13.2",
+        device_serial_number="1",
+        series_description="Segmentation (edited)",
+    )
+    return seg

@@ -11,18 +11,14 @@ import io
 import json
 from pathlib import Path
 
-import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from pydicom.uid import generate_uid
 
-from dicom_templates import codes
 from pipeline.labels import Label, myocardium_mask, scar_mask
 from pipeline.series import load_series
-from pipeline.volume import Volume
-from tests.dicom_tools import dciodvfy, dsr_numbers, dsrdump
+from tests.dicom_tools import dciodvfy, dsr_numbers, dsrdump, reader_seg
 from tests.node_harness import ROOT, NodeProcess, copy_study, reports_for, storescu
 from tests.orthanc import Orthanc, free_port
 
@@ -50,44 +46,6 @@ def site(tmp_path_factory: pytest.TempPathFactory):
         yield node, pacs
 
 
-def _reader_seg(volume: Volume, labels: np.ndarray) -> pydicom.Dataset:
-    """A SEG as a viewer stores a reader's edit: a new series by another manufacturer, the
-    segments renumbered (MVO, infarct, myocardium) and relabelled, the codes kept."""
-    segments = [
-        (labels == Label.MVO, "MVO (edited)", codes.MORPHOLOGICALLY_ABNORMAL, codes.MVO),
-        (scar_mask(labels), "Scar (edited)", codes.MORPHOLOGICALLY_ABNORMAL, codes.INFARCT),
-        (myocardium_mask(labels), "Myocardium (edited)", codes.ANATOMICAL_STRUCTURE,
-         codes.LV_MYOCARDIUM),
-    ]  # fmt: skip
-    manual = hd.seg.SegmentAlgorithmTypeValues.MANUAL
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=n,
-            segment_label=label,
-            segmented_property_category=category,
-            segmented_property_type=kind,
-            algorithm_type=manual,
-        )
-        for n, (_, label, category, kind) in enumerate(segments, start=1)
-    ]
-    seg = hd.seg.Segmentation(
-        source_images=volume.datasets,
-        pixel_array=np.stack([m for m, *_ in segments], axis=-1).astype(np.uint8),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=generate_uid(),
-        series_number=300,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer="OHIF",
-        manufacturer_model_name="OHIF Viewer",
-        software_versions="3.13.2",
-        device_serial_number="1",
-        series_description="Segmentation (edited)",
-    )
-    return seg
-
-
 def _store_in_pacs(pacs: Orthanc, seg: pydicom.Dataset, tmp: Path) -> None:
     """Stored into the PACS as OHIF stores it; the PACS' routing script sends it on."""
     path = tmp / f"{seg.SOPInstanceUID}.dcm"
@@ -110,7 +68,7 @@ def test_a_reader_edited_seg_is_measured_again_reported_and_kept_for_training(
     edited = case.labels.copy()
     k = int(np.argmax(scar_mask(edited).sum(axis=(1, 2))))
     edited[k][scar_mask(edited[k])] = Label.MYOCARDIUM
-    seg = _reader_seg(volume, edited)
+    seg = reader_seg(volume, edited)
     _store_in_pacs(pacs, seg, tmp_path)
     node.wait_done(seg.SeriesInstanceUID)
     ((_, state, _, error),) = node.jobs(seg.SeriesInstanceUID)
@@ -193,7 +151,7 @@ def test_a_reader_edited_seg_is_measured_again_reported_and_kept_for_training(
     # the training case.
     edited2 = edited.copy()
     edited2[edited2 == Label.MVO] = Label.SCAR
-    seg2 = _reader_seg(volume, edited2)
+    seg2 = reader_seg(volume, edited2)
     _store_in_pacs(pacs, seg2, tmp_path)
     node.wait_done(seg2.SeriesInstanceUID)
     third = next(
@@ -214,7 +172,7 @@ def test_a_seg_the_node_cannot_apply_is_skipped_or_failed_with_its_reason(
     case = phantom_factory(seed=7, kind="psir")
     # 1. A SEG of a series the node never saw: stored, skipped, the reason recorded.
     _, series, files = copy_study(case.out_dir / "dicom", tmp_path / "unseen")
-    stranger = _reader_seg(load_series(files), case.labels)
+    stranger = reader_seg(load_series(files), case.labels)
     path = tmp_path / "stranger.dcm"
     stranger.save_as(path, enforce_file_format=True)
     storescu(node.port, path, aet="ORTHANC", extra=["-R"])  # SEG: a context of its own
@@ -230,7 +188,7 @@ def test_a_seg_the_node_cannot_apply_is_skipped_or_failed_with_its_reason(
     study2, series2, files2 = copy_study(case.out_dir / "dicom", tmp_path / "analysed")
     storescu(node.port, files2)
     node.wait_done(series2)
-    foreign = _reader_seg(load_series(files), case.labels)  # frames of the unseen copy
+    foreign = reader_seg(load_series(files), case.labels)  # frames of the unseen copy
     foreign.StudyInstanceUID = study2
     foreign.ReferencedSeriesSequence[0].SeriesInstanceUID = series2
     path = tmp_path / "foreign.dcm"
@@ -246,7 +204,7 @@ def test_a_seg_the_node_cannot_apply_is_skipped_or_failed_with_its_reason(
     assert len(reports_for(pacs, study2, series2)) == 1  # no report from it
 
     # 3. A SEG without our segments (another tool's, e.g. of the RV): skipped.
-    other = _reader_seg(load_series(files2), case.labels)
+    other = reader_seg(load_series(files2), case.labels)
     for item in other.SegmentSequence:
         item.SegmentedPropertyTypeCodeSequence[0].CodeValue = "53085002"  # right ventricle
         item.SegmentLabel = "RV"

@@ -44,7 +44,7 @@ def test_blobs_fill_back_to_their_pixels(seed: int) -> None:
     mask = ndimage.gaussian_filter(rng.random((72, 64)), 4) > 0.5
     mask |= _ring(72)[:, :64] & (seed % 2 == 0)
     polys = outlines(mask)
-    labelled, n = ndimage.label(mask)
+    _, n = ndimage.label(mask)
     assert 1 <= len(polys) <= n, "one polyline per 4-connected component at most"
     wrong = int((_fill(polys, mask.shape) != mask).sum())
     assert wrong <= 0.02 * mask.sum(), f"{wrong} of {mask.sum()} pixels differ"

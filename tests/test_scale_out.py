@@ -8,90 +8,21 @@ nothing acknowledged."""
 
 from __future__ import annotations
 
-import hashlib
-import os
-import signal
-import subprocess
-import sys
+import json
 import time
-import tomllib
 from pathlib import Path
 
 import httpx
 import pytest
+import SimpleITK as sitk
+from pynetdicom import AE
 
-from tests.node_harness import ROOT, NodeProcess, copy_study, free_port, storescu, write_toml
+from tests.cluster_harness import TOKEN, WorkerProcess, receiver
+from tests.dicom_tools import reader_seg
+from tests.node_harness import NodeProcess, copy_study, reports_for, storescu
 from tests.orthanc import Orthanc
 
 pytestmark = pytest.mark.timeout(900)
-
-
-TOKEN = "worker-token-for-the-scale-out-test"
-TOKEN_SHA = hashlib.sha256(TOKEN.encode()).hexdigest()
-
-
-class WorkerProcess:
-    """``lge-node worker`` as a child process with its own data folder, config and log."""
-
-    def __init__(self, node: NodeProcess, workdir: Path, name: str) -> None:
-        self.node, self.name = node, name
-        self.workdir = workdir
-        self.data_dir = workdir / "data"
-        self.config_path = workdir / "worker.toml"
-        self.log_path = workdir / "worker.log"
-        self.proc: subprocess.Popen | None = None
-        doc = tomllib.loads(node.config_path.read_text())
-        doc["storage"]["data_dir"] = str(self.data_dir)
-        doc.pop("destinations", None)  # results go out from the node that holds them
-        doc["cluster"] = {"fetch": "dicomweb", "token": TOKEN}
-        doc["jobs"]["workers"] = 1
-        workdir.mkdir(parents=True, exist_ok=True)
-        write_toml(self.config_path, doc)
-
-    def start(self) -> WorkerProcess:
-        log = self.log_path.open("a")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "worker", "--config", str(self.config_path)],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        )  # fmt: skip
-        self.node.wait_for(lambda: "models_loaded" in self.log(), 180, f"{self.name} models")
-        return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def jobs_started(self) -> list[int]:
-        return [
-            int(line.split("job=")[1].split()[0])
-            for line in self.log().splitlines() if "job_started" in line
-        ]  # fmt: skip
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
-def _receiver(work: Path, name: str, pg_url: str, destination: dict) -> NodeProcess:
-    """A receive-only node (jobs.workers = 0) on the shared index, reachable by workers
-    with the operator token."""
-    port = free_port()
-    return NodeProcess(
-        work / name, destinations=[destination], wait_models=False,
-        storage={"database_url": pg_url}, jobs={"workers": 0, "retry_delay_s": 1.0},
-        http={"port": port, "tokens": [{"name": "worker", "role": "operator",
-                                        "sha256": TOKEN_SHA}]},
-        cluster={"node_name": name, "url": f"http://127.0.0.1:{port}"},
-    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +31,7 @@ def cluster(postgres, tmp_path_factory: pytest.TempPathFactory):
     with Orthanc(work / "orthanc") as pacs:
         destination = {"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1",
                        "port": pacs.dicom_port}  # fmt: skip
-        nodes = [_receiver(work, name, postgres.url, destination) for name in ("east", "west")]
+        nodes = [receiver(work, name, postgres.url, destination) for name in ("east", "west")]
         with nodes[0], nodes[1]:
             workers = [WorkerProcess(nodes[0], work / f"worker-{i}", f"worker-{i}")
                        for i in (1, 2)]  # fmt: skip
@@ -158,6 +89,57 @@ def test_ten_studies_from_two_senders_to_two_nodes_are_each_processed_once(
     for w in workers:
         assert not list(w.data_dir.glob("fetched/*/instances/*.dcm"))
         assert not list(w.data_dir.glob("results/*/*/*.dcm"))
+
+
+def test_a_readers_correction_is_applied_by_a_worker_on_another_host(
+    cluster, phantom_factory, tmp_path: Path
+) -> None:
+    """A reader's SEG sent to the node holding its series: a worker with its own data
+    folder fetches the series, the SEG and the superseded results, and hands back the
+    reader-edited results and the training pair, which joins the holding node's dataset
+    (a site's corrections gather where its data is, not on whichever worker ran them)."""
+    import numpy as np
+
+    from pipeline.labels import Label, scar_mask
+    from pipeline.series import load_series
+
+    nodes, workers, pacs = cluster
+    node = nodes[1]
+    case = phantom_factory(seed=7, kind="psir")
+    study, series, files = copy_study(case.out_dir / "dicom", tmp_path / "study")
+    storescu(node.port, files, aet="SCANNER_B")
+    node.wait_done(series, timeout=600)
+
+    edited = case.labels.copy()
+    k = int(np.argmax(scar_mask(edited).sum(axis=(1, 2))))
+    edited[k][scar_mask(edited[k])] = Label.MYOCARDIUM
+    seg = reader_seg(load_series(files), edited)
+    viewer = AE("SCANNER_B")  # a viewer storing the reader's SEG (storescu offers no SEG)
+    viewer.add_requested_context(seg.SOPClassUID, seg.file_meta.TransferSyntaxUID)
+    assoc = viewer.associate("127.0.0.1", node.port, ae_title="LGE_NODE")
+    assert assoc.is_established
+    assert assoc.send_c_store(seg).Status == 0
+    assoc.release()
+    node.wait_done(seg.SeriesInstanceUID, timeout=600)
+    ((_, state, _, error),) = node.jobs(seg.SeriesInstanceUID)
+    assert (state, error) == ("done", "")
+    assert any("correction_applied" in w.log() for w in workers)
+    assert "training_pair_adopted" in node.log()
+
+    descriptions = [r.SeriesDescription for r in reports_for(pacs, study, series)]
+    assert sorted(descriptions) == ["LGE scar report", "LGE scar report (reader-edited)"]
+    dataset = node.data_dir / "training" / "Dataset900_LGECorrections"
+    assert json.loads((dataset / "dataset.json").read_text())["numTraining"] == 1
+    (notes,) = (dataset / "provenance").glob("*.json")
+    provenance = json.loads(notes.read_text())
+    assert provenance["reader_seg_sop_instance_uid"] == seg.SOPInstanceUID
+    assert Path(provenance["results"]).is_relative_to(node.data_dir)
+    (labels_file,) = (dataset / "labelsTr").glob("*.nii.gz")
+    pair = sitk.GetArrayFromImage(sitk.ReadImage(str(labels_file)))
+    assert scar_mask(pair).sum() == scar_mask(edited).sum()
+    for w in workers:
+        assert not (w.data_dir / "training").exists()
+        assert not list(w.data_dir.glob("fetched/*/instances/*.dcm"))
 
 
 def test_a_worker_killed_mid_job_is_replaced_by_another(

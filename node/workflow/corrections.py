@@ -13,8 +13,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +113,7 @@ def correct(
     out_dir: Path,
     training_dataset: Path,
     received_from: str,
+    drawing: Executor | None = None,
 ) -> Corrected:
     """Apply the reader's SEG at ``seg_path`` to ``source`` (its files at ``source_paths``)
     and write the reader-edited results into ``out_dir`` and the training pair into
@@ -142,7 +145,7 @@ def correct(
     files = write_outputs(
         out_dir, volume, labels, metrics, algorithm,
         predecessor_sr=predecessor if predecessor and predecessor.exists() else None,
-        reader_edit=ReaderEdit(seg, received_from),
+        reader_edit=ReaderEdit(seg, received_from), drawing=drawing,
     )  # fmt: skip
     provenance = {
         "source_series_instance_uid": source.series_uid,
@@ -192,7 +195,7 @@ def keep_training_pair(
 ) -> str:
     """Add (or replace) the series' case in the nnU-Net raw dataset; ``dataset.json``
     counts the cases; ``provenance/<case>.json`` says where the case came from."""
-    from pipeline.nnunet_raw import case_files, write_case, write_dataset_json
+    from pipeline.nnunet_raw import write_case
     from pipeline.roi import Box, heart_region
 
     case_id = case_id_of(volume.series_instance_uid)
@@ -204,9 +207,81 @@ def keep_training_pair(
         tmp = notes / f".{case_id}.json.tmp"
         tmp.write_text(json.dumps({"case": case_id, **provenance}, indent=2) + "\n")
         os.replace(tmp, notes / f"{case_id}.json")
-        cases = sorted(
-            p for p in (dataset_dir / "labelsTr").glob("*.nii.gz")
-            if case_files(dataset_dir, p.name.removesuffix(".nii.gz"))[0].exists()
-        )  # fmt: skip
-        write_dataset_json(dataset_dir, len(cases), DATASET_DESCRIPTION)
+        _count_cases(dataset_dir)
     return case_id
+
+
+def _count_cases(dataset_dir: Path) -> None:
+    from pipeline.nnunet_raw import case_files, write_dataset_json
+
+    cases = sorted(
+        p for p in (dataset_dir / "labelsTr").glob("*.nii.gz")
+        if case_files(dataset_dir, p.name.removesuffix(".nii.gz"))[0].exists()
+    )  # fmt: skip
+    write_dataset_json(dataset_dir, len(cases), DATASET_DESCRIPTION)
+
+
+# A worker on another host keeps the training pair in this folder of its results and hands
+# it back with them; the node holding the series adds it to its own dataset.
+HANDED_BACK = "training"
+_CASE = r"LGECORR_[0-9a-f]{16}"
+_PAIR_FILE = re.compile(
+    rf"^{HANDED_BACK}/(?:imagesTr/(?P<image>{_CASE})_0000\.nii\.gz"
+    rf"|labelsTr/(?P<labels>{_CASE})\.nii\.gz|provenance/(?P<notes>{_CASE})\.json)$"
+)
+
+
+def handed_back_pair(files: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """The files of a hand-back that are a training pair (its dataset.json is not taken:
+    the node counts its own cases)."""
+    return [(n, d) for n, d in files if n.startswith(f"{HANDED_BACK}/")]
+
+
+@dataclass(frozen=True)
+class HandedBackPair:
+    """A training pair a worker on another host made, read from its hand-back."""
+
+    case_id: str
+    image: bytes
+    labels: bytes
+    provenance: dict
+
+
+def read_handed_back_pair(files: list[tuple[str, bytes]]) -> HandedBackPair:
+    """The ``training/...`` files of a hand-back as one case; ValueError for anything but
+    one whole case (image, labels, provenance naming it)."""
+    parts: dict[str, bytes] = {}
+    cases = set()
+    for name, data in files:
+        if name == f"{HANDED_BACK}/dataset.json":
+            continue
+        match = _PAIR_FILE.match(name)
+        if match is None:
+            raise ValueError(f"{name!r} is not a training-pair file")
+        kind = next(k for k, v in match.groupdict().items() if v)
+        cases.add(match[kind])
+        parts[kind] = data
+    if len(cases) != 1 or set(parts) != {"image", "labels", "notes"}:
+        raise ValueError("a training pair needs one case's image, labels and provenance")
+    (case_id,) = cases
+    notes = json.loads(parts["notes"])
+    if not isinstance(notes, dict) or notes.get("case") != case_id:
+        raise ValueError("the training pair's provenance names another case")
+    return HandedBackPair(case_id, parts["image"], parts["labels"], notes)
+
+
+def adopt_training_pair(dataset_dir: Path, pair: HandedBackPair, results: Path) -> None:
+    """Add a handed-back pair to this node's dataset, as `keep_training_pair` does;
+    ``results``: where this node keeps the results it came with."""
+    from pipeline.nnunet_raw import case_files
+
+    image, labels = case_files(dataset_dir, pair.case_id)
+    notes = (json.dumps({**pair.provenance, "results": str(results)}, indent=2) + "\n").encode()
+    provenance = dataset_dir / "provenance" / f"{pair.case_id}.json"
+    with _locked(dataset_dir):
+        for path, data in ((image, pair.image), (labels, pair.labels), (provenance, notes)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        _count_cases(dataset_dir)

@@ -34,6 +34,11 @@ from node.logs import event
 from node.store.records import CORRECTION, Claim, JobState, StoredFile
 from node.store.repository import Repository
 from node.store.storage import Storage, uid_hash
+from node.workflow.corrections import (
+    adopt_training_pair,
+    handed_back_pair,
+    read_handed_back_pair,
+)
 from node.workflow.transitions import IllegalTransition
 
 if TYPE_CHECKING:
@@ -267,9 +272,19 @@ def accept_results(
         raise HandBackRefused(409, f"job {job_id} is {record.state}, not running")
     if not repository.holds(series):
         raise HandBackRefused(409, f"the series of job {job_id} is held by node {series.node!r}")
+    pair_files = handed_back_pair(files)
+    files = [f for f in files if f not in pair_files]
     by_name = dict(files)
     if "metrics.json" not in by_name:
         raise HandBackRefused(400, "the results hold no metrics.json")
+    pair = None
+    if pair_files:
+        if series.kind != CORRECTION:
+            raise HandBackRefused(400, "a training pair comes only with a reader's correction")
+        try:
+            pair = read_handed_back_pair(pair_files)
+        except ValueError as exc:
+            raise HandBackRefused(400, f"training pair not usable: {exc}") from None
     folder = storage.results_dir(series.series_uid, job_id)
     objects = []
     # Every name and header is checked before anything is written: a refused hand-back
@@ -283,6 +298,9 @@ def accept_results(
         except Exception as exc:  # a bad name, a cut-off or non-DICOM part, no UIDs
             raise HandBackRefused(400, f"result {name!r} not usable: {exc}") from None
     storage.place_results(folder, files)
+    if pair is not None:
+        adopt_training_pair(config.training_dataset, pair, folder)
+        event(log, "training_pair_adopted", job=job_id, training_case=pair.case_id)
     # Results of a reader's correction go where the corrected series' results went.
     calling_ae = series.calling_ae
     if series.kind == CORRECTION and series.derived_from is not None:

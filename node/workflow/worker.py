@@ -24,7 +24,7 @@ from node.metrics import JOB_SECONDS
 from node.store.records import Claim
 from node.store.repository import Repository
 from node.store.storage import Storage
-from node.workflow.corrections import CorrectionError, correct
+from node.workflow.corrections import HANDED_BACK, CorrectionError, correct
 from node.workflow.drawing import DrawingProcess
 from node.workflow.remote import JobInputs, Remote
 from pipeline.errors import SeriesLoadError
@@ -221,10 +221,13 @@ class Worker(threading.Thread):
         assert self.pipeline is not None and self.algorithm is not None
         assert claim.correction is not None
         source = claim.correction.source
+        # A fetched job's training pair goes back with its results, to the node holding
+        # the series, so that a site's corrections gather where its data is.
+        dataset = out / HANDED_BACK if inputs.fetched else self.config.training_dataset
         corrected = correct(
             inputs.paths[0], inputs.source_paths, claim.correction.source, inputs.previous,
-            self.pipeline.settings, self.algorithm, out, self.config.training_dataset,
-            received_from=claim.series.calling_ae,
+            self.pipeline.settings, self.algorithm, out, dataset,
+            received_from=claim.series.calling_ae, drawing=self.drawing,
         )  # fmt: skip
         event(
             log, "correction_applied", job=claim.job_id, series=claim.series.series_uid,
