@@ -594,3 +594,37 @@ def test_pages_drawn_in_the_drawing_process_are_the_ones_drawn_here_even_after_i
         assert drawing.pids and drawing.pids != [pid], "a new drawing process"
     finally:
         drawing.shutdown()
+
+
+def test_the_drawing_process_ends_when_its_worker_is_killed(tmp_path: Path) -> None:
+    """A node killed outright (SIGKILL, OOM) leaves no drawing process behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import time\n"
+        "from node.workflow.drawing import DrawingProcess\n"
+        "d = DrawingProcess()\n"
+        "d.start()\n"
+        "while not d.pids: time.sleep(0.05)\n"
+        "print(d.pids[0], flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    os.kill(child, 0)  # it runs
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(10)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError(f"drawing process {child} outlived its worker")

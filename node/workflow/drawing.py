@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor
 from typing import Any, ParamSpec, TypeVar
@@ -26,8 +28,17 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def _prepare() -> None:
+def _prepare(parent: int) -> None:
+    threading.Thread(target=_follow, args=(parent,), name="follow-parent", daemon=True).start()
     import dicom_templates.outputs  # noqa: F401  matplotlib, Pillow, highdicom: seconds
+
+
+def _follow(parent: int) -> None:
+    """Exit once the worker's process is gone: a node killed outright (SIGKILL, OOM) must
+    not leave its drawing process behind, idle, for every restart."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 def _ready() -> bool:
@@ -48,7 +59,9 @@ class DrawingProcess(Executor):
     def _start(self) -> ProcessPoolExecutor:
         if self._pool is None:
             context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(1, mp_context=context, initializer=_prepare)
+            self._pool = ProcessPoolExecutor(
+                1, mp_context=context, initializer=_prepare, initargs=(os.getpid(),)
+            )
             self._pool.submit(_ready)  # start it and import now, not in the first job
         return self._pool
 
