@@ -335,10 +335,3 @@ def overlay_objects(
     summary = _sc(ref, pages.summary, new_uid(), SUMMARY_SERIES.of(algorithm), 1, None, orientation)
     summary.PatientOrientation = ""  # a report page has no anatomical orientation
     return out, summary
-
-
-def build_overlays(
-    volume: Volume, labels: np.ndarray, metrics: Metrics, algorithm: Algorithm
-) -> tuple[list[hd.sc.SCImage], hd.sc.SCImage]:
-    """`render_overlays` and `overlay_objects` in one step."""
-    return overlay_objects(volume, render_overlays(volume, labels, metrics, algorithm), algorithm)

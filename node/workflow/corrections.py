@@ -28,7 +28,7 @@ from pydicom.uid import SegmentationStorage
 
 from node.store.records import Origin, SeriesRecord, SeriesState
 from node.store.repository import Repository
-from node.store.storage import uid_hash
+from node.store.storage import Storage, uid_hash
 
 if TYPE_CHECKING:  # the output builders (highdicom, matplotlib) load with the first SEG
     from dicom_templates.identity import Algorithm
@@ -231,10 +231,16 @@ _PAIR_FILE = re.compile(
 )
 
 
-def handed_back_pair(files: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
-    """The files of a hand-back that are a training pair (its dataset.json is not taken:
-    the node counts its own cases)."""
-    return [(n, d) for n, d in files if n.startswith(f"{HANDED_BACK}/")]
+def split_training_pair(
+    files: list[tuple[str, bytes]],
+) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+    """A hand-back's files as (results, training pair); the pair's dataset.json is not
+    taken later: the node counts its own cases."""
+    results: list[tuple[str, bytes]] = []
+    pair: list[tuple[str, bytes]] = []
+    for item in files:
+        (pair if item[0].startswith(f"{HANDED_BACK}/") else results).append(item)
+    return results, pair
 
 
 @dataclass(frozen=True)
@@ -270,9 +276,12 @@ def read_handed_back_pair(files: list[tuple[str, bytes]]) -> HandedBackPair:
     return HandedBackPair(case_id, parts["image"], parts["labels"], notes)
 
 
-def adopt_training_pair(dataset_dir: Path, pair: HandedBackPair, results: Path) -> None:
-    """Add a handed-back pair to this node's dataset, as `keep_training_pair` does;
-    ``results``: where this node keeps the results it came with."""
+def adopt_training_pair(
+    storage: Storage, dataset_dir: Path, pair: HandedBackPair, results: Path
+) -> None:
+    """Add a handed-back pair to this node's dataset, as `keep_training_pair` does, each
+    file written atomically by ``storage``; ``results``: where this node keeps the
+    results it came with."""
     from pipeline.nnunet_raw import case_files
 
     image, labels = case_files(dataset_dir, pair.case_id)
@@ -280,8 +289,5 @@ def adopt_training_pair(dataset_dir: Path, pair: HandedBackPair, results: Path) 
     provenance = dataset_dir / "provenance" / f"{pair.case_id}.json"
     with _locked(dataset_dir):
         for path, data in ((image, pair.image), (labels, pair.labels), (provenance, notes)):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            storage.write_atomic(path, data)
         _count_cases(dataset_dir)

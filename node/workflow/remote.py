@@ -36,8 +36,8 @@ from node.store.repository import Repository
 from node.store.storage import Storage, uid_hash
 from node.workflow.corrections import (
     adopt_training_pair,
-    handed_back_pair,
     read_handed_back_pair,
+    split_training_pair,
 )
 from node.workflow.transitions import IllegalTransition
 
@@ -272,8 +272,7 @@ def accept_results(
         raise HandBackRefused(409, f"job {job_id} is {record.state}, not running")
     if not repository.holds(series):
         raise HandBackRefused(409, f"the series of job {job_id} is held by node {series.node!r}")
-    pair_files = handed_back_pair(files)
-    files = [f for f in files if f not in pair_files]
+    files, pair_files = split_training_pair(files)
     by_name = dict(files)
     if "metrics.json" not in by_name:
         raise HandBackRefused(400, "the results hold no metrics.json")
@@ -299,7 +298,7 @@ def accept_results(
             raise HandBackRefused(400, f"result {name!r} not usable: {exc}") from None
     storage.place_results(folder, files)
     if pair is not None:
-        adopt_training_pair(config.training_dataset, pair, folder)
+        adopt_training_pair(storage, config.training_dataset, pair, folder)
         event(log, "training_pair_adopted", job=job_id, training_case=pair.case_id)
     # Results of a reader's correction go where the corrected series' results went.
     calling_ae = series.calling_ae
