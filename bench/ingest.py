@@ -129,6 +129,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency-studies", type=int, default=3)
     parser.add_argument("--no-ingest", action="store_true", help="latency and memory only")
+    parser.add_argument("--no-latency", action="store_true", help="ingest rates only")
     args = parser.parse_args()
     console = Console()
 
@@ -180,7 +181,7 @@ def main() -> None:
         # with the default one association to it, and with four.
         runs: dict[int, tuple[dict[str, list[float]], list[Timeline]]] = {}
         rss = rss_drawing = 0.0
-        for associations in (1, 4):
+        for associations in () if args.no_latency else (1, 4):
             node = NodeProcess(
                 work / f"node_latency{associations}", stable_age_s=stable_age,
                 destinations=[{**dest, "associations": associations}], storage={"fsync": True},
@@ -229,9 +230,10 @@ def main() -> None:
                                   "job done -> results sent and acknowledged")):  # fmt: skip
             got = [p[k] for p in parts]
             t2.add_row(f"  {what} ({to})", f"median {statistics.median(got):.2f} s")
-    t2.add_row("peak RSS of the node process (models loaded, after all jobs)", f"{rss:.0f} MB")
-    t2.add_row("peak RSS of its drawing process (overlays, PDF)", f"{rss_drawing:.0f} MB")
-    console.print(t2)
+    if runs:
+        t2.add_row("peak RSS of the node process (models loaded, after all jobs)", f"{rss:.0f} MB")
+        t2.add_row("peak RSS of its drawing process (overlays, PDF)", f"{rss_drawing:.0f} MB")
+        console.print(t2)
 
 
 if __name__ == "__main__":

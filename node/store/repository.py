@@ -18,12 +18,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from sqlalchemy import (
     ColumnElement,
     Table,
     and_,
+    bindparam,
     case,
     create_engine,
     event,
@@ -93,26 +94,47 @@ from node.workflow.transitions import (
 
 
 class OriginCache:
-    """Origin of recently seen series (a series UID's origin is fixed once indexed)."""
+    """Origin of recently seen series (a series UID's origin is fixed once indexed), and
+    for a while the series not yet indexed when asked: those cannot be results of this
+    node (results get new UIDs and are recorded before anyone is sent them), so the
+    instances of a series still arriving need not ask again."""
+
+    UNKNOWN_FOR_S = 60.0
 
     def __init__(self, size: int = 4096) -> None:
         self.size = size
-        self._known: OrderedDict[str, Origin] = OrderedDict()
+        self._known: OrderedDict[str, Origin | float] = OrderedDict()  # float: unknown until
         self._lock = threading.Lock()
 
-    def get(self, series_uid: str) -> Origin | None:
+    def get(self, series_uid: str) -> Origin | Literal[False] | None:
+        """The origin; None: not indexed a moment ago; False: ask the index."""
         with self._lock:
-            return self._known.get(series_uid)
+            known = self._known.get(series_uid)
+        if isinstance(known, float):
+            return None if time.monotonic() < known else False
+        return known if known is not None else False
 
-    def put(self, series_uid: str, origin: Origin) -> None:
+    def put(self, series_uid: str, origin: Origin | None) -> None:
         with self._lock:
-            self._known[series_uid] = origin
+            self._known[series_uid] = (
+                origin if origin is not None else time.monotonic() + self.UNKNOWN_FOR_S
+            )
             while len(self._known) > self.size:
                 self._known.popitem(last=False)
 
 
 def _table(entity: type[Base]) -> Table:
     return cast(Table, entity.__table__)
+
+
+_HOME_OF_SOP = (
+    select(_table(Series).c.series_uid, _table(Instance).c.path)
+    .join(_table(Series), _table(Instance).c.series_fk == _table(Series).c.id)
+    .where(_table(Instance).c.sop_uid == bindparam("sop"))
+)
+_ORIGIN_OF_SERIES = select(_table(Series).c.origin).where(
+    _table(Series).c.series_uid == bindparam("series")
+)
 
 
 def _insert(con: Connection, table: Table, **values: Any) -> int:
@@ -545,22 +567,18 @@ class Repository:
     def identity(
         self, sop_uid: str, series_uid: str, origins: OriginCache | None = None
     ) -> Identity:
-        # Asked on every C-STORE before it is acknowledged: Core SQL on a pooled
-        # connection, and a series' origin (which never changes) asked once.
-        series_t, instances = _table(Series), _table(Instance)
-        origin = origins.get(series_uid) if origins is not None else None
+        # Asked on every C-STORE before it is acknowledged: Core SQL built once (building
+        # the statements cost twice what running them does), a pooled connection, and a
+        # series' origin (which never changes) asked once.
+        cached = origins.get(series_uid) if origins is not None else False
         with self.engine.connect() as con:
-            home = con.execute(
-                select(series_t.c.series_uid, instances.c.path)
-                .join(series_t, instances.c.series_fk == series_t.c.id)
-                .where(instances.c.sop_uid == sop_uid)
-            ).first()
-            if origin is None:
-                origin = con.execute(
-                    select(series_t.c.origin).where(series_t.c.series_uid == series_uid)
-                ).scalar()
-                if origin is not None and origins is not None:
-                    origins.put(series_uid, Origin(origin))
+            home = con.execute(_HOME_OF_SOP, {"sop": sop_uid}).first()
+            if cached is False:
+                origin = con.execute(_ORIGIN_OF_SERIES, {"series": series_uid}).scalar()
+                if origins is not None:
+                    origins.put(series_uid, Origin(origin) if origin is not None else None)
+            else:
+                origin = cached
         return Identity(
             home_series=home[0] if home else None,
             home_path=home[1] if home else None,
