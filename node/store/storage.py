@@ -107,14 +107,22 @@ class Storage:
 
     def write_atomic(self, path: Path, data: bytes) -> None:
         """Write ``data`` to ``path`` so that a reader sees the old file or the whole new one."""
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data):x}.tmp")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+        try:  # the folder usually exists: create it only when the open says it does not
+            fd = os.open(tmp, flags, 0o666)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, flags, 0o666)
         try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
                 if self.fsync:
-                    fh.flush()
-                    os.fdatasync(fh.fileno())  # the data and its size: all a reader needs
+                    os.fdatasync(fd)  # the data and its size: all a reader needs
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)  # disk full, I/O error: no temp file outlives it
