@@ -190,7 +190,7 @@ def _top_level(
         if length == UNDEFINED:
             if vr != b"SQ":
                 raise Unsure
-            pos = _undefined_sequence(data, value_at, explicit, 0)
+            pos = _items(data, value_at, None, explicit, 1)
             continue
         if value_at + length > end:
             raise Unsure  # cut off: pydicom says so
@@ -220,47 +220,32 @@ def _element(data: bytes, pos: int, explicit: bool, tag: int) -> tuple[bytes, in
     return vr, length, pos + 8
 
 
-def _items(data: bytes, pos: int, end: int, explicit: bool, depth: int) -> None:
-    """Walk the items of a sequence of defined length (bytes ``pos`` to ``end``)."""
-    while pos < end:
-        if pos + 8 > end:
-            raise Unsure
-        group, element = _TAG.unpack_from(data, pos)
-        length = _U32.unpack_from(data, pos + 4)[0]
-        if (group << 16 | element) != ITEM:
-            raise Unsure
-        if length == UNDEFINED:
-            pos = _undefined_item(data, pos + 8, explicit, depth)
-        else:
-            if pos + 8 + length > end:
-                raise Unsure
-            _dataset(data, pos + 8, pos + 8 + length, explicit, depth)
-            pos += 8 + length
-    if pos != end:
-        raise Unsure
-
-
-def _undefined_sequence(data: bytes, pos: int, explicit: bool, depth: int) -> int:
-    """Walk items up to the sequence delimiter; return the offset after it."""
+def _items(data: bytes, pos: int, end: int | None, explicit: bool, depth: int) -> int:
+    """Walk a sequence's items from ``pos`` up to ``end`` (a defined length) or, when
+    ``end`` is None, up to the sequence delimiter; return the offset after them."""
     if depth >= MAX_DEPTH:
         raise Unsure
-    while True:
-        if pos + 8 > len(data):
+    limit = len(data) if end is None else end
+    while end is None or pos < end:
+        if pos + 8 > limit:
             raise Unsure
         group, element = _TAG.unpack_from(data, pos)
         length = _U32.unpack_from(data, pos + 4)[0]
         tag = group << 16 | element
-        if tag == SEQUENCE_END:
+        if end is None and tag == SEQUENCE_END:
             return pos + 8
         if tag != ITEM:
             raise Unsure
         if length == UNDEFINED:
             pos = _undefined_item(data, pos + 8, explicit, depth + 1)
         else:
-            if pos + 8 + length > len(data):
+            if pos + 8 + length > limit:
                 raise Unsure
             _dataset(data, pos + 8, pos + 8 + length, explicit, depth + 1)
             pos += 8 + length
+    if pos != end:
+        raise Unsure
+    return pos
 
 
 def _undefined_item(data: bytes, pos: int, explicit: bool, depth: int) -> int:
@@ -297,7 +282,7 @@ def _nested_element(data: bytes, pos: int, explicit: bool, depth: int) -> int:
     if length == UNDEFINED:
         if vr != b"SQ":
             raise Unsure
-        return _undefined_sequence(data, value_at, explicit, depth + 1)
+        return _items(data, value_at, None, explicit, depth + 1)
     if value_at + length > len(data):
         raise Unsure
     if vr == b"SQ":
