@@ -155,10 +155,11 @@ def spec_of(segment: Dataset) -> SegmentSpec | None:
     return next((spec for spec in specs if spec.label.lower() == label), None)
 
 
-def read_seg_masks(seg: Dataset, volume: Volume) -> np.ndarray:
+def read_seg_masks(seg: Dataset, volume: Volume, include_blood_pools: bool = False) -> np.ndarray:
     """(z, y, x, 3) masks of myocardium, infarct and MVO from a SEG on ``volume``'s
     frames, in `segment_specs` order: the inverse of `build_seg`, for a SEG a reader
-    edited. A segment the SEG lacks is empty; frames are matched by source reference.
+    edited; (z, y, x, 5) with the LV and RV blood pools after them when asked for.
+    A segment the SEG lacks is empty; frames are matched by source reference.
     ValueError when it is not a SEG, has none of our segments, or segments images that
     are not in ``volume``."""
     if seg.get("SOPClassUID") != SegmentationStorage:
@@ -167,7 +168,7 @@ def read_seg_masks(seg: Dataset, volume: Volume) -> np.ndarray:
     numbers: dict[int, int] = {}  # our index -> the SEG's segment number
     for segment in parsed.SegmentSequence:
         spec = spec_of(segment)
-        if spec is not None and spec.number <= 3:
+        if spec is not None and spec.number <= (5 if include_blood_pools else 3):
             numbers[spec.number - 1] = int(segment.SegmentNumber)
     if not numbers:
         raise ValueError("the SEG has none of the segments LV myocardium, infarct, MVO")
@@ -181,7 +182,7 @@ def read_seg_masks(seg: Dataset, volume: Volume) -> np.ndarray:
             f"{len(foreign)} of the {len(referenced)} images the SEG segments are not in "
             f"series {volume.series_instance_uid}"
         )
-    masks = np.zeros((*volume.array.shape, 3), dtype=bool)
+    masks = np.zeros((*volume.array.shape, 5 if include_blood_pools else 3), dtype=bool)
     wanted = sorted(numbers.values())
     for k, frame in enumerate(volume.frames):
         if frame.frame_number is None:

@@ -18,5 +18,6 @@ for group, panel in ((operator.app, "Node (PACS administrator)"), (researcher.ap
     for command in group.registered_commands:
         command.rich_help_panel = panel
         app.registered_commands.append(command)
+app.add_typer(researcher.dataset_app, name="dataset", rich_help_panel="Research")
 
 __all__ = ["app"]

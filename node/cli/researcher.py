@@ -333,3 +333,88 @@ def report(
         f"metrics: {files.metrics}\nSEG: {files.seg}\nSR: {files.sr}\n"
         f"overlays: {len(files.overlays)} in {files.overlays[0].parent}"
     )
+
+
+dataset_app = typer.Typer(rich_markup_mode="rich", no_args_is_help=True,
+                          help="Bring your own labelled data: import it for training.")  # fmt: skip
+
+FORMATS = ("emidec", "nifti", "dicom")
+
+
+@dataset_app.command("import")
+def dataset_import(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="The data: an EMIDEC folder, a folder of NIfTI images, or a folder of DICOM + SEG."
+        ),
+    ],
+    out: Annotated[Path, typer.Argument(help="The dataset folder to write (replaced whole).")],
+    format: Annotated[str, typer.Option("--format", help="emidec, nifti or dicom")] = "emidec",
+    labels: Annotated[
+        Path | None, typer.Option(help="nifti: the folder of label files (same names).")
+    ] = None,
+    label_map: Annotated[
+        str | None,
+        typer.Option(
+            help="nifti: VALUE:NAME,... with NAME one of background, lv_blood_pool, "
+            "myocardium, scar, mvo, rv_blood_pool, ignore (default: EMIDEC's 0-4)."
+        ),
+    ] = None,
+    licence: Annotated[
+        str,
+        typer.Option(
+            help="The data's licence, kept in the dataset card and every model card trained on it."
+        ),
+    ] = "unknown",
+    folds: Annotated[int, typer.Option(min=2, max=10, help="Cross-validation folds.")] = 5,
+    seed: Annotated[int, typer.Option(help="Splits and crop margins; same seed, same set.")] = 0,
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="Leave unusable cases out (listed).")
+    ] = False,
+) -> None:
+    """Check every case and write an nnU-Net raw dataset (heart-region crops, 5-fold
+    splits), a YOLO detection set, summary.json and a dataset card. Nothing is written
+    when a case is unusable (its reason is listed), unless --skip-invalid."""
+    from tqdm import tqdm
+
+    from pipeline.research import importer as imp
+
+    if format not in FORMATS:
+        raise fail(f"--format {format!r}: one of {', '.join(FORMATS)}", code=2)
+    if not source.is_dir():
+        raise fail(f"{source} is not a folder", code=2)
+    with exit_on(imp.DatasetImportError, code=2, what="import refused"):
+        mapping = imp.parse_label_map(label_map) if label_map else dict(imp.EMIDEC_MAP)
+        if format == "emidec":
+            sources = imp.emidec_cases(source)
+        elif format == "nifti":
+            if labels is None or not labels.is_dir():
+                raise imp.DatasetImportError("--format nifti needs --labels FOLDER")
+            sources = imp.nifti_cases(source, labels, mapping)
+        else:
+            sources = imp.dicom_seg_cases(source)
+            mapping = {}  # segments are matched by their codes, not values
+        result = imp.import_dataset(
+            sources, out, format=format, source=str(source), licence=licence,
+            label_map=mapping, folds=folds, seed=seed, skip_invalid=skip_invalid,
+            progress=lambda it: tqdm(it, total=len(sources), desc="cases", unit="case"),
+        )  # fmt: skip
+    table = Table(title=f"{len(result.cases)} cases imported into {out}")
+    for column in ("case", "split", "slices", "matrix", "pixel mm", "slice mm",
+                   "intensity p1-p99", "myocardium ml", "scar ml", "MVO ml"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("case", "split") else "right")
+    for c in result.cases:
+        table.add_row(
+            c.case_id, c.split, str(c.slices), f"{c.matrix[0]}x{c.matrix[1]}",
+            f"{c.pixel_spacing_mm[0]:g}x{c.pixel_spacing_mm[1]:g}", f"{c.slice_spacing_mm:g}",
+            f"{c.intensity_p1_p99[0]:g} - {c.intensity_p1_p99[1]:g}",
+            f"{c.label_ml['myocardium'] + c.label_ml['scar'] + c.label_ml['mvo']:.1f}",
+            f"{c.label_ml['scar'] + c.label_ml['mvo']:.1f}", f"{c.label_ml['mvo']:.2f}",
+        )  # fmt: skip
+    console.print(table)
+    for case, why in result.skipped.items():
+        console.print(f"[yellow]skipped[/yellow] {case}: {why}")
+    notes = sorted({n for c in result.cases for n in c.notes})
+    for note in notes:
+        console.print(f"note: {note}")
