@@ -51,41 +51,58 @@ def outlines(mask: np.ndarray) -> list[np.ndarray]:
             continue
         contours.append(np.vstack([xy, xy[:1]]).astype(np.float64))
     # Nesting depth decides outer (even) or hole (odd); a hole joins its innermost parent.
+    # Only outlines whose bounding box holds the point can hold it: a poor segmentation's
+    # thousands of specks then cost a comparison each, not a point-in-polygon test.
     paths = [PolyPath(c) for c in contours]
-    depth = [
-        sum(paths[j].contains_point(c[0]) for j in range(len(contours)) if j != i)
-        for i, c in enumerate(contours)
-    ]
+    bounds = np.array([[*c.min(axis=0), *c.max(axis=0)] for c in contours]).reshape(-1, 4)
+
+    def enclosing(i: int) -> list[int]:
+        x, y = contours[i][0]
+        near = (bounds[:, 0] <= x) & (x <= bounds[:, 2]) & (bounds[:, 1] <= y) & (y <= bounds[:, 3])
+        near[i] = False
+        return [int(j) for j in np.flatnonzero(near) if paths[j].contains_point(contours[i][0])]
+
+    around = [enclosing(i) for i in range(len(contours))]
+    depth = [len(a) for a in around]
     result: dict[int, np.ndarray] = {i: c for i, c in enumerate(contours) if depth[i] % 2 == 0}
     for i, c in enumerate(contours):
         if depth[i] % 2 == 0:
             continue
-        parents = [j for j in result if depth[j] == depth[i] - 1 and paths[j].contains_point(c[0])]
+        parents = [j for j in around[i] if j in result and depth[j] == depth[i] - 1]
         if parents:
             j = min(parents, key=lambda j: abs(_signed_area(result[j])))
             result[j] = _bridge(result[j], c)
     return list(result.values())
 
 
+MAX_REGIONS = 100  # outlines per finding in the SR: a viewer's navigation, not the volume
+
+
 def image_regions(volume: Volume, mask: np.ndarray) -> list[hd.sr.ImageRegion]:
     """SR image regions outlining the 3D ``mask`` (z, y, x), the slice where the mask is
-    largest first (a viewer opens a measurement on its first region)."""
+    largest first (a viewer opens a measurement on its first region). At most
+    `MAX_REGIONS`, the largest: a fragmented segmentation (a poor model's specks) would
+    otherwise fill the report with thousands of outlines; the volumes count every voxel."""
     areas = mask.reshape(mask.shape[0], -1).sum(axis=1)
     order = [int(k) for k in np.argsort(-areas, kind="stable") if areas[k] > 0]
+    found = [(k, xy) for k in order for xy in outlines(mask[k])]
+    if len(found) > MAX_REGIONS:
+        sizes = [abs(_signed_area(xy)) for _, xy in found]
+        keep = set(np.argsort(sizes, kind="stable")[::-1][:MAX_REGIONS].tolist())
+        found = [f for i, f in enumerate(found) if i in keep]
     regions = []
-    for k in order:
+    for k, xy in found:
         ref = volume.frames[k]
         source = hd.sr.SourceImageForRegion(
             referenced_sop_class_uid=ref.sop_class_uid,
             referenced_sop_instance_uid=ref.sop_instance_uid,
             referenced_frame_numbers=[ref.frame_number] if ref.frame_number else None,
         )
-        for xy in outlines(mask[k]):
-            regions.append(
-                hd.sr.ImageRegion(
-                    graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-                    graphic_data=np.round(xy, 2),
-                    source_image=source,
-                )
+        regions.append(
+            hd.sr.ImageRegion(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                graphic_data=np.round(xy, 2),
+                source_image=source,
             )
+        )
     return regions

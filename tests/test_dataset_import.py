@@ -208,3 +208,40 @@ def test_dicom_series_with_a_reader_seg(tmp_path: Path, phantoms) -> None:
     run = lge_node("dataset", "import", str(folder), str(out), "--format", "dicom", columns=400)
     assert run.returncode == 2
     assert "the images of series" in " ".join(run.stderr.split())
+
+
+def test_import_train_then_analyze_with_the_new_model(tmp_path: Path, phantoms) -> None:
+    """Bring your own data end to end on CPU, shrunk to minutes: import, train a demo-size
+    model (the accuracy is not the point), and run the pipeline with it; the model card
+    carries the data's licence."""
+    from pipeline.models import ModelBundle
+
+    emidec_tree(tmp_path / "emidec", phantoms)
+    dataset, model = tmp_path / "dataset", tmp_path / "model"
+    assert lge_node("dataset", "import", str(tmp_path / "emidec"), str(dataset), "--licence",
+                    "CC BY-NC-SA 4.0").returncode == 0  # fmt: skip
+    run = lge_node("train", "--dataset", str(dataset), "--out", str(model), "--work",
+                   str(tmp_path / "work"), "--epochs", "1", "--iterations", "2",
+                   "--yolo-epochs", "1")  # fmt: skip
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    manifest = json.loads((model / "manifest.json").read_text())
+    assert manifest["synthetic_trained"] is False
+    assert manifest["training_data"]["licence"] == "CC BY-NC-SA 4.0"
+    assert manifest["training_data"]["cases"] == 3
+    assert "CC BY-NC-SA 4.0" in (model / "MODEL_CARD.md").read_text()
+    bundle = ModelBundle.load(model)
+    assert bundle.folds == ("all",) and bundle.nnunet_folder.parent.name == "Dataset502_LGEImported"
+
+    study = tmp_path / "results"
+    run = lge_node("analyze", str(phantoms[0].out_dir / "dicom"), "--out", str(study),
+                   "--model-dir", str(model), "--no-dicom")  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    metrics = json.loads((study / "metrics.json").read_text())
+    # Not trained on phantoms: the outputs no longer call it a synthetic-trained demo.
+    assert metrics["algorithm"]["synthetic_trained"] is False
+    # A one-epoch model segments badly; its QC must say so.
+    assert metrics["qc"]["low_confidence"] is True
+
+    run = lge_node("train", "--dataset", str(dataset), "--out", str(model), "--folds", "9")
+    # three cases: the import made three folds, not the five asked for
+    assert run.returncode == 2 and "the dataset has 3 folds" in " ".join(run.stderr.split())

@@ -75,3 +75,38 @@ def test_nothing_found_falls_back_to_the_whole_image() -> None:
     assert not loc.found
     assert loc.roi == Box(0, 0, 128, 128)
     assert loc.confidence == 0.0
+
+
+def _mvo_rule_whole_volume(out: np.ndarray, min_mvo_voxels: int = 2) -> np.ndarray:
+    """The MVO rule as first written: one whole-volume dilation per component."""
+    from scipy import ndimage
+
+    from pipeline.postprocess import CONNECT_3D, IN_PLANE
+
+    out = out.copy()
+    comps, n = ndimage.label(out == Label.MVO, structure=CONNECT_3D)
+    for i in range(1, n + 1):
+        comp = comps == i
+        ring = ndimage.binary_dilation(comp, structure=IN_PLANE) & ~comp
+        if not (out[ring] == Label.SCAR).any():
+            out[comp] = Label.MYOCARDIUM
+        elif comp.sum() < min_mvo_voxels:
+            out[comp] = Label.SCAR
+    return out
+
+
+def test_many_mvo_specks_get_the_same_verdicts_as_one_component_at_a_time() -> None:
+    """A poorly trained model's output: hundreds of MVO and scar specks in myocardium.
+    The per-component rule (now worked in each component's box) decides every speck as
+    the whole-volume rule does, touching the image border included."""
+    rng = np.random.default_rng(7)
+    labels = rng.choice([Label.MYOCARDIUM, Label.SCAR, Label.MVO], p=[0.6, 0.25, 0.15],
+                        size=(8, 64, 64)).astype(np.uint8)  # fmt: skip
+    out = postprocess(labels, min_scar_voxels=1)
+    scar_step = labels.copy()  # postprocess up to the MVO rule, which keeps every voxel here
+    assert (out != Label.BACKGROUND).all()
+    from scipy import ndimage
+
+    n = ndimage.label(labels == Label.MVO, structure=np.ones((3, 3, 3)))[1]
+    assert n > 100
+    assert np.array_equal(out, _mvo_rule_whole_volume(scar_step))

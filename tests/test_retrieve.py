@@ -111,8 +111,10 @@ def test_a_pushed_series_whose_headers_give_its_size_is_processed_without_waitin
     assert node.log().count("study_complete") >= 1
 
 
-def test_unknown_study_and_refused_move_give_clear_messages(site, tmp_path: Path) -> None:
-    node, _, _ = site
+def test_unknown_study_and_refused_move_give_clear_messages(
+    site, tmp_path: Path, psir_classic
+) -> None:
+    node, pacs, _ = site
     proc = _retrieve(node, "--pacs", "orthanc", "--study", "1.2.3.4.5.6.7.8.9")
     assert proc.returncode == 1
     assert "has no study matching 1.2.3.4.5.6.7.8.9" in " ".join(proc.stderr.split())
@@ -120,7 +122,8 @@ def test_unknown_study_and_refused_move_give_clear_messages(site, tmp_path: Path
     # Orthanc answers C-FIND from anyone, so only the move is refused.)
     stranger = tmp_path / "stranger.toml"
     stranger.write_text(node.config_path.read_text().replace('"LGE_NODE"', '"NOT_KNOWN"'))
-    study = node.query("SELECT study_uid FROM studies LIMIT 1")[0][0]
+    # A study the PACS holds (the node's index may hold studies pushed to it directly).
+    study, _, _ = _upload_study(pacs, psir_classic.out_dir / "dicom", tmp_path, "s")
     proc = _retrieve(node, "--pacs", "orthanc", "--study", study, config=stranger)
     assert proc.returncode == 1
     said = " ".join(proc.stderr.split())

@@ -290,6 +290,74 @@ def train_demo(
 
 
 @app.command()
+def train(
+    dataset: Annotated[Path, typer.Option(help="A dataset from `lge-node dataset import`.")],
+    out: Annotated[
+        Path, typer.Option(help="The model folder to write (point pipeline.model_dir at it).")
+    ],
+    size: Annotated[
+        str,
+        typer.Option(
+            help="demo (a reduced 2D U-Net, ~0.02 s/slice on a CPU) or full (nnU-Net's own "
+            "2D plan)."
+        ),
+    ] = "demo",
+    folds: Annotated[
+        str,
+        typer.Option(
+            help="all (one model on every case), k (a k-fold ensemble from the import's "
+            "splits) or 0,2,..."
+        ),
+    ] = "all",
+    trainer: Annotated[
+        str, typer.Option(help="robust (heavy augmentation + soft-label KL) or default.")
+    ] = "robust",
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    epochs: Annotated[
+        int | None, typer.Option(help="nnU-Net epochs (demo 100, full 1000).")
+    ] = None,
+    iterations: Annotated[
+        int | None, typer.Option(help="Iterations per epoch (demo 50, full 250).")
+    ] = None,
+    yolo_epochs: Annotated[int, typer.Option(help="YOLO epochs.")] = 30,
+    work: Annotated[Path | None, typer.Option(help="Scratch folder (resumable).")] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Keep preprocessing and continue from the checkpoints.")
+    ] = False,
+) -> None:
+    """Train the heart detector and the segmenter on your own imported data; writes a
+    model folder in the standard nnU-Net layout with a model card (data, licence)."""
+    from pipeline.research.train import SIZES, TRAINERS, TrainSettings
+    from pipeline.research.train import train_demo as run
+
+    if size not in SIZES or trainer not in TRAINERS or device not in ("cpu", "cuda"):
+        raise fail("--size demo|full, --trainer robust|default, --device cpu|cuda", code=2)
+    card = dataset / "dataset_card.json"
+    if not card.is_file():
+        raise fail(f"{dataset}: no dataset_card.json (make it with `lge-node dataset import`)", 2)
+    splits = json.loads((dataset / "nnunet" / "splits_final.json").read_text())
+    if folds == "all":
+        chosen: tuple[str, ...] = ("all",)
+    elif folds.isdigit() and "," not in folds and int(folds) > 1:
+        chosen = tuple(str(i) for i in range(int(folds)))
+    else:
+        chosen = tuple(f.strip() for f in folds.split(","))
+    if chosen != ("all",) and not all(f.isdigit() and int(f) < len(splits) for f in chosen):
+        raise fail(f"--folds {folds}: the dataset has {len(splits)} folds (0-{len(splits) - 1})", 2)
+    settings = TrainSettings(
+        out_dir=out, dataset=dataset, size=size, folds=chosen, trainer=trainer, device=device,
+        nnunet_epochs=epochs or (100 if size == "demo" else 1000),
+        nnunet_iterations=iterations or (50 if size == "demo" else 250),
+        yolo_epochs=yolo_epochs, resume=resume,
+        work_dir=work or Path("models-work") / dataset.resolve().name,
+    )  # fmt: skip
+    with exit_on(ValueError, code=2):
+        path = run(settings)
+    timings = ", ".join(f"{k} {v:.0f}" for k, v in settings.timings.items())
+    console.print(f"model written to {path} ({timings}); see {path / 'MODEL_CARD.md'}")
+
+
+@app.command()
 def report(
     series_dir: Annotated[Path, typer.Argument(help="Folder of the source LGE series.")],
     labels: Annotated[

@@ -34,9 +34,13 @@ def export_yolo_case(
     return image.shape[0]
 
 
-def write_yolo_yaml(root: Path) -> Path:
-    path = root / "data.yaml"
-    path.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: heart\n")
+def write_yolo_yaml(root: Path, at: Path | None = None) -> Path:
+    """``data.yaml`` for the set in ``root`` (written into ``at``, default ``root``)."""
+    path = (at or root) / "data.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f"path: {root.resolve()}\ntrain: images/train\nval: images/val\nnames:\n  0: heart\n"
+    )
     return path
 
 

@@ -401,7 +401,6 @@ def import_dataset(
         summary = summarize(case)
         summary.split = split
         summaries.append(summary)
-    write_yolo_yaml(yolo)
     shutil.rmtree(raw / ".staging", ignore_errors=True)
     (raw / "splits_final.json").write_text(json.dumps(splits, indent=1) + "\n")
     write_dataset_json(raw, len(usable), f"imported from {format}: {source} (licence: {licence})")
@@ -423,6 +422,7 @@ def import_dataset(
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(staging, out)
+    write_yolo_yaml(out / "yolo")  # its absolute path, now that the set is in place
     return result
 
 

@@ -33,14 +33,18 @@ from pipeline.research.dataset import (
 
 DATASET_ID = 501
 DATASET_NAME = f"Dataset{DATASET_ID}_LGEPhantom"
+IMPORTED_ID = 502  # a dataset from `lge-node dataset import`
+IMPORTED_NAME = f"Dataset{IMPORTED_ID}_LGEImported"
 PLANS = "nnUNetPlans_tiny"
+FULL_PLANS = "nnUNetPlans"  # nnU-Net's own plan, unchanged (--size full)
 TRAINERS = {"robust": "nnUNetTrainer_LGERobust", "default": "nnUNetTrainer_LGEDemo"}
 TRAINER = TRAINERS["robust"]
 CONFIGURATION = "2d"
+SIZES = {"demo": PLANS, "full": FULL_PLANS}
 
 
-def model_subdir(trainer: str = TRAINER) -> str:
-    return f"{trainer}__{PLANS}__{CONFIGURATION}"
+def model_subdir(trainer: str = TRAINER, plans: str = PLANS) -> str:
+    return f"{trainer}__{plans}__{CONFIGURATION}"
 
 
 MODEL_SUBDIR = model_subdir()
@@ -63,7 +67,23 @@ class TrainSettings:
     workers: int = 2  # processes generating phantoms
     resume: bool = False
     seed: int = 0
+    dataset: Path | None = None  # an imported dataset (`lge-node dataset import`); None: phantoms
+    size: str = "demo"  # key of SIZES: the reduced plan, or nnU-Net's own
+    folds: tuple[str, ...] = ("all",)  # "all" (every case) or cross-validation fold numbers
+    device: str = "cpu"
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def dataset_id(self) -> int:
+        return DATASET_ID if self.dataset is None else IMPORTED_ID
+
+    @property
+    def dataset_name(self) -> str:
+        return DATASET_NAME if self.dataset is None else IMPORTED_NAME
+
+    @property
+    def plans(self) -> str:
+        return SIZES[self.size]
 
 
 def _phantom_specs(n: int, small_infarct_every: int = 0, classic_every: int = 1):
@@ -105,6 +125,8 @@ def generate_data(settings: TrainSettings) -> tuple[Path, Path]:
     from concurrent.futures import ProcessPoolExecutor
 
     work = settings.work_dir
+    if settings.dataset is not None:
+        return _link_imported(settings)
     raw = work / "nnUNet_raw" / DATASET_NAME
     yolo = work / "yolo"
     specs = _phantom_specs(settings.cases, settings.small_infarct_every, settings.classic_every)
@@ -124,6 +146,22 @@ def generate_data(settings: TrainSettings) -> tuple[Path, Path]:
             pass
     write_yolo_yaml(yolo)
     write_nnunet_dataset_json(raw, len(specs))
+    return raw, yolo
+
+
+def _link_imported(settings: TrainSettings) -> tuple[Path, Path]:
+    """The imported dataset where nnU-Net looks for it (a link: nothing is copied)."""
+    assert settings.dataset is not None
+    source = settings.dataset.resolve()
+    if not (source / "nnunet" / "dataset.json").is_file():
+        raise ValueError(f"{source}: not a dataset from `lge-node dataset import` (nnunet/)")
+    raw = settings.work_dir / "nnUNet_raw" / IMPORTED_NAME
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    if raw.is_symlink() or raw.exists():
+        raw.unlink() if raw.is_symlink() else shutil.rmtree(raw)
+    raw.symlink_to(source / "nnunet", target_is_directory=True)
+    yolo = settings.work_dir / "yolo_imported"  # data.yaml here, the images stay there
+    write_yolo_yaml(source / "yolo", at=yolo)
     return raw, yolo
 
 
@@ -169,16 +207,22 @@ def train_nnunet(settings: TrainSettings) -> Path:
         preprocess,
     )
 
-    pre = work / "nnUNet_preprocessed" / DATASET_NAME
-    done = pre / f"{PLANS}_{CONFIGURATION}.done"
+    pre = work / "nnUNet_preprocessed" / settings.dataset_name
+    plans_name = settings.plans
+    done = pre / f"{plans_name}_{CONFIGURATION}.done"
     if not (settings.resume and done.is_file()):
         shutil.rmtree(pre, ignore_errors=True)
-        extract_fingerprints([DATASET_ID], num_processes=1, check_dataset_integrity=True)
-        plan_experiments([DATASET_ID])
-        plans = json.loads((pre / "nnUNetPlans.json").read_text())
-        tiny = tiny_plans(plans, settings.spacing_mm)
-        (pre / f"{PLANS}.json").write_text(json.dumps(tiny, indent=2))
-        preprocess([DATASET_ID], PLANS, configurations=[CONFIGURATION], num_processes=[1])
+        ids = [settings.dataset_id]
+        extract_fingerprints(ids, num_processes=1, check_dataset_integrity=True)
+        plan_experiments(ids)
+        if settings.size == "demo":
+            plans = json.loads((pre / "nnUNetPlans.json").read_text())
+            tiny = tiny_plans(plans, settings.spacing_mm)
+            (pre / f"{PLANS}.json").write_text(json.dumps(tiny, indent=2))
+        preprocess(ids, plans_name, configurations=[CONFIGURATION], num_processes=[1])
+        splits = work / "nnUNet_raw" / settings.dataset_name / "splits_final.json"
+        if splits.is_file():  # the import's folds, not nnU-Net's own draw
+            shutil.copyfile(splits, pre / "splits_final.json")
         done.touch()
 
     # After planning, which crashes with 0. In-process augmentation measured faster on
@@ -187,22 +231,23 @@ def train_nnunet(settings: TrainSettings) -> Path:
     from nnunetv2.run.run_training import run_training
 
     runtime.set_threads()
-    torch.manual_seed(settings.seed)
-    np.random.seed(settings.seed)
     trainer = TRAINERS[settings.trainer]
-    results = work / "nnUNet_results" / DATASET_NAME / model_subdir(trainer)
-    if settings.resume and (results / "fold_all" / "checkpoint_final.pth").is_file():
-        return results  # finished (and validated) in an earlier run
-    resume = settings.resume and (results / "fold_all" / "checkpoint_latest.pth").is_file()
-    run_training(
-        str(DATASET_ID),
-        CONFIGURATION,
-        "all",
-        trainer,
-        PLANS,
-        device=torch.device("cpu"),
-        continue_training=resume,
-    )
+    results = work / "nnUNet_results" / settings.dataset_name / model_subdir(trainer, plans_name)
+    for fold in settings.folds:
+        torch.manual_seed(settings.seed)
+        np.random.seed(settings.seed)
+        folder = results / f"fold_{fold}"
+        if settings.resume and (folder / "checkpoint_final.pth").is_file():
+            continue  # finished (and validated) in an earlier run
+        run_training(
+            str(settings.dataset_id),
+            CONFIGURATION,
+            fold,
+            trainer,
+            plans_name,
+            device=torch.device(settings.device),
+            continue_training=settings.resume and (folder / "checkpoint_latest.pth").is_file(),
+        )
     return results
 
 
@@ -217,7 +262,7 @@ def train_yolo(settings: TrainSettings, data_yaml: Path) -> Path:
         epochs=settings.yolo_epochs,
         imgsz=256,
         batch=16,
-        device="cpu",
+        device=settings.device if settings.device != "cuda" else 0,
         workers=0,
         # decoded, resized images in memory (~0.6 GB for 240 phantoms): re-reading 512-px
         # PNGs every epoch made an epoch 4x slower
@@ -267,34 +312,66 @@ def _sha256(path: Path) -> str:
 def package(settings: TrainSettings, nnunet_dir: Path, yolo_weights: Path) -> Path:
     out = settings.out_dir
     shutil.rmtree(out, ignore_errors=True)
-    dst = out / "nnunet" / DATASET_NAME / model_subdir(TRAINERS[settings.trainer])
+    trainer = TRAINERS[settings.trainer]
+    dst = out / "nnunet" / settings.dataset_name / model_subdir(trainer, settings.plans)
     for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
         dst.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(nnunet_dir / name, dst / name)
-    _strip_checkpoint(
-        nnunet_dir / "fold_all" / "checkpoint_final.pth",
-        dst / "fold_all" / "checkpoint_final.pth",
-    )
+    for fold in settings.folds:
+        _strip_checkpoint(
+            nnunet_dir / f"fold_{fold}" / "checkpoint_final.pth",
+            dst / f"fold_{fold}" / "checkpoint_final.pth",
+        )
     (out / "yolo").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(yolo_weights, out / "yolo" / "heart.pt")
-    manifest = {
-        "name": "lge-node demo models",
-        "version": __version__,
-        "synthetic_trained": True,
-        "intended_use": "demonstration and testing only - not for clinical use",
-        "training_data": {
+    if settings.dataset is None:
+        name, synthetic = "lge-node demo models", True
+        intended = "demonstration and testing only - not for clinical use"
+        data: dict = {
             "generator": "lge-node phantom",
             "seeds": [TRAIN_SEED_BASE, TRAIN_SEED_BASE + settings.cases - 1],
             "cases": settings.cases,
-        },
+        }
+    else:
+        card = json.loads((settings.dataset / "dataset_card.json").read_text())
+        name, synthetic = f"lge-node model ({settings.dataset.name}, {settings.size})", False
+        intended = "research only - not a medical device"
+        data = {**card, "dataset": str(settings.dataset.resolve())}
+    manifest = {
+        "name": name,
+        "version": __version__,
+        "synthetic_trained": synthetic,
+        "intended_use": intended,
+        "training_data": data,
         "settings": {k: v for k, v in asdict(settings).items() if k not in ("out_dir", "work_dir")},
         "files": {
             str(p.relative_to(out)): _sha256(p) for p in sorted(out.rglob("*")) if p.is_file()
         },
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-    (out / "MODEL_CARD.md").write_text(model_card(settings))
+    card_text = model_card(settings) if settings.dataset is None else imported_card(manifest)
+    (out / "MODEL_CARD.md").write_text(card_text)
     return out
+
+
+def imported_card(manifest: dict) -> str:
+    """The model card of a model trained on an imported dataset."""
+    data, s = manifest["training_data"], manifest["settings"]
+    labels = ", ".join(f"{v} {k}" for k, v in data.get("labels", {}).items())
+    return (
+        f"# {manifest['name']}\n\n"
+        f"lge-node {manifest['version']}. **{manifest['intended_use']}.**\n\n"
+        "## Training data\n\n"
+        f"- source: {data.get('source')} ({data.get('format')} layout), {data.get('cases')} cases\n"
+        f"- licence of the data: {data.get('licence')}\n"
+        f"- labels: {labels}\n\n"
+        "## Training\n\n"
+        f"- nnU-Net v2 2D, plan `{SIZES[s['size']]}` ({s['size']}), trainer "
+        f"`{TRAINERS[s['trainer']]}`, folds {', '.join(s['folds'])}, "
+        f"{s['nnunet_epochs']} epochs x {s['nnunet_iterations']} iterations, device {s['device']}\n"
+        f"- YOLOv8n heart detector from the dataset's boxes, {s['yolo_epochs']} epochs\n"
+        + "".join(f"- {k}: {v:.0f} s\n" for k, v in s.get("timings", {}).items())
+    )
 
 
 def model_card(settings: TrainSettings) -> str:
@@ -319,6 +396,7 @@ def model_card(settings: TrainSettings) -> str:
 
 
 def train_demo(settings: TrainSettings) -> Path:
+    """Data (phantoms, or an imported dataset), nnU-Net, YOLO, then the model folder."""
     t0 = time.perf_counter()
     _, yolo = generate_data(settings)
     settings.timings["data_s"] = time.perf_counter() - t0
