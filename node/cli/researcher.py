@@ -461,7 +461,11 @@ def dataset_import(
                 raise imp.DatasetImportError("--format nifti needs --labels FOLDER")
             sources = imp.nifti_cases(source, labels, mapping)
         else:
-            sources = imp.dicom_seg_cases(source)
+            from dicom_templates.seg import read_seg_masks
+
+            sources = imp.dicom_seg_cases(
+                source, lambda seg, volume: read_seg_masks(seg, volume, include_blood_pools=True)
+            )
             mapping = {}  # segments are matched by their codes, not values
         result = imp.import_dataset(
             sources, out, format=format, source=str(source), licence=licence,

@@ -8,7 +8,9 @@ Three ways in, one way out:
   in a labels folder), with a label map from their values to ours;
 - **DICOM series with DICOM SEG** objects on them (a folder: exported from a PACS, or
   the node's own ``instances/`` with the reader-edited SEGs the correction loop kept),
-  segments matched by their coded concept (`dicom_templates.seg.spec_of`).
+  segments matched by their coded concept (the SEG reader is the outputs layer's,
+  `dicom_templates.seg.read_seg_masks`, handed in by the caller: the pipeline does not
+  depend on that layer).
 
 Every case is checked before anything is written (image and labels on the same grid,
 label values the map knows, a labelled myocardium, sizes a heart can have); all problems
@@ -29,10 +31,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from pydicom.dataset import Dataset
 
 from pipeline.labels import Label
 from pipeline.nnunet_raw import FILE_ENDING, LABELS, write_dataset_json
-from pipeline.volume import Geometry
+from pipeline.volume import Geometry, Volume
 
 MAX_MATRIX = 1024
 MAX_SLICES = 200
@@ -129,9 +132,14 @@ def nifti_cases(images: Path, labels: Path, label_map: dict[int, str]) -> list[C
     return sources
 
 
-def dicom_seg_cases(folder: Path) -> list[CaseSource]:
+SegReader = Callable[[Dataset, Volume], np.ndarray]
+
+
+def dicom_seg_cases(folder: Path, read_masks: SegReader) -> list[CaseSource]:
     """Every DICOM SEG under ``folder`` whose images are there too, one case per SEG
-    (the newest SEG of a series wins: a reader's later edit replaces the earlier)."""
+    (the newest SEG of a series wins: a reader's later edit replaces the earlier).
+    ``read_masks``: (SEG, volume) -> (z, y, x, 5) masks of myocardium, infarct, MVO,
+    LV and RV blood pool."""
     from pydicom.uid import SegmentationStorage
 
     from pipeline.series import dicom_files, read_datasets
@@ -159,7 +167,7 @@ def dicom_seg_cases(folder: Path) -> list[CaseSource]:
         case = f"SEG_{number:04d}"
         sources.append(
             CaseSource(case, str(seg_path), _seg_loader(case, seg_path, source_uid,
-                                                        series.get(source_uid, [])))
+                                                        series.get(source_uid, []), read_masks))
         )  # fmt: skip
     return sources
 
@@ -255,19 +263,18 @@ def _map_labels(raw: np.ndarray, label_map: dict[int, str]) -> np.ndarray:
 
 
 def _seg_loader(
-    case: str, seg_path: Path, source_uid: str, image_paths: list[Path]
+    case: str, seg_path: Path, source_uid: str, image_paths: list[Path], read_masks: SegReader
 ) -> Callable[[], LoadedCase]:
     def load() -> LoadedCase:
         import pydicom
 
-        from dicom_templates.seg import read_seg_masks
         from pipeline.labels import compose
         from pipeline.series import load_series
 
         if not image_paths:
             raise ValueError(f"the images of series {source_uid} it segments are not there")
         volume = load_series(image_paths, source_uid)
-        masks = read_seg_masks(pydicom.dcmread(seg_path), volume, include_blood_pools=True)
+        masks = read_masks(pydicom.dcmread(seg_path), volume)
         notes: tuple[str, ...] = ()
         pools = np.zeros(volume.array.shape, dtype=np.uint8)
         pools[masks[..., 4]] = Label.RV_BLOOD
