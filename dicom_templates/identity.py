@@ -31,11 +31,20 @@ class Algorithm:
     kind: str = "AUTOMATIC"
     synthetic_trained: bool = True
     reader_edited: bool = False
+    model: str = "default"  # its name in the node's model registry
+    model_title: str = ""  # what its manifest calls it
 
     @classmethod
-    def of_models(cls, bundle: ModelBundle) -> Algorithm:
-        """The pipeline with the models of ``bundle`` (its version, how it was trained)."""
-        return cls(version=bundle.version, synthetic_trained=bundle.synthetic_trained)
+    def of_models(cls, bundle: ModelBundle, registry_name: str | None = None) -> Algorithm:
+        """The pipeline with the models of ``bundle`` (its version, how it was trained);
+        named after the registry entry when the node has several models."""
+        algorithm = cls(
+            version=bundle.version, synthetic_trained=bundle.synthetic_trained,
+            model_title=bundle.name,
+        )  # fmt: skip
+        if registry_name:
+            algorithm = replace(algorithm, name=f"lge-node {registry_name}", model=registry_name)
+        return algorithm
 
     def edited(self) -> Algorithm:
         """The same algorithm, its labels corrected by a reader (SEG algorithm type

@@ -109,6 +109,8 @@ def write_metrics(
         "name": algorithm.label,
         "version": algorithm.version,
         "synthetic_trained": algorithm.synthetic_trained,
+        "model": algorithm.model,
+        "model_title": algorithm.model_title,
     }
     document["source_series_instance_uid"] = volume.series_instance_uid
     document["segmentation"] = reader_edit.describe() if reader_edit else {"source": "automatic"}

@@ -222,15 +222,96 @@ class DispatchSection(Section):
     batch: int = Field(200, ge=1)  # objects per association
 
 
-class PipelineSection(Section):
-    model_dir: Path | None = None  # default: the bundled demo models
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
+    return value
+
+
+# Registry names go into every output's algorithm name ("lge-node <name>", LO 64 with
+# ", reader-edited" and the synthetic-data note), hence short.
+ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")]
+DEFAULT_MODEL = "default"  # the one model of a config without [pipeline.models]
+
+
+class ModelEntry(Section):
+    """One model of the registry: a model folder (as `lge-node train` writes it) or its
+    parts; all unset: the bundled demo models."""
+
+    model_dir: Path | None = None
     nnunet_model: Path | None = None  # an nnU-Net v2 trainer folder, overrides the bundle's
     yolo_weights: Path | None = None  # overrides the bundle's yolo/heart.pt
+
+
+class ModelRule(Section):
+    """A series gets the model of the first rule whose conditions all hold (a condition
+    left out holds); no rule holds: ``default_model``."""
+
+    model: ModelName
+    reconstruction: Literal["psir", "magnitude"] | None = None
+    series_description: Annotated[str, AfterValidator(_regex)] | None = None  # case-blind
+    calling_ae: list[AeTitle] = Field(default_factory=list)  # the sender; empty: any
+
+
+class PipelineSection(Section):
+    # One model (no registry): these three, default the bundled demo models.
+    model_dir: Path | None = None
+    nnunet_model: Path | None = None  # an nnU-Net v2 trainer folder, overrides the bundle's
+    yolo_weights: Path | None = None  # overrides the bundle's yolo/heart.pt
+    # Several models: [pipeline.models.<name>], the one used when no rule picks another,
+    # and [[pipeline.model_rules]]. Every worker loads each model once.
+    models: dict[ModelName, ModelEntry] = Field(default_factory=dict)
+    default_model: ModelName | None = None
+    model_rules: list[ModelRule] = Field(default_factory=list)
     device: Literal["cpu", "cuda"] = "cpu"
     mirroring: bool = False
     nsd: float = Field(5.0, ge=1.0, le=10.0)  # n-SD reference threshold
     grey_zone_sd: float = Field(2.0, ge=1.0, le=5.0)  # grey zone: above remote mean + n SD
     nonviable_percent: float = Field(50.0, ge=25.0, le=100.0)  # 50 chronic, 75 acute
+
+    @model_validator(mode="after")
+    def _registry(self) -> PipelineSection:
+        if self.models:
+            single = [k for k in ("model_dir", "nnunet_model", "yolo_weights") if getattr(self, k)]
+            if single:
+                raise ValueError(
+                    f"{', '.join(single)} and [pipeline.models] together: with a registry, "
+                    "give each model its own [pipeline.models.<name>]"
+                )
+            if self.default_model is None and len(self.models) == 1:
+                self.default_model = next(iter(self.models))
+            if self.default_model is None:
+                raise ValueError("default_model: name the model of series no rule picks for")
+        elif self.default_model not in (None, DEFAULT_MODEL):
+            raise ValueError(f"default_model {self.default_model!r}: no [pipeline.models]")
+        names = set(self.registry())
+        unknown = sorted({self.default_model or DEFAULT_MODEL} - names) + sorted(
+            {r.model for r in self.model_rules} - names
+        )
+        if unknown:
+            raise ValueError(
+                f"model(s) {', '.join(unknown)} not in [pipeline.models] "
+                f"(known: {', '.join(sorted(names))})"
+            )
+        return self
+
+    def registry(self) -> dict[str, ModelEntry]:
+        """Every model a worker loads, by name."""
+        if self.models:
+            return dict(self.models)
+        return {
+            DEFAULT_MODEL: ModelEntry(
+                model_dir=self.model_dir,
+                nnunet_model=self.nnunet_model,
+                yolo_weights=self.yolo_weights,
+            )
+        }
+
+    @property
+    def default(self) -> str:
+        return self.default_model or DEFAULT_MODEL
 
 
 class CorrectionsSection(Section):

@@ -25,6 +25,7 @@ class ModelBundle:
     version: str
     synthetic_trained: bool
     qc: QcCalibration = field(default_factory=QcCalibration.defaults)
+    manifest: dict = field(default_factory=dict, compare=False)  # training data, settings
 
     @classmethod
     def load(
@@ -60,6 +61,7 @@ class ModelBundle:
             version=str(manifest.get("version", "unknown")),
             synthetic_trained=bool(manifest.get("synthetic_trained", False)),
             qc=QcCalibration.from_json(manifest.get("qc")),
+            manifest=manifest,
         )
 
 

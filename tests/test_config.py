@@ -119,3 +119,72 @@ def test_node_url_defaults_to_what_the_console_is_bound_to(tmp_path: Path) -> No
     assert load_config(path).node_url == "https://node.example"
     path.write_text("[http]\nenabled = false\n")
     assert load_config(path).node_url == ""
+
+
+REGISTRY = """
+[pipeline]
+default_model = "magnitude"
+[pipeline.models.psir]
+model_dir = "/models/psir"
+[pipeline.models.magnitude]
+model_dir = "/models/magnitude"
+[pipeline.models.demo]
+[[pipeline.model_rules]]
+model = "demo"
+calling_ae = ["TEST_SCANNER"]
+[[pipeline.model_rules]]
+model = "psir"
+reconstruction = "psir"
+[[pipeline.model_rules]]
+model = "psir"
+series_description = "phase[ _-]?sens"
+"""
+
+
+def test_model_registry_picks_by_rule_then_default(tmp_path: Path) -> None:
+    from node.workflow.registry import Choice, choose
+    from node.workflow.selector import SeriesFacts
+
+    path = tmp_path / "node.toml"
+    path.write_text(REGISTRY)
+    cfg = load_config(path).pipeline
+    assert sorted(cfg.registry()) == ["demo", "magnitude", "psir"]
+    assert cfg.registry()["demo"].model_dir is None  # no paths: the bundled models
+
+    def facts(description: str, image_type: str = "ORIGINAL\\PRIMARY\\M") -> SeriesFacts:
+        return SeriesFacts("1.2", "MR", description, image_type=image_type)
+
+    assert choose(cfg, facts("LGE PSIR", "ORIGINAL\\PRIMARY\\PSIR"), "SCANNER").model == "psir"
+    assert choose(cfg, facts("LGE magnitude"), "SCANNER") == Choice("magnitude", "default")
+    assert choose(cfg, facts("lge phase-sens"), "SCANNER").reason == "model rule 2"
+    # First rule that holds wins: the test scanner always gets the demo model.
+    assert choose(cfg, facts("LGE PSIR", "ORIGINAL\\PRIMARY\\PSIR"), "TEST_SCANNER").model == "demo"
+
+    # Without a registry: one model, "default", from the single-model keys.
+    path.write_text('[pipeline]\nmodel_dir = "/models/site"\n')
+    single = load_config(path).pipeline
+    assert list(single.registry()) == ["default"]
+    assert single.registry()["default"].model_dir == Path("/models/site")
+    assert choose(single, facts("LGE"), "X").model == "default"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (REGISTRY.replace('default_model = "magnitude"', ""), "default_model: name the model"),
+        (REGISTRY.replace('model = "psir"\nreconstruction', 'model = "psi"\nreconstruction'),
+         "model(s) psi not in [pipeline.models]"),
+        (REGISTRY.replace('"magnitude"\n', '"magnitude"\nmodel_dir = "/x"\n', 1),
+         "model_dir and [pipeline.models] together"),
+        (REGISTRY.replace("[pipeline.models.demo]", "[pipeline.models.\"a name with spaces\"]"),
+         "models.a name with spaces"),
+        (REGISTRY.replace('"phase[ _-]?sens"', '"phase[ "'), "not a regular expression"),
+        ('[pipeline]\ndefault_model = "x"\n', "default_model 'x': no [pipeline.models]"),
+    ],
+)  # fmt: skip
+def test_model_registry_mistakes_are_named(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert message in str(info.value)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from pipeline.research.evaluate import (
     CaseResult,
     ccc,
+    compare,
     dice,
     fits_block,
     hd95,
+    held_out,
     markdown_table,
     summarize,
     thickness_px,
@@ -70,12 +75,13 @@ def _case(
     thick: float | None = 3.0,
     myo: float = 0.9,
     flagged: bool = False,
-    seed: int = 0,
+    case: str = "0",
+    dices: dict | None = None,
 ) -> CaseResult:
     return CaseResult(
-        seed=seed,
+        case=case,
         kind="psir",
-        dice={"myocardium": myo, "scar": d, "mvo": None},
+        dice=dices or {"myocardium": myo, "scar": d, "mvo": None},
         hd95_mm={"myocardium": 1.0, "scar": None, "mvo": None},
         truth_ml={"myocardium": 80.0, "scar": truth_scar, "mvo": 0.0},
         predicted_ml={"myocardium": 79.0, "scar": pred_scar, "mvo": 0.0},
@@ -127,14 +133,65 @@ def test_detection_counts_patients_with_at_least_0_3_ml_of_scar() -> None:
 
 def test_qc_catch_rate_names_every_unflagged_failure() -> None:
     cases = [
-        _case(5.0, 5.0, 0.9, seed=1),  # good, not flagged
-        _case(5.0, 5.0, 0.9, seed=2, flagged=True),  # good but flagged
-        _case(5.0, 5.0, 0.9, myo=0.7, seed=3, flagged=True),  # failure (myo), caught
-        _case(8.0, 2.0, 0.3, seed=4),  # failure (scar % off by 7.5 points), missed
+        _case(5.0, 5.0, 0.9, case="1"),  # good, not flagged
+        _case(5.0, 5.0, 0.9, case="2", flagged=True),  # good but flagged
+        _case(5.0, 5.0, 0.9, myo=0.7, case="3", flagged=True),  # failure (myo), caught
+        _case(8.0, 2.0, 0.3, case="4"),  # failure (scar % off by 7.5 points), missed
     ]
     summary = summarize(cases)
     qc = summary["qc"]
-    assert (qc["failures"], qc["failures_flagged"], qc["unflagged_failures"]) == (2, 1, [4])
+    assert (qc["failures"], qc["failures_flagged"], qc["unflagged_failures"]) == (2, 1, ["4"])
     assert (qc["good"], qc["good_flagged"]) == (2, 1)
     assert summary["targets"]["unflagged failures"]["met"] is False
-    assert "unflagged: [4]" in markdown_table(summary)
+    assert "unflagged: 4)" in markdown_table(summary)
+
+
+def _dataset(root: Path) -> Path:
+    """An imported dataset's card and splits (3 folds over 6 cases)."""
+    (root / "nnunet").mkdir(parents=True)
+    (root / "dataset_card.json").write_text(json.dumps({"import_id": "abc", "cases": 6}))
+    parts = [["a", "b"], ["c", "d"], ["e", "f"]]
+    splits = [
+        {"train": sorted(c for j, p in enumerate(parts) if j != i for c in p), "val": part}
+        for i, part in enumerate(parts)
+    ]
+    (root / "nnunet" / "splits_final.json").write_text(json.dumps(splits))
+    return root
+
+
+def test_held_out_cases_are_those_the_model_never_trained_on(tmp_path: Path) -> None:
+    dataset = _dataset(tmp_path / "set")
+    elsewhere = {"training_data": {"import_id": "other"}, "settings": {"folds": ["all"]}}
+    assert held_out(dataset, elsewhere)[0] == ["a", "b", "c", "d", "e", "f"]
+    assert held_out(dataset, {})[0] == ["a", "b", "c", "d", "e", "f"]  # no manifest
+    on_it = {"training_data": {"import_id": "abc"}, "settings": {"folds": ["all"]}}
+    assert held_out(dataset, on_it)[0] == []
+    # Fold 0: its validation cases, which the detector (trained outside them) never saw.
+    on_it["settings"] = {"folds": ["0"]}
+    assert held_out(dataset, on_it)[0] == ["a", "b"]
+    # Fold 1 trained on a and b; its own validation cases trained the detector.
+    on_it["settings"] = {"folds": ["1"]}
+    assert held_out(dataset, on_it)[0] == []
+    # Recognised by where it lies when the manifest predates import ids.
+    by_path = {"training_data": {"dataset": str(dataset.resolve())}, "settings": {"folds": ["0"]}}
+    assert held_out(dataset, by_path)[0] == ["a", "b"]
+
+
+def test_side_by_side_pairs_cases_and_counts_wins(tmp_path: Path) -> None:
+    def rows(scar: list[float]) -> list[CaseResult]:
+        return [
+            _case(5.0, 5.0, d, case=str(i), dices={"myocardium": 0.9, "scar": d, "mvo": None})
+            for i, d in enumerate(scar)
+        ]
+
+    a, b = rows([0.5, 0.6, 0.7, 0.8]), rows([0.7, 0.6, 0.8, 0.9])
+    runs = {"old": (summarize(a), a), "new": (summarize(b), b)}
+    text = compare(runs, tmp_path)
+    doc = json.loads((tmp_path / "comparison.json").read_text())
+    scar = doc["paired_against_first"]["new"]["scar"]
+    assert scar["n"] == 4 and scar["mean_difference"] == pytest.approx(0.1)
+    assert (scar["better"], scar["worse"]) == (3, 0)
+    assert doc["paired_against_first"]["new"]["myocardium"]["wilcoxon_p"] is None  # all tied
+    assert doc["paired_against_first"]["new"]["mvo"]["n"] == 0  # never scored
+    assert "| old | new |" in text and "| new | scar | 4 | +0.100 |" in text
+    assert (tmp_path / "comparison.png").stat().st_size > 10_000

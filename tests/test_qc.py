@@ -122,7 +122,7 @@ def test_reflag_decides_as_assess_does(psir_classic: PhantomCase) -> None:
     cal = QcCalibration({**DEFAULT_THRESHOLDS, "self_agreement": Threshold(0.999, 1.0)})
     r = _assess(psir_classic, psir_classic.labels, cal)
     case = CaseResult(
-        seed=1, kind="psir", dice={"myocardium": 1.0}, hd95_mm={}, truth_ml={},
+        case="1", kind="psir", dice={"myocardium": 1.0}, hd95_mm={}, truth_ml={},
         predicted_ml={}, truth_scar_percent=0.0, predicted_scar_percent=0.0,
         seconds_per_image=0.0, qc_flags=[], reliability_measures=r.measures,
     )  # fmt: skip

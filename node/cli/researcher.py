@@ -177,7 +177,27 @@ def _print_metrics(m: Metrics, timings: dict[str, float], n_slices: int) -> None
 def evaluate(
     out: Annotated[Path, typer.Option(help="Where the tables, JSON and plots go.")],
     cases: Annotated[int, typer.Option(help="Held-out phantoms per set (>= 20).")] = 24,
-    model_dir: Annotated[Path | None, typer.Option(help="Model bundle folder.")] = None,
+    model_dir: Annotated[
+        Path | None, typer.Option(help="Model folder (one; default: the bundled models).")
+    ] = None,
+    model: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A model folder; repeat to compare several side by side (the first is the "
+            "baseline of the paired comparison)."
+        ),
+    ] = None,
+    dataset: Annotated[
+        Path | None,
+        typer.Option(help="A labelled set from `lge-node dataset import` instead of phantoms."),
+    ] = None,
+    include_training_cases: Annotated[
+        bool,
+        typer.Option(
+            "--include-training-cases",
+            help="With --dataset: also the cases the model trained on (optimistic figures).",
+        ),
+    ] = False,
     set_: Annotated[
         list[str] | None,
         typer.Option(
@@ -187,23 +207,89 @@ def evaluate(
         ),
     ] = None,
 ) -> None:
-    """Accuracy on held-out phantoms per set: Dice, HD95, detection, volume agreement,
-    targets met, QC catch rate, Bland-Altman plot and worst cases (OUT/<set>/)."""
-    from pipeline.models import ModelBundle
-    from pipeline.research.evaluate import EVAL_SETS, markdown_table
+    """Accuracy per set: Dice, HD95, detection, volume agreement, targets met, QC catch
+    rate, Bland-Altman plot and worst cases (OUT/<set>/; with several models
+    OUT/<set>/<model>/ and OUT/<set>/comparison.md). --dataset: an imported labelled set
+    instead of phantoms, on the cases the model never trained on."""
+    from pipeline.models import ModelBundle, ModelError
+    from pipeline.research.evaluate import (
+        EVAL_SETS,
+        compare,
+        evaluate_dataset,
+        held_out,
+        markdown_table,
+    )
     from pipeline.research.evaluate import evaluate as run_evaluation
     from pipeline.run import Pipeline
 
-    sets = set_ or ["classic", "randomized", "holdout"]
-    unknown = [s for s in sets if s not in EVAL_SETS]
-    if unknown:
-        raise fail(f"unknown --set {', '.join(unknown)}; choose from {', '.join(EVAL_SETS)}")
-    pipeline = Pipeline(ModelBundle.load(model_dir))
-    for name in sets:
-        summary = run_evaluation(pipeline, cases, out / name, name)
-        console.print(f"\n## {name} (seeds {EVAL_SETS[name][0]}+)\n")
-        console.print(markdown_table(summary))
+    if model_dir is not None and model:
+        raise fail("give --model (one or several) or --model-dir, not both", code=2)
+    folders: list[Path | None] = list(model) if model else [model_dir]
+    if dataset is not None:
+        if set_:
+            raise fail("--set chooses phantoms; with --dataset the set is the dataset", code=2)
+        if not (dataset / "dataset_card.json").is_file():
+            raise fail(f"{dataset}: not a dataset from `lge-node dataset import`", code=2)
+        if not (dataset / "volumes").is_dir():
+            raise fail(f"{dataset}: no volumes/ (imported by an older version; import again)", 2)
+        sets = [dataset.name]
+    else:
+        sets = set_ or ["classic", "randomized", "holdout"]
+        unknown = [s for s in sets if s not in EVAL_SETS]
+        if unknown:
+            raise fail(f"unknown --set {', '.join(unknown)}; choose from {', '.join(EVAL_SETS)}")
+    names = _model_names(folders)
+    pipelines = {}
+    with exit_on(ModelError, code=2, what="model error"):
+        for name, folder in zip(names, folders, strict=True):
+            pipelines[name] = Pipeline(ModelBundle.load(folder))
+    for set_name in sets:
+        runs = {}
+        for name, pipeline in pipelines.items():
+            where = out / set_name / name if len(pipelines) > 1 else out / set_name
+            if dataset is None:
+                summary = run_evaluation(pipeline, cases, where, set_name)
+                console.print(f"\n## {set_name}, {name} (seeds {EVAL_SETS[set_name][0]}+)\n")
+                runs[name] = (summary, _case_rows(where))
+            else:
+                ids, why = held_out(dataset, pipeline.bundle.manifest)
+                if include_training_cases:
+                    ids, why = held_out(dataset, {})[0], "every case (--include-training-cases)"
+                if not ids:
+                    raise fail(
+                        f"model {name}: {why}, none is left to evaluate on; evaluate on another "
+                        "dataset, or give --include-training-cases (optimistic figures)", code=2,
+                    )  # fmt: skip
+                console.print(f"\n## {set_name}, {name}: {len(ids)} cases ({why})\n")
+                runs[name] = evaluate_dataset(pipeline, dataset, where, ids)
+                summary = runs[name][0]
+            console.print(markdown_table(summary))
+        if len(runs) > 1:
+            if dataset is not None and len({tuple(sorted(r.case for r in rows))
+                                             for _, rows in runs.values()}) > 1:  # fmt: skip
+                console.print("[yellow]the models were scored on different held-out cases; "
+                              "the paired comparison uses the cases both scored[/]")  # fmt: skip
+            console.print(f"\n## {set_name}: side by side\n")
+            console.print(compare(runs, out / set_name))
     console.print(f"details in {out}")
+
+
+def _model_names(folders: list[Path | None]) -> list[str]:
+    """Short distinct names for the models compared (their folder names)."""
+    names: list[str] = []
+    for folder in folders:
+        base = folder.resolve().name if folder is not None else "bundled"
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}-{k}", k + 1
+        names.append(name)
+    return names
+
+
+def _case_rows(where: Path) -> list:
+    from pipeline.research.evaluate import CaseResult
+
+    return [CaseResult(**row) for row in json.loads((where / "cases.json").read_text())]
 
 
 @app.command("calibrate-qc")

@@ -8,6 +8,7 @@ the job to run again after restart and nothing half-done is ever sent.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import shutil
 import threading
@@ -31,10 +32,9 @@ from node.workflow.remote import JobInputs, Remote
 from pipeline.errors import SeriesLoadError
 
 if TYPE_CHECKING:
-    from dicom_templates.identity import Algorithm
     from dicom_templates.outputs import OutputFiles
+    from node.workflow.registry import Models
     from pipeline.quantify import Metrics
-    from pipeline.run import Pipeline
 
 log = logging.getLogger("node.worker")
 
@@ -59,8 +59,7 @@ class Worker(threading.Thread):
         self.on_done = on_done
         self.stopping = threading.Event()
         self.ready = threading.Event()
-        self.pipeline: Pipeline | None = None
-        self.algorithm: Algorithm | None = None
+        self.models: Models | None = None
         self.load_error: str | None = None
         # procrastinate hands jobs over when the index is shared (`node.store.jobqueue`);
         # otherwise the worker polls the index.
@@ -71,33 +70,25 @@ class Worker(threading.Thread):
         self.drawing = DrawingProcess()
 
     def load_models(self) -> None:
-        from dicom_templates.identity import Algorithm
-        from pipeline.models import ModelBundle
-        from pipeline.run import Pipeline, PipelineSettings
+        from node.workflow.registry import Models
 
-        cfg = self.config.pipeline
         t0 = time.perf_counter()
         self.drawing.start()
-        bundle = ModelBundle.load(cfg.model_dir, cfg.nnunet_model, cfg.yolo_weights)
-        self.pipeline = Pipeline(
-            bundle,
-            PipelineSettings(
-                device=cfg.device,
-                mirroring=cfg.mirroring,
-                nsd=cfg.nsd,
-                grey_zone_sd=cfg.grey_zone_sd,
-                nonviable_percent=cfg.nonviable_percent,
-            ),
-        )
-        self.algorithm = Algorithm.of_models(bundle)
+        self.models = Models(self.config.pipeline)
         # The models and libraries now loaded live as long as the process: out of the
         # collector's sight, a full collection (pynetdicom asks for one every ~30 s of
         # its server loop, the interpreter after enough allocations) stops every thread
         # for milliseconds instead of tenths of a second.
         gc.freeze()
+        for loaded in self.models.loaded.values():
+            bundle = loaded.pipeline.bundle
+            event(
+                log, "model_loaded", worker=self.name, model=loaded.name, title=bundle.name,
+                version=bundle.version, folds=",".join(bundle.folds),
+            )  # fmt: skip
         event(
-            log, "models_loaded", worker=self.name, model=bundle.name, version=bundle.version,
-            seconds=round(time.perf_counter() - t0, 2),
+            log, "models_loaded", worker=self.name, models=",".join(self.models.loaded),
+            default=self.config.pipeline.default, seconds=round(time.perf_counter() - t0, 2),
         )  # fmt: skip
 
     def run(self) -> None:
@@ -142,7 +133,7 @@ class Worker(threading.Thread):
         self.wake.set()
 
     def process(self, claim: Claim) -> None:
-        assert self.pipeline is not None and self.algorithm is not None
+        assert self.models is not None
         t0 = time.perf_counter()
         job_id, series = claim.job_id, claim.series
         kind = "correction" if claim.correction else "analysis"
@@ -207,13 +198,19 @@ class Worker(threading.Thread):
         from dicom_templates.outputs import write_outputs
         from pipeline.series import load_series
 
-        assert self.pipeline is not None and self.algorithm is not None
+        assert self.models is not None
         volume = load_series(inputs.paths, claim.series.series_uid)
-        result = self.pipeline.run(volume)
+        model, choice = self.models.for_series(volume.datasets[0], claim.series.calling_ae)
+        if len(self.models.loaded) > 1:
+            event(
+                log, "model_chosen", job=claim.job_id, series=claim.series.series_uid,
+                model=model.name, reason=choice.reason,
+            )  # fmt: skip
+        result = model.pipeline.run(volume)
         previous = inputs.previous
         predecessor = previous / "sr.dcm" if previous else None
         files = write_outputs(
-            out, volume, result.labels, result.metrics, self.algorithm,
+            out, volume, result.labels, result.metrics, model.algorithm,
             predecessor_sr=predecessor if predecessor and predecessor.exists() else None,
             drawing=self.drawing,
         )  # fmt: skip
@@ -224,15 +221,16 @@ class Worker(threading.Thread):
     ) -> tuple[OutputFiles, Metrics, str]:
         """A reader's SEG applied to the series it edits; results go where that series'
         results went."""
-        assert self.pipeline is not None and self.algorithm is not None
-        assert claim.correction is not None
+        assert self.models is not None and claim.correction is not None
         source = claim.correction.source
+        # The edited labels are credited to the model whose results the reader edited.
+        model = self.models.get(_model_of(inputs.previous))
         # A fetched job's training pair goes back with its results, to the node holding
         # the series, so that a site's corrections gather where its data is.
         dataset = out / HANDED_BACK if inputs.fetched else self.config.training_dataset
         corrected = correct(
             inputs.paths[0], inputs.source_paths, claim.correction.source, inputs.previous,
-            self.pipeline.settings, self.algorithm, out, dataset,
+            model.pipeline.settings, model.algorithm, out, dataset,
             received_from=claim.series.calling_ae, drawing=self.drawing,
         )  # fmt: skip
         event(
@@ -247,3 +245,14 @@ class Worker(threading.Thread):
             self.repository, Event.JOB_FAILED, error, series_uid=series_uid, job_id=job_id,
             retry=again,
         )  # fmt: skip
+
+
+def _model_of(results: Path | None) -> str | None:
+    """The registry name of the model that produced ``results`` (its metrics.json)."""
+    path = results / "metrics.json" if results else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()).get("algorithm", {}).get("model")
+    except (OSError, ValueError, AttributeError):
+        return None

@@ -1,4 +1,6 @@
-"""``lge-node evaluate``: accuracy of the pipeline on held-out phantoms.
+"""``lge-node evaluate``: accuracy of the pipeline on held-out phantoms, or on any
+labelled set from ``lge-node dataset import`` (`evaluate_dataset`), for one model or
+several side by side (`compare`).
 
 Per case: Dice and HD95 for myocardium (2+3+4), scar (3+4, in cases that have scar) and
 MVO (4, in cases whose true MVO is at least 0.3 ml); volumes against truth. Dice is not
@@ -22,12 +24,16 @@ The QC thresholds are set on a separate calibration set (randomized and holdout 
 alternating, seeds 8000+: `calibrate_qc`), never on these. Each set reports the targets
 of the robustness issue and how many failures (myocardium Dice < 0.80 or scar % off by
 > 5 points) the QC flagged.
+
+An imported dataset is scored on the cases the model never trained on (`held_out`): all
+of them when it was trained elsewhere, the validation cases of its fold otherwise.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,9 +43,11 @@ from tqdm import tqdm
 
 from pipeline.labels import mvo_mask, myocardium_mask, scar_mask
 from pipeline.qc import QcCalibration, calibrate
+from pipeline.quantify import quantify
 from pipeline.research.phantom import PhantomSpec, make_phantom
 from pipeline.run import Pipeline
 from pipeline.series import load_series
+from pipeline.volume import Volume
 
 EVAL_SEED_BASE = 5_000  # below train.TRAIN_SEED_BASE: never used in training
 EVAL_SETS = {  # name -> (first seed, phantom style)
@@ -63,11 +71,12 @@ FAILURE_SCAR_POINTS = 5.0  # ... or with scar % off by more than this
 FLAGGED_GOOD_MAX = 0.10  # share of good cases the QC may flag
 THICK_PX = 2  # "thick": a THICK_PX x THICK_PX block of scar fits somewhere in-plane
 GALLERY_CASES = 4
+PHANTOMS = "held-out phantoms (synthetic data)"
 
 
 @dataclass
 class CaseResult:
-    seed: int
+    case: str  # a phantom's seed, or an imported case's id
     kind: str
     dice: dict[str, float | None]
     hd95_mm: dict[str, float | None]
@@ -98,7 +107,7 @@ class CaseResult:
 class CasePanel:
     """The slice with the most true scar, cropped to the heart, for the gallery."""
 
-    seed: int
+    case: str
     image: np.ndarray
     truth_scar: np.ndarray
     predicted_scar: np.ndarray
@@ -158,56 +167,89 @@ def eval_specs(n: int, eval_set: str = "classic") -> list[PhantomSpec]:
     ]
 
 
-def _panel(seed: int, image: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> CasePanel:
+def _panel(case: str, image: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> CasePanel:
     t, p = scar_mask(truth), scar_mask(predicted)
     z = int(np.argmax(t.sum(axis=(1, 2))))
     ys, xs = np.nonzero(truth[z] > 0)
     box = np.s_[max(ys.min() - 4, 0) : ys.max() + 5, max(xs.min() - 4, 0) : xs.max() + 5]
-    return CasePanel(seed, image[z][box], t[z][box], p[z][box], myocardium_mask(truth)[z][box])
+    return CasePanel(case, image[z][box], t[z][box], p[z][box], myocardium_mask(truth)[z][box])
+
+
+@dataclass
+class LabelledCase:
+    """A stack with its true labels, as the pipeline will see it."""
+
+    case: str
+    volume: Volume
+    truth: np.ndarray  # (z, y, x) `pipeline.labels` values
+    kind: str  # psir / magnitude (+enhanced) for phantoms; "imported" otherwise
+    style: str  # phantom style, or the dataset's name
+    truth_scar_percent: float | None = None  # None: measured from ``truth``
+    holdout_axes: list[str] | None = None
+
+
+def phantom_case(spec: PhantomSpec, workdir: Path) -> LabelledCase:
+    case = make_phantom(workdir / str(spec.seed), spec)
+    truth_doc = json.loads((case.out_dir / "truth.json").read_text())["phantom"]
+    return LabelledCase(
+        case=str(spec.seed),
+        volume=load_series(case.out_dir / "dicom"),
+        truth=case.labels,
+        kind=spec.kind + ("+enhanced" if spec.enhanced else ""),
+        style=spec.style,
+        truth_scar_percent=case.truth.scar_percent,
+        holdout_axes=truth_doc.get("holdout_axes") or None,
+    )
 
 
 def evaluate_case(
     pipeline: Pipeline, spec: PhantomSpec, workdir: Path
 ) -> tuple[CaseResult, CasePanel | None]:
-    case = make_phantom(workdir / str(spec.seed), spec)
-    volume = load_series(case.out_dir / "dicom")
+    return score_case(pipeline, phantom_case(spec, workdir))
+
+
+def score_case(pipeline: Pipeline, case: LabelledCase) -> tuple[CaseResult, CasePanel | None]:
+    """Run the pipeline on ``case`` and score it against its truth."""
+    volume = case.volume
     result = pipeline.run(volume)
     spacing = volume.geometry.spacing_zyx
     voxel = volume.geometry.voxel_volume_ml
     dices, hds, truth_ml, pred_ml = {}, {}, {}, {}
     for name, fn in CLASSES.items():
-        t, p = fn(case.labels), fn(result.labels)
+        t, p = fn(case.truth), fn(result.labels)
         truth_ml[name] = float(t.sum()) * voxel
         pred_ml[name] = float(p.sum()) * voxel
         scored = bool(t.any()) and truth_ml[name] >= MIN_SCORED_ML[name]
         dices[name] = dice(t, p) if scored else None
         hds[name] = hd95(t, p, spacing) if scored else None
-    truth_doc = json.loads((case.out_dir / "truth.json").read_text())["phantom"]
+    truth_percent = case.truth_scar_percent
+    if truth_percent is None:
+        nonviable = pipeline.settings.nonviable_percent
+        truth_percent = quantify(case.truth, volume.geometry, nonviable).scar_percent
     qc = result.metrics.qc
-    true_scar = scar_mask(case.labels)
-    result_row = CaseResult(
-        seed=spec.seed,
-        kind=spec.kind + ("+enhanced" if spec.enhanced else ""),
+    true_scar = scar_mask(case.truth)
+    row = CaseResult(
+        case=case.case,
+        kind=case.kind,
         dice=dices,
         hd95_mm=hds,
         truth_ml=truth_ml,
         predicted_ml=pred_ml,
-        truth_scar_percent=case.truth.scar_percent,
+        truth_scar_percent=truth_percent,
         predicted_scar_percent=result.metrics.scar_percent,
         seconds_per_image=result.timings["total"] / volume.array.shape[0],
-        qc_flags=result.metrics.qc.flags,
+        qc_flags=qc.flags,
         scar_thickness_px=thickness_px(true_scar),
         scar_thick=fits_block(true_scar) if true_scar.any() else None,
-        style=spec.style,
-        holdout_axes=truth_doc.get("holdout_axes") or None,
+        style=case.style,
+        holdout_axes=case.holdout_axes,
         reliability=qc.reliability,
         reliability_components=qc.reliability_components,
         reliability_measures=qc.reliability_measures,
         low_confidence=qc.low_confidence,
     )
-    has_scar = bool(scar_mask(case.labels).any())
-    panel = _panel(spec.seed, volume.array, case.labels, result.labels) if has_scar else None
-    return result_row, panel
+    panel = _panel(case.case, volume.array, case.truth, result.labels) if true_scar.any() else None
+    return row, panel
 
 
 def summarize(cases: list[CaseResult]) -> dict:
@@ -285,7 +327,7 @@ def qc_catch(cases: list[CaseResult]) -> dict:
     return {
         "failures": len(failed),
         "failures_flagged": sum(c.low_confidence for c in failed),
-        "unflagged_failures": [c.seed for c in failed if not c.low_confidence],
+        "unflagged_failures": [c.case for c in failed if not c.low_confidence],
         "good": len(good),
         "good_flagged": sum(c.low_confidence for c in good),
         "good_flagged_share": sum(c.low_confidence for c in good) / len(good) if good else 0.0,
@@ -318,7 +360,7 @@ def targets(summary: dict) -> dict[str, dict]:
     return out
 
 
-def bland_altman(cases: list[CaseResult], path: Path) -> None:
+def bland_altman(cases: list[CaseResult], path: Path, what: str = PHANTOMS) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -336,13 +378,15 @@ def bland_altman(cases: list[CaseResult], path: Path) -> None:
         ax.set_title(f"{name}: bias {bias:+.2f} ml, LoA ±{1.96 * sd:.2f} ml")
         ax.set_xlabel("mean of model and truth (ml)")
         ax.set_ylabel("model - truth (ml)")
-    fig.suptitle("Bland-Altman, held-out phantoms (synthetic data, not clinical validation)")
+    fig.suptitle(f"Bland-Altman, {what} (research only, not clinical validation)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def gallery(cases: list[CaseResult], panels: dict[int, CasePanel], path: Path) -> None:
+def gallery(
+    cases: list[CaseResult], panels: dict[str, CasePanel], path: Path, what: str = PHANTOMS
+) -> None:
     """The worst scar cases: image, true scar (red), model scar (cyan), true myocardium."""
     import matplotlib
 
@@ -350,14 +394,14 @@ def gallery(cases: list[CaseResult], panels: dict[int, CasePanel], path: Path) -
     import matplotlib.pyplot as plt
 
     scored = sorted(
-        (c for c in cases if c.dice["scar"] is not None and c.seed in panels),
+        (c for c in cases if c.dice["scar"] is not None and c.case in panels),
         key=lambda c: c.dice["scar"] or 0.0,
     )[:GALLERY_CASES]
     if not scored:
         return
     fig, axes = plt.subplots(1, len(scored), figsize=(4 * len(scored), 4.4), squeeze=False)
     for ax, c in zip(axes[0], scored, strict=True):
-        p = panels[c.seed]
+        p = panels[c.case]
         ax.imshow(p.image, cmap="gray", interpolation="nearest")
         ax.contour(p.myocardium, [0.5], colors="yellow", linewidths=0.6)
         ax.contour(p.truth_scar, [0.5], colors="red", linewidths=1.2)
@@ -366,7 +410,7 @@ def gallery(cases: list[CaseResult], panels: dict[int, CasePanel], path: Path) -
         qc = "LOW CONFIDENCE" if c.low_confidence else "not flagged"
         rel = f" {c.reliability:.2f}" if c.reliability is not None else ""
         ax.set_title(
-            f"seed {c.seed} ({c.kind}, {c.style})\nscar Dice {c.dice['scar']:.2f}, "
+            f"{c.case} ({c.kind}, {c.style})\nscar Dice {c.dice['scar']:.2f}, "
             f"{c.truth_ml['scar']:.1f} ml, thickest {c.scar_thickness_px:.0f} px\n"
             f"scar % {c.predicted_scar_percent:.1f} vs {c.truth_scar_percent:.1f}; QC: {qc}{rel}",
             fontsize=8,
@@ -375,7 +419,7 @@ def gallery(cases: list[CaseResult], panels: dict[int, CasePanel], path: Path) -
         ax.axis("off")
     fig.suptitle(
         "Worst scar cases: true scar red, model cyan, true myocardium yellow "
-        "(slice with the most true scar; synthetic data)", fontsize=10,
+        f"(slice with the most true scar; {what})", fontsize=10,
     )  # fmt: skip
     fig.tight_layout(rect=(0, 0, 1, 0.88))
     fig.savefig(path, dpi=100)
@@ -425,7 +469,7 @@ def markdown_table(summary: dict) -> str:
     qc = summary["qc"]
     rows.append(
         f"QC: {qc['failures_flagged']} of {qc['failures']} failures flagged low_confidence "
-        f"(unflagged: {qc['unflagged_failures'] or 'none'}); {qc['good_flagged']} of "
+        f"(unflagged: {', '.join(qc['unflagged_failures']) or 'none'}); {qc['good_flagged']} of "
         f"{qc['good']} good cases flagged."
     )
     rows += ["", "| target | value | goal | met |", "|---|---|---|---|"]
@@ -437,22 +481,182 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(rows)
 
 
-def evaluate(pipeline: Pipeline, n_cases: int, out_dir: Path, eval_set: str = "classic") -> dict:
+def run_cases(
+    pipeline: Pipeline, cases: Iterable[LabelledCase], out_dir: Path, what: str, total: int
+) -> tuple[dict, list[CaseResult]]:
+    """Score every case; write ``cases.json``, ``summary.json``, ``table.md``, the
+    Bland-Altman plot and the worst-case gallery into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     results, panels = [], {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for spec in tqdm(eval_specs(n_cases, eval_set), desc=eval_set, unit="case"):
-            row, panel = evaluate_case(pipeline, spec, Path(tmp))
-            results.append(row)
-            if panel is not None:
-                panels[row.seed] = panel
+    for case in tqdm(cases, desc=out_dir.name, unit="case", total=total):
+        row, panel = score_case(pipeline, case)
+        results.append(row)
+        if panel is not None:
+            panels[row.case] = panel
+    if not results:
+        raise ValueError(f"no cases to evaluate ({what})")
     summary = summarize(results)
+    summary["evaluated_on"] = what
     (out_dir / "cases.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (out_dir / "table.md").write_text(markdown_table(summary) + "\n")
-    bland_altman(results, out_dir / "bland_altman.png")
-    gallery(results, panels, out_dir / "worst_scar_cases.png")
-    return summary
+    bland_altman(results, out_dir / "bland_altman.png", what)
+    gallery(results, panels, out_dir / "worst_scar_cases.png", what)
+    return summary, results
+
+
+def evaluate(pipeline: Pipeline, n_cases: int, out_dir: Path, eval_set: str = "classic") -> dict:
+    """A phantom set (`EVAL_SETS`), ``n_cases`` of it."""
+    specs = eval_specs(n_cases, eval_set)
+
+    def cases(tmp: Path) -> Iterator[LabelledCase]:
+        for spec in specs:
+            yield phantom_case(spec, tmp)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        what = f"held-out phantoms, {eval_set} set (synthetic data)"
+        return run_cases(pipeline, cases(Path(tmp)), out_dir, what, len(specs))[0]
+
+
+def evaluate_dataset(
+    pipeline: Pipeline, dataset: Path, out_dir: Path, case_ids: list[str]
+) -> tuple[dict, list[CaseResult]]:
+    """The cases ``case_ids`` of an imported dataset, on their whole images."""
+    from pipeline.research.importer import read_volume
+
+    def cases() -> Iterator[LabelledCase]:
+        for case_id in case_ids:
+            volume, labels = read_volume(dataset, case_id)
+            yield LabelledCase(case_id, volume, labels, "imported", dataset.name)
+
+    what = f"{len(case_ids)} cases of dataset {dataset.name}"
+    return run_cases(pipeline, cases(), out_dir, what, len(case_ids))
+
+
+def held_out(dataset: Path, manifest: dict) -> tuple[list[str], str]:
+    """The cases of ``dataset`` that the model of ``manifest`` never saw in training, and
+    why those: a model trained on another dataset saw none of them; one trained on this
+    dataset saw the training cases of each of its folds, and its detector every case
+    outside the validation cases of fold 0 (the YOLO split)."""
+    card = json.loads((dataset / "dataset_card.json").read_text())
+    splits = json.loads((dataset / "nnunet" / "splits_final.json").read_text())
+    every = sorted({c for s in splits[:1] for part in ("train", "val") for c in s[part]})
+    data = manifest.get("training_data", {})
+    same = (card.get("import_id") and data.get("import_id") == card.get("import_id")) or (
+        data.get("dataset") == str(dataset.resolve())
+    )
+    if not same:
+        return every, "the model was not trained on this dataset: every case"
+    folds = [str(f) for f in manifest.get("settings", {}).get("folds", ["all"])]
+    if "all" in folds:
+        return [], "the model was trained on every case of this dataset"
+    seen = {c for f in folds for c in splits[int(f)]["train"]}
+    unseen = sorted(set(splits[0]["val"]) - seen)
+    return unseen, f"the validation cases of fold {', '.join(folds)} (never trained on)"
+
+
+def compare(runs: dict[str, tuple[dict, list[CaseResult]]], out_dir: Path) -> str:
+    """Several models on the same cases, side by side: ``comparison.md`` (the summary
+    figures per model, then each model's per-case Dice against the first's, paired:
+    mean difference, Wilcoxon signed-rank p, wins), ``comparison.json`` and a per-case
+    scatter plot ``comparison.png``. Returns the markdown."""
+    from scipy.stats import wilcoxon
+
+    names = list(runs)
+    summaries = {n: runs[n][0] for n in names}
+
+    def fmt(v: object) -> str:
+        return "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+    rows: list[tuple[str, list[object]]] = []
+    for cls in CLASSES:
+        rows.append((f"{cls} Dice", [summaries[n]["classes"][cls]["mean_dice"] for n in names]))
+    rows += [
+        (f"scar Dice, >= {THICK_PX} px thick",
+         [summaries[n]["scar_by_thickness"]["thick"]["mean_dice"] for n in names]),
+        ("myocardium HD95 (mm, median)",
+         [summaries[n]["classes"]["myocardium"]["median_hd95_mm"] for n in names]),
+        ("scar volume bias (ml)", [summaries[n]["classes"]["scar"]["bias_ml"] for n in names]),
+        ("median abs scar % error (points)",
+         [summaries[n]["scar_percent_median_abs_error"] for n in names]),
+        ("detection sensitivity", [summaries[n]["detection"]["sensitivity"] for n in names]),
+        ("detection specificity", [summaries[n]["detection"]["specificity"] for n in names]),
+        ("failures", [summaries[n]["qc"]["failures"] for n in names]),
+        ("unflagged failures", [len(summaries[n]["qc"]["unflagged_failures"]) for n in names]),
+        ("good cases flagged", [summaries[n]["qc"]["good_flagged"] for n in names]),
+        ("seconds per image", [summaries[n]["seconds_per_image_mean"] for n in names]),
+    ]  # fmt: skip
+    lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(fmt(v) for v in values) + " |" for label, values in rows]
+    paired: dict[str, dict[str, dict]] = {}
+    base = {r.case: r for r in runs[names[0]][1]}
+    lines += ["", f"Per case, against {names[0]} (paired, the cases both scored):", "",
+              "| model | class | n | mean Dice difference | Wilcoxon p | better / worse |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for name in names[1:]:
+        paired[name] = {}
+        for cls in CLASSES:
+            diff = np.array([b - a for a, b in _paired(base, runs[name][1], cls)], dtype=float)
+            p = None
+            if len(diff) >= 2 and np.any(diff != 0):
+                p = float(wilcoxon(diff).pvalue)
+            stats = {
+                "n": len(diff),
+                "mean_difference": float(diff.mean()) if len(diff) else None,
+                "wilcoxon_p": p,
+                "better": int((diff > 0).sum()),
+                "worse": int((diff < 0).sum()),
+            }
+            paired[name][cls] = stats
+            lines.append(
+                f"| {name} | {cls} | {stats['n']} | "
+                + (f"{stats['mean_difference']:+.3f}" if stats["n"] else "n/a")
+                + f" | {fmt(p)} | {stats['better']} / {stats['worse']} |"
+            )
+    text = "\n".join(lines)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "comparison.md").write_text(text + "\n")
+    doc = {"models": names, "summaries": summaries, "paired_against_first": paired}
+    (out_dir / "comparison.json").write_text(json.dumps(doc, indent=2))
+    _comparison_plot(runs, out_dir / "comparison.png")
+    return text
+
+
+def _paired(
+    base: dict[str, CaseResult], rows: list[CaseResult], cls: str
+) -> list[tuple[float, float]]:
+    """(baseline Dice, this model's Dice) of ``cls`` for each case both scored."""
+    out = []
+    for r in rows:
+        a = base[r.case].dice[cls] if r.case in base else None
+        b = r.dice[cls]
+        if a is not None and b is not None:
+            out.append((a, b))
+    return out
+
+
+def _comparison_plot(runs: dict[str, tuple[dict, list[CaseResult]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(runs)
+    base = {r.case: r for r in runs[names[0]][1]}
+    fig, axes = plt.subplots(1, len(CLASSES), figsize=(5 * len(CLASSES), 4.6))
+    for ax, cls in zip(axes, CLASSES, strict=True):
+        for name in names[1:]:
+            xy = _paired(base, runs[name][1], cls)
+            if xy:
+                ax.scatter(*zip(*xy, strict=True), s=18, label=name)
+        ax.plot([0, 1], [0, 1], color="gray", lw=1, ls="--")
+        ax.set(xlim=(0, 1), ylim=(0, 1), title=f"{cls} Dice per case",
+               xlabel=names[0], ylabel="other model")  # fmt: skip
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle("Above the diagonal: better than " + names[0] + " (research only)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def reflag(cases: list[CaseResult], calibration: QcCalibration) -> None:

@@ -16,8 +16,10 @@ Every case is checked before anything is written (image and labels on the same g
 label values the map knows, a labelled myocardium, sizes a heart can have); all problems
 are reported together, by case. What is written: an nnU-Net raw dataset of heart-region
 crops (``nnunet/``: ``imagesTr``, ``labelsTr``, ``dataset.json``, ``splits_final.json``),
-a YOLO detection set (``yolo/``), ``summary.json`` and ``dataset_card.json`` (source,
-licence, label map). The same writers as the phantom training set (`pipeline.research.
+a YOLO detection set (``yolo/``), the whole stacks with their labels (``volumes/``: what
+``lge-node evaluate --dataset`` runs the whole pipeline on), ``summary.json`` and
+``dataset_card.json`` (source, licence, label map, an import id that a model trained on
+it records). The same writers as the phantom training set (`pipeline.research.
 dataset`), so imported cases, phantoms and readers' corrections train together.
 """
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +45,7 @@ MAX_SLICES = 200
 SPACING_MM = (0.2, 10.0)  # in-plane pixel spacing a cardiac MR can have
 SLICE_SPACING_MM = (0.5, 30.0)
 EMIDEC_MAP = {0: "background", 1: "lv_blood_pool", 2: "myocardium", 3: "scar", 4: "mvo"}
+VOLUMES = "volumes"  # <dataset>/volumes/{images,labels}/<case>.nii.gz
 
 
 class DatasetImportError(ValueError):
@@ -405,6 +409,7 @@ def import_dataset(
         export_nnunet_case(case.image, case.labels, case.geometry, case.case_id, raw, rng)
         export_yolo_case(case.image, case.labels, case.case_id,
                          yolo / "images" / split, yolo / "labels" / split)  # fmt: skip
+        _write_volume(case, staging / VOLUMES)
         summary = summarize(case)
         summary.split = split
         summaries.append(summary)
@@ -416,7 +421,8 @@ def import_dataset(
         skipped=problems, folds=folds, out=str(out),
     )  # fmt: skip
     (staging / "summary.json").write_text(json.dumps(asdict(result), indent=1) + "\n")
-    card = {"format": format, "source": source, "licence": licence, "cases": len(usable),
+    card = {"import_id": uuid.uuid4().hex, "format": format, "source": source,
+            "licence": licence, "cases": len(usable),
             "label_map": {str(k): v for k, v in label_map.items()},
             "labels": LABELS, "file_ending": FILE_ENDING}  # fmt: skip
     (staging / "dataset_card.json").write_text(json.dumps(card, indent=1) + "\n")
@@ -431,6 +437,24 @@ def import_dataset(
         os.replace(staging, out)
     write_yolo_yaml(out / "yolo")  # its absolute path, now that the set is in place
     return result
+
+
+def _write_volume(case: LoadedCase, root: Path) -> None:
+    import SimpleITK as sitk
+
+    for sub, array in (("images", case.image.astype(np.float32)), ("labels", case.labels)):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        path = root / sub / f"{case.case_id}{FILE_ENDING}"
+        sitk.WriteImage(case.geometry.to_sitk(array), str(path), True)
+
+
+def read_volume(dataset: Path, case_id: str) -> tuple[Volume, np.ndarray]:
+    """A case of an imported dataset, whole, as the pipeline takes it: the image as a
+    `Volume` (no DICOM objects behind it) and its labels."""
+    root = dataset / VOLUMES
+    image, geometry = _read_nifti(root / "images" / f"{case_id}{FILE_ENDING}")
+    labels, _ = _read_nifti(root / "labels" / f"{case_id}{FILE_ENDING}")
+    return Volume(image.astype(np.float32), geometry, datasets=[]), labels.astype(np.uint8)
 
 
 def _splits(case_ids: list[str], folds: int, seed: int) -> list[dict[str, list[str]]]:
