@@ -13,6 +13,7 @@ import cv2
 import highdicom as hd
 import numpy as np
 from matplotlib.path import Path as PolyPath
+from scipy import ndimage
 from skimage.measure import find_contours
 
 from pipeline.volume import Volume
@@ -78,11 +79,35 @@ def outlines(mask: np.ndarray) -> list[np.ndarray]:
 MAX_REGIONS = 100  # outlines per finding in the SR: a viewer's navigation, not the volume
 
 
+def _largest_components(mask: np.ndarray, keep: int) -> np.ndarray:
+    """``mask`` with only its ``keep`` largest in-plane components (4-connected, as the
+    outlines see them): thousands of specks are dropped before they are traced. The
+    mask itself when it has no more than ``keep``."""
+    labelled = [ndimage.label(s) for s in mask]
+    if sum(n for _, n in labelled) <= keep:
+        return mask
+    sizes = [
+        (int(count), k, i + 1)
+        for k, (lab, n) in enumerate(labelled)
+        if n
+        for i, count in enumerate(np.bincount(lab.ravel(), minlength=n + 1)[1:])
+    ]
+    sizes.sort(key=lambda t: -t[0])
+    kept: dict[int, list[int]] = {}
+    for _, k, i in sizes[:keep]:
+        kept.setdefault(k, []).append(i)
+    out = np.zeros_like(mask, dtype=bool)
+    for k, ids in kept.items():
+        out[k] = np.isin(labelled[k][0], ids)
+    return out
+
+
 def image_regions(volume: Volume, mask: np.ndarray) -> list[hd.sr.ImageRegion]:
     """SR image regions outlining the 3D ``mask`` (z, y, x), the slice where the mask is
     largest first (a viewer opens a measurement on its first region). At most
     `MAX_REGIONS`, the largest: a fragmented segmentation (a poor model's specks) would
     otherwise fill the report with thousands of outlines; the volumes count every voxel."""
+    mask = _largest_components(mask, MAX_REGIONS)
     areas = mask.reshape(mask.shape[0], -1).sum(axis=1)
     order = [int(k) for k in np.argsort(-areas, kind="stable") if areas[k] > 0]
     found = [(k, xy) for k in order for xy in outlines(mask[k])]

@@ -8,6 +8,7 @@ written in its layout instead."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -210,20 +211,69 @@ def test_dicom_series_with_a_reader_seg(tmp_path: Path, phantoms) -> None:
     assert "the images of series" in " ".join(run.stderr.split())
 
 
-def test_import_train_then_analyze_with_the_new_model(tmp_path: Path, phantoms) -> None:
-    """Bring your own data end to end on CPU, shrunk to minutes: import, train a demo-size
-    model (the accuracy is not the point), and run the pipeline with it; the model card
-    carries the data's licence."""
+@dataclass
+class OwnModels:
+    """Two models trained on imported data: one on an EMIDEC-layout set (every case), one
+    on a DICOM + SEG set (fold 0 of its splits)."""
+
+    emidec_set: Path
+    dicom_set: Path
+    emidec_model: Path
+    dicom_model: Path
+    train_log: str
+
+
+def dicom_seg_export(folder: Path, phantoms: list) -> None:
+    """A folder as a PACS exports it: each study's images and a reader's SEG on them."""
+    from pipeline.series import load_series
+
+    for case in phantoms:
+        volume = load_series(case.out_dir / "dicom")
+        target = folder / f"study{case.spec.seed}"
+        target.mkdir(parents=True)
+        for f in case.files:
+            (target / f.name).write_bytes(f.read_bytes())
+        reader_seg(volume, case.labels).save_as(target / "seg.dcm", enforce_file_format=True)
+
+
+@pytest.fixture(scope="module")
+def own_models(tmp_path_factory, phantoms, phantom_factory) -> OwnModels:
+    """Import, then train demo-size models shrunk to a minute each (one epoch of two
+    iterations: the accuracy is not the point, the path from data to a served model is)."""
+    root = tmp_path_factory.mktemp("own")
+    emidec_tree(root / "emidec", phantoms)
+    others = [phantom_factory(seed=s, kind="psir" if s % 2 else "magnitude") for s in (6, 7, 8)]
+    dicom_seg_export(root / "export", others)
+    sets = OwnModels(root / "emidec_set", root / "dicom_set", root / "emidec_model",
+                     root / "dicom_model", "")  # fmt: skip
+    for args in (
+        ("dataset", "import", str(root / "emidec"), str(sets.emidec_set), "--licence",
+         "CC BY-NC-SA 4.0"),
+        ("dataset", "import", str(root / "export"), str(sets.dicom_set), "--format", "dicom",
+         "--licence", "site data, internal use"),
+    ):  # fmt: skip
+        run = lge_node(*args)
+        assert run.returncode == 0, run.stderr
+    logs = []
+    for dataset, model, folds in ((sets.emidec_set, sets.emidec_model, "all"),
+                                  (sets.dicom_set, sets.dicom_model, "0")):  # fmt: skip
+        run = lge_node("train", "--dataset", str(dataset), "--out", str(model), "--work",
+                       str(root / f"work_{model.name}"), "--epochs", "1", "--iterations", "2",
+                       "--yolo-epochs", "1", "--folds", folds)  # fmt: skip
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+        logs.append(run.stdout)
+    sets.train_log = "\n".join(logs)
+    return sets
+
+
+def test_import_train_then_analyze_with_the_new_model(
+    tmp_path: Path, phantoms, own_models: OwnModels
+) -> None:
+    """Bring your own data end to end on CPU: the trained model folder loads, the pipeline
+    runs with it, and the model card carries the data's licence."""
     from pipeline.models import ModelBundle
 
-    emidec_tree(tmp_path / "emidec", phantoms)
-    dataset, model = tmp_path / "dataset", tmp_path / "model"
-    assert lge_node("dataset", "import", str(tmp_path / "emidec"), str(dataset), "--licence",
-                    "CC BY-NC-SA 4.0").returncode == 0  # fmt: skip
-    run = lge_node("train", "--dataset", str(dataset), "--out", str(model), "--work",
-                   str(tmp_path / "work"), "--epochs", "1", "--iterations", "2",
-                   "--yolo-epochs", "1")  # fmt: skip
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    model = own_models.emidec_model
     manifest = json.loads((model / "manifest.json").read_text())
     assert manifest["synthetic_trained"] is False
     assert manifest["training_data"]["licence"] == "CC BY-NC-SA 4.0"
@@ -231,6 +281,7 @@ def test_import_train_then_analyze_with_the_new_model(tmp_path: Path, phantoms) 
     assert "CC BY-NC-SA 4.0" in (model / "MODEL_CARD.md").read_text()
     bundle = ModelBundle.load(model)
     assert bundle.folds == ("all",) and bundle.nnunet_folder.parent.name == "Dataset502_LGEImported"
+    assert ModelBundle.load(own_models.dicom_model).folds == ("0",)
 
     study = tmp_path / "results"
     run = lge_node("analyze", str(phantoms[0].out_dir / "dicom"), "--out", str(study),
@@ -242,6 +293,137 @@ def test_import_train_then_analyze_with_the_new_model(tmp_path: Path, phantoms) 
     # A one-epoch model segments badly; its QC must say so.
     assert metrics["qc"]["low_confidence"] is True
 
-    run = lge_node("train", "--dataset", str(dataset), "--out", str(model), "--folds", "9")
+    run = lge_node("train", "--dataset", str(own_models.emidec_set), "--out", str(model),
+                   "--folds", "9")  # fmt: skip
     # three cases: the import made three folds, not the five asked for
     assert run.returncode == 2 and "the dataset has 3 folds" in " ".join(run.stderr.split())
+
+
+def test_evaluate_any_model_on_any_labelled_set_side_by_side(
+    tmp_path: Path, own_models: OwnModels
+) -> None:
+    """The same tables as for phantoms, on an imported set, on the cases each model never
+    trained on, and two models compared case by case."""
+    from pipeline.runtime import BUNDLED_MODELS
+
+    out = tmp_path / "eval"
+    run = lge_node("evaluate", "--dataset", str(own_models.dicom_set), "--model",
+                   str(own_models.emidec_model), "--model", str(BUNDLED_MODELS), "--out",
+                   str(out), columns=200)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    where = out / own_models.dicom_set.name
+    for name in (own_models.emidec_model.name, BUNDLED_MODELS.name):
+        summary = json.loads((where / name / "summary.json").read_text())
+        assert summary["cases"] == 3  # neither model trained on this set: every case
+        assert summary["classes"]["myocardium"]["n_scored"] == 3
+        assert (where / name / "bland_altman.png").is_file()
+        assert (where / name / "worst_scar_cases.png").is_file()
+    comparison = json.loads((where / "comparison.json").read_text())
+    paired = comparison["paired_against_first"][BUNDLED_MODELS.name]["myocardium"]
+    assert paired["n"] == 3 and paired["better"] + paired["worse"] == 3
+    # The phantom-trained demo segments phantoms far better than a one-epoch model.
+    assert paired["mean_difference"] > 0.2
+    assert (where / "comparison.png").is_file()
+    assert "side by side" in run.stdout
+
+    # A model trained on fold 0 of this set is scored on fold 0's validation case only.
+    run = lge_node("evaluate", "--dataset", str(own_models.dicom_set), "--model",
+                   str(own_models.dicom_model), "--out", str(tmp_path / "own"),
+                   columns=200)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    splits = json.loads((own_models.dicom_set / "nnunet" / "splits_final.json").read_text())
+    cases = json.loads((tmp_path / "own" / own_models.dicom_set.name / "cases.json").read_text())
+    assert [c["case"] for c in cases] == splits[0]["val"]
+    assert "validation cases of fold 0" in " ".join(run.stdout.split())
+
+    # A model trained on every case of a set has nothing left to be scored on there.
+    run = lge_node("evaluate", "--dataset", str(own_models.emidec_set), "--model",
+                   str(own_models.emidec_model), "--out", str(tmp_path / "none"),
+                   columns=200)  # fmt: skip
+    assert run.returncode == 2
+    assert "trained on every case of this dataset" in " ".join(run.stderr.split())
+
+
+def test_the_node_serves_imported_models_by_rule_and_learns_from_its_archive(
+    tmp_path: Path, phantoms, own_models: OwnModels
+) -> None:
+    """A registry of three models, chosen per series by sender and reconstruction; every
+    output names its model; a reader's edit is credited to the model it edits; and the
+    node's own archive imports as training data: the reader's SEG is learnt from, the
+    node's automatic SEG is not."""
+    import shutil
+
+    from pipeline.series import load_series
+    from tests.node_harness import NodeProcess, copy_study, storescu
+
+    pipeline = {
+        "models": {"emidec": {"model_dir": str(own_models.emidec_model)},
+                   "site": {"model_dir": str(own_models.dicom_model)}, "demo": {}},
+        "default_model": "demo",
+        "model_rules": [{"model": "emidec", "calling_ae": ["SCANNER_A"]},
+                        {"model": "site", "reconstruction": "magnitude"}],
+    }  # fmt: skip
+    expected = {}
+    with NodeProcess(tmp_path / "node", pipeline=pipeline) as node:
+        sent = []
+        for case, aet, model in ((phantoms[0], "SCANNER_A", "emidec"),
+                                 (phantoms[1], "SCANNER_B", "site"),
+                                 (phantoms[2], "SCANNER_B", "demo")):  # fmt: skip
+            assert case.spec.kind == ("magnitude" if model == "site" else "psir")
+            _, series, files = copy_study(case.out_dir / "dicom", tmp_path / str(case.spec.seed))
+            storescu(node.port, files, aet=aet)
+            expected[series] = model
+            sent.append((series, files, case))
+        results = {}
+        for series, model in expected.items():
+            node.wait_done(series)
+            ((job, state, _, error),) = node.jobs(series)
+            assert (state, error) == ("done", "")
+            ((where, metrics),) = node.query(
+                "SELECT results_dir, metrics FROM jobs WHERE id = ?", job
+            )
+            results[series] = Path(where)
+            algorithm = json.loads(metrics)["algorithm"]
+            assert algorithm["model"] == model
+            seg = pydicom.dcmread(Path(where) / "seg.dcm")
+            names = {s.SegmentAlgorithmName for s in seg.SegmentSequence}
+            suffix = " (synthetic-trained demo)" if model == "demo" else ""
+            assert names == {f"lge-node {model}{suffix}"}, names
+            sr = pydicom.dcmread(Path(where) / "sr.dcm")
+            texts = {str(e.value) for e in sr.iterall() if e.keyword == "TextValue"}
+            assert f"lge-node {model}{suffix}" in texts
+        assert "model rule 1" in node.log() and "model rule 2" in node.log()
+
+        # A reader edits two results; each edit is credited to the model it edits.
+        for (_, files, case), name in (
+            (sent[0], "lge-node emidec, reader-edited"),
+            (sent[2], "lge-node demo, reader-edited (synthetic-trained demo)"),
+        ):
+            seg = reader_seg(load_series(files), case.labels)
+            path = tmp_path / f"edit{case.spec.seed}.dcm"
+            seg.save_as(path, enforce_file_format=True)
+            storescu(node.port, path, aet="VIEWER", extra=["-R"])
+            node.wait_done(seg.SeriesInstanceUID)
+            ((job, state, _, error),) = node.jobs(seg.SeriesInstanceUID)
+            assert (state, error) == ("done", "")
+            ((metrics,),) = node.query("SELECT metrics FROM jobs WHERE id = ?", job)
+            assert json.loads(metrics)["algorithm"]["name"] == name
+
+    # The archive as training data, with one of the node's own automatic SEGs in it.
+    archive = tmp_path / "archive"
+    shutil.copytree(node.data_dir / "instances", archive)
+    shutil.copyfile(results[sent[1][0]] / "seg.dcm", archive / "node_output_seg.dcm")
+    out = tmp_path / "from_node"
+    run = lge_node("dataset", "import", str(archive), str(out), "--format", "dicom",
+                   columns=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["cases"]) == 2  # the reader's edits
+    (why,) = summary["skipped"].values()
+    assert "an automatic segmentation (lge-node site)" in why
+    edited = {int(myocardium_mask(phantoms[i].labels).sum()) for i in (0, 2)}
+    imported = {
+        int(myocardium_mask(read(out / "volumes" / "labels" / f"{c['case_id']}.nii.gz")).sum())
+        for c in summary["cases"]
+    }
+    assert imported == edited

@@ -54,3 +54,24 @@ def test_blobs_fill_back_to_their_pixels(seed: int) -> None:
 
 def test_nothing_to_outline() -> None:
     assert outlines(np.zeros((8, 8), bool)) == []
+
+
+def test_a_speckled_mask_keeps_its_largest_components_only() -> None:
+    """A poor model's thousands of specks: only the MAX_REGIONS largest components are
+    traced; a mask with fewer is traced whole."""
+    from dicom_templates.regions import MAX_REGIONS, _largest_components
+
+    rng = np.random.default_rng(3)
+    mask = np.zeros((4, 128, 128), dtype=bool)
+    mask[:, ::3, ::3] = rng.random((4, 43, 43)) < 0.6  # isolated one-pixel specks
+    mask[1, 10:30, 10:30] = True  # two real regions, among the specks
+    mask[2, 50:60, 70:90] = True
+    kept = _largest_components(mask, MAX_REGIONS)
+    assert ndimage.label(kept[1])[1] + sum(ndimage.label(s)[1] for s in kept[[0, 2, 3]]) == (
+        MAX_REGIONS
+    )
+    assert kept[1, 10:30, 10:30].all() and kept[2, 50:60, 70:90].all()
+    assert not (kept & ~mask).any()
+    few = mask & False
+    few[0, 5:9, 5:9] = True
+    assert _largest_components(few, MAX_REGIONS) is few

@@ -500,7 +500,8 @@ def dataset_import(
     source: Annotated[
         Path,
         typer.Argument(
-            help="The data: an EMIDEC folder, a folder of NIfTI images, or a folder of DICOM + SEG."
+            help="The data: an EMIDEC folder, a folder of NIfTI images, or a folder of DICOM + SEG "
+            "(a PACS export, or a node's <data_dir>/instances with readers' edited SEGs)."
         ),
     ],
     out: Annotated[Path, typer.Argument(help="The dataset folder to write (replaced whole).")],
@@ -526,6 +527,14 @@ def dataset_import(
     skip_invalid: Annotated[
         bool, typer.Option("--skip-invalid", help="Leave unusable cases out (listed).")
     ] = False,
+    accept_automatic: Annotated[
+        bool,
+        typer.Option(
+            "--accept-automatic",
+            help="dicom: learn from SEGs whose segments are all AUTOMATIC too (a model's "
+            "output; left out by default).",
+        ),
+    ] = False,
 ) -> None:
     """Check every case and write an nnU-Net raw dataset (heart-region crops, 5-fold
     splits), a YOLO detection set, summary.json and a dataset card. Nothing is written
@@ -538,6 +547,7 @@ def dataset_import(
         raise fail(f"--format {format!r}: one of {', '.join(FORMATS)}", code=2)
     if not source.is_dir():
         raise fail(f"{source} is not a folder", code=2)
+    ignored: dict[str, str] = {}
     with exit_on(imp.DatasetImportError, code=2, what="import refused"):
         mapping = imp.parse_label_map(label_map) if label_map else dict(imp.EMIDEC_MAP)
         if format == "emidec":
@@ -549,13 +559,16 @@ def dataset_import(
         else:
             from dicom_templates.seg import read_seg_masks
 
-            sources = imp.dicom_seg_cases(
-                source, lambda seg, volume: read_seg_masks(seg, volume, include_blood_pools=True)
+            sources, ignored = imp.dicom_seg_cases(
+                source,
+                lambda seg, volume: read_seg_masks(seg, volume, include_blood_pools=True),
+                accept_automatic,
             )
             mapping = {}  # segments are matched by their codes, not values
         result = imp.import_dataset(
             sources, out, format=format, source=str(source), licence=licence,
             label_map=mapping, folds=folds, seed=seed, skip_invalid=skip_invalid,
+            ignored=ignored,
             progress=lambda it: tqdm(it, total=len(sources), desc="cases", unit="case"),
         )  # fmt: skip
     table = Table(title=f"{len(result.cases)} cases imported into {out}")

@@ -139,11 +139,17 @@ def nifti_cases(images: Path, labels: Path, label_map: dict[int, str]) -> list[C
 SegReader = Callable[[Dataset, Volume], np.ndarray]
 
 
-def dicom_seg_cases(folder: Path, read_masks: SegReader) -> list[CaseSource]:
+def dicom_seg_cases(
+    folder: Path, read_masks: SegReader, accept_automatic: bool = False
+) -> tuple[list[CaseSource], dict[str, str]]:
     """Every DICOM SEG under ``folder`` whose images are there too, one case per SEG
-    (the newest SEG of a series wins: a reader's later edit replaces the earlier).
-    ``read_masks``: (SEG, volume) -> (z, y, x, 5) masks of myocardium, infarct, MVO,
-    LV and RV blood pool."""
+    (the newest SEG of a series wins: a reader's later edit replaces the earlier), and
+    the SEGs left out, with why. ``read_masks``: (SEG, volume) -> (z, y, x, 5) masks of
+    myocardium, infarct, MVO, LV and RV blood pool.
+
+    A SEG whose every segment is AUTOMATIC is a model's output (the node's own results
+    routed back, another vendor's AI), not a reference: left out unless
+    ``accept_automatic``. A reader's edit is MANUAL or SEMIAUTOMATIC."""
     from pydicom.uid import SegmentationStorage
 
     from pipeline.series import dicom_files, read_datasets
@@ -153,11 +159,21 @@ def dicom_seg_cases(folder: Path, read_masks: SegReader) -> list[CaseSource]:
         raise DatasetImportError(f"{folder}: no DICOM files")
     series: dict[str, list[Path]] = {}
     segs: dict[str, tuple[str, Path]] = {}  # source series -> (content date/time, SEG)
+    ignored: dict[str, str] = {}
     for name, ds in read_datasets(paths):
         path = Path(name)
         if ds.get("SOPClassUID") == SegmentationStorage:
             refs = ds.get("ReferencedSeriesSequence") or []
-            if refs:
+            kinds = {str(s.get("SegmentAlgorithmType", "")) for s in ds.get("SegmentSequence", [])}
+            if kinds == {"AUTOMATIC"} and not accept_automatic:
+                algorithm = next(
+                    (str(s.get("SegmentAlgorithmName", "")) for s in ds.SegmentSequence), ""
+                )
+                ignored[str(path)] = (
+                    f"an automatic segmentation ({algorithm or 'unnamed algorithm'}), not a "
+                    "reference (--accept-automatic to use it)"
+                )
+            elif refs:
                 source = str(refs[0].SeriesInstanceUID)
                 when = f"{ds.get('ContentDate', '')}{ds.get('ContentTime', '')}"
                 if source not in segs or when >= segs[source][0]:
@@ -165,7 +181,8 @@ def dicom_seg_cases(folder: Path, read_masks: SegReader) -> list[CaseSource]:
         elif "PixelData" in ds or "Rows" in ds:
             series.setdefault(str(ds.SeriesInstanceUID), []).append(path)
     if not segs:
-        raise DatasetImportError(f"{folder}: no DICOM SEG objects")
+        left = f" ({len(ignored)} automatic ones left out)" if ignored else ""
+        raise DatasetImportError(f"{folder}: no DICOM SEG objects to learn from{left}")
     sources = []
     for number, (source_uid, (_, seg_path)) in enumerate(sorted(segs.items()), start=1):
         case = f"SEG_{number:04d}"
@@ -173,7 +190,7 @@ def dicom_seg_cases(folder: Path, read_masks: SegReader) -> list[CaseSource]:
             CaseSource(case, str(seg_path), _seg_loader(case, seg_path, source_uid,
                                                         series.get(source_uid, []), read_masks))
         )  # fmt: skip
-    return sources
+    return sources, ignored
 
 
 def parse_label_map(text: str) -> dict[int, str]:
@@ -370,12 +387,14 @@ def import_dataset(
     folds: int = 5,
     seed: int = 0,
     skip_invalid: bool = False,
+    ignored: dict[str, str] | None = None,
     progress: Callable[[Iterator], Iterator] = lambda it: it,
 ) -> ImportSummary:
     """Check every case, then write the nnU-Net and YOLO sets into ``out``.
 
     DatasetImportError listing every problem, before anything is written, when a case
-    cannot be used (unless ``skip_invalid``: those are left out and listed)."""
+    cannot be used (unless ``skip_invalid``: those are left out and listed). ``ignored``:
+    what the source reader left out, and why (listed with the skipped cases)."""
     from pipeline.research.dataset import export_nnunet_case, export_yolo_case, write_yolo_yaml
 
     ids = [s.case_id for s in sources]
@@ -418,7 +437,7 @@ def import_dataset(
     write_dataset_json(raw, len(usable), f"imported from {format}: {source} (licence: {licence})")
     result = ImportSummary(
         format=format, source=source, licence=licence, label_map=label_map, cases=summaries,
-        skipped=problems, folds=folds, out=str(out),
+        skipped={**(ignored or {}), **problems}, folds=folds, out=str(out),
     )  # fmt: skip
     (staging / "summary.json").write_text(json.dumps(asdict(result), indent=1) + "\n")
     card = {"import_id": uuid.uuid4().hex, "format": format, "source": source,
