@@ -75,3 +75,20 @@ def test_a_speckled_mask_keeps_its_largest_components_only() -> None:
     few = mask & False
     few[0, 5:9, 5:9] = True
     assert _largest_components(few, MAX_REGIONS) is few
+
+
+def test_a_region_riddled_with_holes_keeps_its_largest_holes_open() -> None:
+    from dicom_templates.regions import _largest_holes
+
+    mask = np.ones((120, 120), dtype=bool)
+    mask[0, :] = mask[-1, :] = mask[:, 0] = mask[:, -1] = False
+    mask[4:116:4, 4:116:4] = False  # 784 one-pixel holes
+    mask[50:60, 50:60] = False  # and one large one
+    kept = _largest_holes(mask, 20)
+    holes = ndimage.binary_fill_holes(kept) & ~kept
+    assert ndimage.label(holes, structure=np.ones((3, 3)))[1] == 20
+    assert not kept[50:60, 50:60].any()  # the large hole stays open
+    assert not (mask & ~kept).any()  # only holes are filled
+    assert outlines(kept) and len(outlines(kept)) == 1
+    ring = _ring()
+    assert _largest_holes(ring, 20) is ring  # a myocardial ring's one hole: untouched
