@@ -15,9 +15,10 @@ import socket
 import sys
 import threading
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -105,7 +106,7 @@ class Node:
         auth = Authenticator(self.config.http, self.storage.secret("console.secret"))
         return Console(
             self.config, self.repository, self.storage, self.intake, operations, auth,
-            self.readiness, self.warnings,
+            self.readiness, self.warnings, self.models,
         )  # fmt: skip
 
     def _audit_config(self) -> None:
@@ -136,6 +137,15 @@ class Node:
         if failed:
             return False, "models failed to load: " + "; ".join(failed)
         return True, ""
+
+    def models(self) -> list[dict[str, Any]]:
+        """The models this node's workers run (as the first worker that loaded them has
+        them; every worker loads the same registry). Empty while loading or without
+        workers."""
+        for worker in self.workers:
+            if worker.models is not None:
+                return [asdict(m) for m in worker.models.describe()]
+        return []
 
     def warnings(self) -> list[str]:
         found = [w for w in (access_warning(self.config),) if w]

@@ -96,6 +96,15 @@ def test_a_viewer_reads_an_operator_acts_and_an_admin_sees_the_audit(
         assert summary["series"]["done"] >= 1 and summary["ready"] is True
         assert len(summary["received_per_hour"]) == 24
         assert sum(n for _, n in summary["received_per_hour"]) >= 14
+        # Which model the results come from, and what it was trained on.
+        ((model),) = summary["models"]
+        assert (model["name"], model["default"], model["synthetic_trained"]) == (
+            "default", True, True,
+        )  # fmt: skip
+        assert model["title"] == "lge-node demo models"
+        assert model["trained_on"] == "lge-node phantom"
+        dashboard = vera.get("/").text
+        assert "lge-node demo models" in dashboard and "(synthetic-trained demo)" in dashboard
         refused = vera.post(f"/api/v1/series/{series}/rerun")
         assert refused.status_code == 403 and "operator" in refused.json()["detail"]
         assert vera.get("/api/v1/audit").status_code == 403

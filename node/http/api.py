@@ -77,6 +77,7 @@ def summary(ctx: Ctx, _: Viewer) -> dict[str, Any]:
         "not_ready": why,
         "warnings": ctx.warnings(),
         "disk_free_bytes": ctx.storage.free_bytes(),
+        "models": ctx.models(),
         **asdict(counts),
     }
 

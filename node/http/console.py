@@ -170,6 +170,7 @@ def dashboard(request: Request, who: Viewer) -> Response:
         request, "dashboard.html", who, nav="dashboard", version=__version__,
         ae_title=ctx.config.dicom.ae_title, ready=ready, not_ready=why,
         warnings=ctx.warnings(), disk_free_bytes=ctx.storage.free_bytes(), rows=recent.items,
+        models=ctx.models(), rules=ctx.config.pipeline.model_rules,
         **asdict(ctx.repository.counts()),
     )  # fmt: skip
 

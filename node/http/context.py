@@ -7,6 +7,7 @@ import base64
 import binascii
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import HTTPException, Request
 from starlette.datastructures import UploadFile
@@ -29,6 +30,7 @@ class Console:
     auth: Authenticator
     readiness: Callable[[], tuple[bool, str]]  # (ready, why not)
     warnings: Callable[[], list[str]]
+    models: Callable[[], list[dict[str, Any]]]  # the models the workers run
 
 
 def principal_of(request: Request) -> Principal | None:

@@ -64,6 +64,20 @@ class LoadedModel:
     algorithm: Algorithm
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the console shows of a loaded model."""
+
+    name: str
+    title: str
+    version: str
+    folds: list[str]
+    synthetic_trained: bool
+    default: bool
+    trained_on: str  # the training data's source (or the phantom generator)
+    licence: str  # of the training data
+
+
 class Models:
     """The registry's models, loaded (YOLO and nnU-Net in memory, once each)."""
 
@@ -101,3 +115,18 @@ class Models:
     def for_series(self, ds: Dataset, calling_ae: str) -> tuple[LoadedModel, Choice]:
         choice = choose(self.cfg, facts_of(ds), calling_ae)
         return self.loaded[choice.model], choice
+
+    def describe(self) -> list[ModelInfo]:
+        out = []
+        for name, loaded in self.loaded.items():
+            bundle = loaded.pipeline.bundle
+            data = bundle.manifest.get("training_data", {})
+            info = ModelInfo(
+                name=name, title=bundle.name, version=bundle.version,
+                folds=list(bundle.folds), synthetic_trained=bundle.synthetic_trained,
+                default=name == self.cfg.default,
+                trained_on=str(data.get("source") or data.get("generator") or "unknown"),
+                licence=str(data.get("licence") or ""),
+            )  # fmt: skip
+            out.append(info)
+        return out
