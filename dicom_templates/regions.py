@@ -106,6 +106,8 @@ def _largest_components(mask: np.ndarray, keep: int) -> np.ndarray:
 def _largest_holes(mask: np.ndarray, keep: int) -> np.ndarray:
     """The 2D ``mask`` with all but its ``keep`` largest holes filled: a speckled region
     (a poor model's) would otherwise need a cut to each of its hundreds of holes."""
+    if not mask.any():
+        return mask
     eight = np.ones((3, 3), dtype=bool)  # the background, as the outlines see it
     holes = ndimage.binary_fill_holes(mask, structure=eight) & ~mask
     labelled, n = ndimage.label(holes, structure=eight)

@@ -248,9 +248,9 @@ def evaluate(
         for name, pipeline in pipelines.items():
             where = out / set_name / name if len(pipelines) > 1 else out / set_name
             if dataset is None:
-                summary = run_evaluation(pipeline, cases, where, set_name)
+                runs[name] = run_evaluation(pipeline, cases, where, set_name)
+                summary = runs[name][0]
                 console.print(f"\n## {set_name}, {name} (seeds {EVAL_SETS[set_name][0]}+)\n")
-                runs[name] = (summary, _case_rows(where))
             else:
                 ids, why = held_out(dataset, pipeline.bundle.manifest)
                 if include_training_cases:
@@ -284,12 +284,6 @@ def _model_names(folders: list[Path | None]) -> list[str]:
             name, k = f"{base}-{k}", k + 1
         names.append(name)
     return names
-
-
-def _case_rows(where: Path) -> list:
-    from pipeline.research.evaluate import CaseResult
-
-    return [CaseResult(**row) for row in json.loads((where / "cases.json").read_text())]
 
 
 @app.command("calibrate-qc")

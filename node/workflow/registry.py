@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 
 from node.config import PipelineSection
 from node.workflow.selector import SeriesFacts, reconstruction
+from pipeline.instance import listed
 
 if TYPE_CHECKING:
     from dicom_templates.identity import Algorithm
@@ -46,14 +47,13 @@ def choose(cfg: PipelineSection, facts: SeriesFacts, calling_ae: str) -> Choice:
 
 def facts_of(ds: Dataset) -> SeriesFacts:
     """What the rules look at, from a loaded series' first object."""
-    image_type = ds.get("ImageType") or []
+    image_type = ds.get("ImageType") or ""
+    values = listed(image_type)
     return SeriesFacts(
         series_uid=str(ds.get("SeriesInstanceUID", "")),
         modality=str(ds.get("Modality", "")),
         description=str(ds.get("SeriesDescription", "")),
-        image_type="\\".join(str(v) for v in image_type)
-        if not isinstance(image_type, str)
-        else image_type,
+        image_type="\\".join(values) if values is not None else str(image_type),
     )
 
 

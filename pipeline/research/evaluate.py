@@ -505,8 +505,10 @@ def run_cases(
     return summary, results
 
 
-def evaluate(pipeline: Pipeline, n_cases: int, out_dir: Path, eval_set: str = "classic") -> dict:
-    """A phantom set (`EVAL_SETS`), ``n_cases`` of it."""
+def evaluate(
+    pipeline: Pipeline, n_cases: int, out_dir: Path, eval_set: str = "classic"
+) -> tuple[dict, list[CaseResult]]:
+    """A phantom set (`EVAL_SETS`), ``n_cases`` of it: its summary and its cases."""
     specs = eval_specs(n_cases, eval_set)
 
     def cases(tmp: Path) -> Iterator[LabelledCase]:
@@ -515,7 +517,7 @@ def evaluate(pipeline: Pipeline, n_cases: int, out_dir: Path, eval_set: str = "c
 
     with tempfile.TemporaryDirectory() as tmp:
         what = f"held-out phantoms, {eval_set} set (synthetic data)"
-        return run_cases(pipeline, cases(Path(tmp)), out_dir, what, len(specs))[0]
+        return run_cases(pipeline, cases(Path(tmp)), out_dir, what, len(specs))
 
 
 def evaluate_dataset(
@@ -540,7 +542,7 @@ def held_out(dataset: Path, manifest: dict) -> tuple[list[str], str]:
     outside the validation cases of fold 0 (the YOLO split)."""
     card = json.loads((dataset / "dataset_card.json").read_text())
     splits = json.loads((dataset / "nnunet" / "splits_final.json").read_text())
-    every = sorted({c for s in splits[:1] for part in ("train", "val") for c in s[part]})
+    every = sorted(splits[0]["train"] + splits[0]["val"])
     data = manifest.get("training_data", {})
     same = (card.get("import_id") and data.get("import_id") == card.get("import_id")) or (
         data.get("dataset") == str(dataset.resolve())
@@ -672,8 +674,7 @@ def reflag(cases: list[CaseResult], calibration: QcCalibration) -> None:
 def calibrate_qc(pipeline: Pipeline, n_cases: int, out_dir: Path, manifest: Path) -> dict:
     """Evaluate the calibration set, derive the QC thresholds from it, write them into the
     model's ``manifest.json`` (section ``qc``) and report the catch rate under them."""
-    summary = evaluate(pipeline, n_cases, out_dir, "calibration")
-    cases = [CaseResult(**row) for row in json.loads((out_dir / "cases.json").read_text())]
+    summary, cases = evaluate(pipeline, n_cases, out_dir, "calibration")
     base = EVAL_SETS["calibration"][0]
     cal = calibrate(
         [c.reliability_measures or {} for c in cases],
