@@ -187,12 +187,17 @@ def test_dicom_series_with_a_reader_seg(tmp_path: Path, phantoms) -> None:
             (target / f.name).write_bytes(f.read_bytes())
         seg.save_as(target / "seg.dcm", enforce_file_format=True)
     assert pydicom.dcmread(folder / f"study{SEEDS[0]}" / "seg.dcm").Modality == "SEG"
+    # What else lies in an export: a text file, a transfer cut off in its header.
+    (folder / "README.txt").write_text("exported by the PACS\n")
+    (folder / "cut.dcm").write_bytes(phantoms[0].files[0].read_bytes()[:300])
     out = tmp_path / "dataset"
     run = lge_node("dataset", "import", str(folder), str(out), "--format", "dicom", columns=200)
     assert run.returncode == 0, run.stderr
     assert "the area the myocardium encloses" in run.stdout  # the SEG has no blood pools
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["cases"]) == 2
+    assert sorted(Path(p).name for p in summary["skipped"]) == ["README.txt", "cut.dcm"]
+    assert all("not a readable DICOM object" in why for why in summary["skipped"].values())
     by_volume = {myocardium_mask(c.labels).sum(): c for c in phantoms[:2]}
     for row in summary["cases"]:
         labels = read(out / "nnunet" / "labelsTr" / f"{row['case_id']}.nii.gz")

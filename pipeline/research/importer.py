@@ -144,15 +144,16 @@ def dicom_seg_cases(
 ) -> tuple[list[CaseSource], dict[str, str]]:
     """Every DICOM SEG under ``folder`` whose images are there too, one case per SEG
     (the newest SEG of a series wins: a reader's later edit replaces the earlier), and
-    the SEGs left out, with why. ``read_masks``: (SEG, volume) -> (z, y, x, 5) masks of
-    myocardium, infarct, MVO, LV and RV blood pool.
+    the files left out, with why (unreadable, automatic SEGs). ``read_masks``: (SEG,
+    volume) -> (z, y, x, 5) masks of myocardium, infarct, MVO, LV and RV blood pool.
 
     A SEG whose every segment is AUTOMATIC is a model's output (the node's own results
     routed back, another vendor's AI), not a reference: left out unless
     ``accept_automatic``. A reader's edit is MANUAL or SEMIAUTOMATIC."""
+    import pydicom
     from pydicom.uid import SegmentationStorage
 
-    from pipeline.series import dicom_files, read_datasets
+    from pipeline.series import dicom_files
 
     paths = dicom_files(folder)
     if not paths:
@@ -160,8 +161,15 @@ def dicom_seg_cases(
     series: dict[str, list[Path]] = {}
     segs: dict[str, tuple[str, Path]] = {}  # source series -> (content date/time, SEG)
     ignored: dict[str, str] = {}
-    for name, ds in read_datasets(paths):
-        path = Path(name)
+    for path in paths:
+        # Headers only: an archive is read whole before any case is, and a stray file
+        # (a README in an export, a cut-off transfer) is named, not fatal.
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            ds.SeriesInstanceUID  # noqa: B018 - every usable object has one
+        except Exception as exc:  # pydicom raises many kinds for broken files
+            ignored[str(path)] = f"not a readable DICOM object ({type(exc).__name__}: {exc})"
+            continue
         if ds.get("SOPClassUID") == SegmentationStorage:
             refs = ds.get("ReferencedSeriesSequence") or []
             kinds = {str(s.get("SegmentAlgorithmType", "")) for s in ds.get("SegmentSequence", [])}
@@ -178,10 +186,14 @@ def dicom_seg_cases(
                 when = f"{ds.get('ContentDate', '')}{ds.get('ContentTime', '')}"
                 if source not in segs or when >= segs[source][0]:
                     segs[source] = (when, path)
-        elif "PixelData" in ds or "Rows" in ds:
+        elif "Rows" in ds:
             series.setdefault(str(ds.SeriesInstanceUID), []).append(path)
     if not segs:
-        left = f" ({len(ignored)} automatic ones left out)" if ignored else ""
+        left = (
+            f" ({len(ignored)} files left out, e.g. {next(iter(ignored.values()))})"
+            if ignored
+            else ""
+        )
         raise DatasetImportError(f"{folder}: no DICOM SEG objects to learn from{left}")
     sources = []
     for number, (source_uid, (_, seg_path)) in enumerate(sorted(segs.items()), start=1):
