@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import calendar
+import os
 import statistics
 import subprocess
 import sys
@@ -168,10 +169,16 @@ def main() -> None:
         # The fsync node also processes what it receives: ingest is measured while its
         # worker is idle (studies are sent before the stable age elapses).
         n_images = 0
+        # Each round sends to every receiver, in a rotated order, and each send starts
+        # with the disk flushed: the writeback a receiver that does not fsync leaves
+        # behind would otherwise land on whoever comes next.
+        order = list(receivers)
         for r in range(0 if args.no_ingest else args.repeats):
-            for name, (port, aec) in receivers.items():
+            for name in order[r % len(order) :] + order[: r % len(order)]:
+                port, aec = receivers[name]
                 target = work / f"in_{r}_{port}"
                 folder, _, n_images = fresh_copies(src, target, args.studies)
+                os.sync()
                 rates.setdefault(name, []).append(n_images / send(port, aec, folder))
             console.print(f"round {r + 1}/{args.repeats} done")
 
@@ -203,10 +210,16 @@ def main() -> None:
     table.add_column("receiver")
     table.add_column("images/s", justify="right")
     table.add_column("vs bare SCP", justify="right")
-    bare_rate = statistics.median(rates.get("bare pynetdicom SCP (files only)", [1.0]))
+    table.add_column("vs bare SCP, same round: median (min-max)", justify="right")
+    bare = rates.get("bare pynetdicom SCP (files only)", [1.0])
     for name, values in rates.items():
         rate = statistics.median(values)
-        table.add_row(name, f"{rate:.0f}", f"{100 * rate / bare_rate:.0f} %")
+        paired = [v / b for v, b in zip(values, bare, strict=True)]
+        table.add_row(
+            name, f"{rate:.0f}", f"{100 * rate / statistics.median(bare):.0f} %",
+            f"{100 * statistics.median(paired):.0f} % ({100 * min(paired):.0f}-"
+            f"{100 * max(paired):.0f})",
+        )  # fmt: skip
     if rates:
         console.print(table)
     t2 = Table(title="lge-node end to end (2-core CPU, demo models)")

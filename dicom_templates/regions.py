@@ -124,11 +124,19 @@ def image_regions(volume: Volume, mask: np.ndarray) -> list[hd.sr.ImageRegion]:
     `MAX_REGIONS`, the largest, with at most `MAX_HOLES` holes per slice: a fragmented
     segmentation (a poor model's specks) would otherwise fill the report with thousands
     of outlines and cuts; the volumes count every voxel."""
+    # Traced in the box that holds the mask (the heart is a small part of the image):
+    # the same outlines, offset, at a fraction of the cost over the 20 findings.
+    rows, columns = np.nonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return []
+    y0, x0 = int(rows.min()), int(columns.min())
+    mask = mask[:, y0 : int(rows.max()) + 1, x0 : int(columns.max()) + 1]
     mask = _largest_components(mask, MAX_REGIONS)
     mask = np.stack([_largest_holes(s, MAX_HOLES) for s in mask])
     areas = mask.reshape(mask.shape[0], -1).sum(axis=1)
     order = [int(k) for k in np.argsort(-areas, kind="stable") if areas[k] > 0]
-    found = [(k, xy) for k in order for xy in outlines(mask[k])]
+    offset = np.array([x0, y0], dtype=np.float64)
+    found = [(k, xy + offset) for k in order for xy in outlines(mask[k])]
     if len(found) > MAX_REGIONS:
         sizes = [abs(_signed_area(xy)) for _, xy in found]
         keep = set(np.argsort(sizes, kind="stable")[::-1][:MAX_REGIONS].tolist())

@@ -92,3 +92,35 @@ def test_a_region_riddled_with_holes_keeps_its_largest_holes_open() -> None:
     assert outlines(kept) and len(outlines(kept)) == 1
     ring = _ring()
     assert _largest_holes(ring, 20) is ring  # a myocardial ring's one hole: untouched
+
+
+def test_regions_are_the_outlines_of_each_slice_in_image_coordinates(psir_classic) -> None:
+    """The SR regions are traced in the box around the mask (the heart is a small part
+    of the image): they must be the very outlines of the whole slice, at the same image
+    coordinates, largest slice first, on the right source image."""
+    from dicom_templates.regions import image_regions
+    from pipeline.series import load_series
+
+    volume = load_series(psir_classic.out_dir / "dicom")
+    z, h, w = volume.array.shape
+    mask = np.zeros((z, h, w), dtype=bool)
+    ring = _ring(40)
+    mask[2, h - 45 : h - 5, w - 43 : w - 3] = ring  # near a corner
+    mask[5, 30:70, 20:60] = ring
+    mask[5, 35:45, 100:130] = True  # a second component, holes left open
+    mask[5, 38:40, 110:112] = False
+    regions = image_regions(volume, mask)
+    got = [  # the SCOORD item holds the coordinates, its child the source image
+        (item.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID,
+         np.asarray(item.GraphicData, dtype=float).reshape(-1, 2))
+        for item in regions
+    ]  # fmt: skip
+    expected = [
+        (volume.frames[k].sop_instance_uid, np.round(xy, 2))
+        for k in (5, 2)  # slice 5 holds more pixels: first
+        for xy in outlines(mask[k])
+    ]
+    assert len(got) == len(expected) == 3
+    for (uid, xy), (want_uid, want) in zip(got, expected, strict=True):
+        assert uid == want_uid
+        assert np.allclose(xy, want, atol=0.006)

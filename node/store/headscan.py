@@ -36,6 +36,10 @@ _TAG = struct.Struct("<HH")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _IMPLICIT_HEADER = struct.Struct("<HHI")
+# An element's first 8 bytes as (group, element, VR, length): in implicit VR the VR is
+# empty and the length 4 bytes; in explicit VR the length is the short form's.
+_IMPLICIT_HEAD = struct.Struct("<HH0sI")
+_EXPLICIT_HEAD = struct.Struct("<HH2sH")
 
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 PIXEL_DATA = 0x7FE00010
@@ -67,6 +71,7 @@ WANTED: dict[int, bytes] = {
 # precedence over InversionTime where present: pydicom reads those.
 _DEFER = (0x00189079, 0x52009229, 0x52009230)
 _FLOAT_PIXELS = (0x7FE00008, 0x7FE00009)
+_NOT_PLAIN = frozenset(_DEFER + _FLOAT_PIXELS)
 
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _IS = re.compile(r" *[+-]?[0-9]+ *")
@@ -174,19 +179,29 @@ def _top_level(
     raw: dict[int, tuple[bytes, bytes]] = {}
     last = -1
     end = len(data)
+    # The hot loop of every C-STORE: tag, VR and short length in one unpack, no calls.
+    head = _EXPLICIT_HEAD if explicit else _IMPLICIT_HEAD
     while pos < end:
         if pos + 8 > end:
             raise Unsure
-        group, element = _TAG.unpack_from(data, pos)
+        group, element, vr, length = head.unpack_from(data, pos)
         tag = group << 16 | element
-        if tag <= last or group == 0x0002 or tag in _FLOAT_PIXELS:
-            raise Unsure  # out of order, a second meta group, float pixels: pydicom
-        if tag in _DEFER:
-            raise Unsure
+        if tag <= last or group == 0x0002 or tag in _NOT_PLAIN:
+            raise Unsure  # out of order, a second meta group, float pixels, enhanced
         if tag == PIXEL_DATA:
             return raw, pos, pos
         last = tag
-        vr, length, value_at = _element(data, pos, explicit, tag)
+        if not explicit:
+            vr = WANTED.get(tag, b"SQ" if length == UNDEFINED else b"??")
+            value_at = pos + 8
+        elif vr in _SHORT_VRS:
+            value_at = pos + 8
+        elif vr in _LONG_VRS:
+            if pos + 12 > end:
+                raise Unsure
+            length, value_at = _U32.unpack_from(data, pos + 8)[0], pos + 12
+        else:
+            raise Unsure  # not a VR: perhaps implicit VR after all, which pydicom guesses
         if length == UNDEFINED:
             if vr != b"SQ":
                 raise Unsure
