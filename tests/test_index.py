@@ -326,3 +326,22 @@ def test_acknowledged_but_unindexed_instances_are_indexed_at_start_with_their_se
     )
     assert reconcile(storage, index, journal_path) == (0, 0)  # idempotent
     index.close()
+
+
+def test_identity_asked_before_each_acknowledgement(index: Index) -> None:
+    """What the receiver asks before answering a C-STORE (on the driver's own cursor,
+    both databases): where a SOP instance is held and what kind of series it claims."""
+    from node.store.records import Origin
+    from node.store.repository import OriginCache
+
+    fresh = index.identity("1.2.3.1.1", "1.2.3.1")
+    assert (fresh.home_series, fresh.home_path, fresh.series_origin) == (None, None, None)
+    sid = index.record_instance(info("1.2.3.1.1"), "/x", 1, "S", "a").series_id
+    held = index.identity("1.2.3.1.1", "1.2.3.1.7", OriginCache())
+    assert (held.home_series, held.home_path) == ("1.2.3.1", "/x")
+    assert index.identity("1.2.3.1.2", "1.2.3.1").series_origin is Origin.RECEIVED
+    job = index.enqueue(sid, "psir", "LGE", max_attempts=3)
+    index.claim_job()
+    index.finish_job(job, "/r", "{}", [result("1.2.9")], [], 1.0)
+    ours = index.identity("1.2.9", "1.2.3.99")
+    assert ours.series_origin is Origin.RESULT and ours.home_path == "/r/1.2.9.dcm"
