@@ -99,11 +99,14 @@ def build_sr(
     predecessor: Dataset | None = None,
     series_instance_uid: str | None = None,
     reader_seg: Dataset | None = None,
-) -> hd.sr.Comprehensive3DSR:
+    check_content: bool = False,
+) -> Dataset:
     """The measurement report for ``metrics`` of ``labels``, whose segments are in ``seg``.
 
     ``predecessor``: the report this one supersedes. ``reader_seg``: the SEG a reader
-    edited, whose labels these are; listed as evidence."""
+    edited, whose labels these are; listed as evidence. ``check_content``: let highdicom
+    copy and re-read the whole content tree as it builds the document (see `_document`;
+    the tests compare both ways)."""
     alg = hd.sr.AlgorithmIdentification(name=algorithm.label, version=algorithm.version)
     observer = hd.sr.ObservationContext(
         observer_device_context=hd.sr.ObserverContext(
@@ -325,9 +328,39 @@ def build_sr(
         procedure_reported=codes.PROCEDURE_CARDIAC_MRI,
         imaging_measurements=groups,
     )
+    return _document(
+        report, [*volume.datasets, seg, *([reader_seg] if reader_seg is not None else [])],
+        algorithm, predecessor, series_instance_uid, check_content,
+    )  # fmt: skip
+
+
+def _document(
+    report: hd.sr.MeasurementReport,
+    evidence: list[Dataset],
+    algorithm: Algorithm,
+    predecessor: Dataset | None,
+    series_instance_uid: str | None,
+    check_content: bool,
+) -> Dataset:
+    """The Comprehensive 3D SR document holding ``report``.
+
+    highdicom's document constructor deep-copies the content tree and reads it back to
+    check that every image it references is in ``evidence``: half the time of a job's
+    report, for the hundreds of outline items. Here every reference is made from the
+    evidence, and nothing else the constructor sets depends on the content's items; so
+    it is given the root container without them, and they are attached to the result.
+    ``check_content``: the constructor's whole path instead."""
+    root = report[0]
+    content = root
+    if not check_content:
+        content = Dataset()
+        for element in root:
+            if element.keyword != "ContentSequence":
+                content.add(element)
+        content.ContentSequence = []
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[*volume.datasets, seg, *([reader_seg] if reader_seg is not None else [])],
-        content=report,
+        evidence=evidence,
+        content=content,
         series_instance_uid=series_instance_uid or new_uid(),
         series_number=SR_SERIES.of(algorithm).number,
         sop_instance_uid=new_uid(),
@@ -338,8 +371,12 @@ def build_sr(
         previous_versions=[predecessor] if predecessor is not None else None,
         performed_procedure_codes=[codes.PROCEDURE_CARDIAC_MRI],
         series_description=SR_SERIES.of(algorithm).description,
-        specific_character_set=character_set(volume.datasets[0]),
+        specific_character_set=character_set(evidence[0]),
     )
-    copy_character_set(volume.datasets[0], sr)
-    sr.CodingSchemeIdentificationSequence = [_coding_scheme()]
-    return sr
+    # A plain data set: highdicom's view of the content would be the root alone.
+    document = Dataset(sr)
+    document.file_meta = sr.file_meta
+    document.ContentSequence = root.ContentSequence
+    copy_character_set(evidence[0], document)
+    document.CodingSchemeIdentificationSequence = [_coding_scheme()]
+    return document

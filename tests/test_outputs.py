@@ -628,3 +628,60 @@ def test_the_drawing_process_ends_when_its_worker_is_killed(tmp_path: Path) -> N
         time.sleep(0.2)
     os.kill(child, signal.SIGKILL)
     raise AssertionError(f"drawing process {child} outlived its worker")
+
+
+def test_the_sr_document_is_the_one_highdicom_builds_checking_the_whole_content(
+    psir_classic, tmp_path: Path
+) -> None:
+    """The report's document is built from its root container alone, the items attached
+    after (highdicom would copy and re-read hundreds of outline items). Built the full
+    way from the same content, with a predecessor and a reader's SEG among the evidence,
+    it must be the same document: every attribute but the new UID and the clock, and
+    every referenced image must be in the evidence (which the full way checks)."""
+    from dicom_templates.seg import build_seg
+    from dicom_templates.sr import _document, build_sr
+
+    first, _ = _write(psir_classic, tmp_path / "run1")
+    volume = load_series(psir_classic.out_dir / "dicom")
+    metrics = quantify(psir_classic.labels, volume.geometry)
+    edited = ALGORITHM.edited()
+    seg = build_seg(volume, psir_classic.labels, edited)
+    reader_seg = pydicom.dcmread(first.seg)
+    predecessor = pydicom.dcmread(first.sr)
+    quick = build_sr(
+        volume, seg, psir_classic.labels, metrics, edited, predecessor=predecessor,
+        reader_seg=reader_seg,
+    )  # fmt: skip
+    root = pydicom.Dataset()
+    for keyword in ("ValueType", "ConceptNameCodeSequence", "ContinuityOfContent",
+                    "ContentTemplateSequence", "ContentSequence"):  # fmt: skip
+        setattr(root, keyword, quick[keyword].value)
+    full = _document(
+        [root], [*volume.datasets, seg, reader_seg], edited, predecessor,
+        quick.SeriesInstanceUID, check_content=True,
+    )  # fmt: skip
+    clock = {"SOPInstanceUID", "ContentDate", "ContentTime", "InstanceCreationDate",
+             "InstanceCreationTime", "ContributionDateTime"}  # fmt: skip
+
+    def differences(a: pydicom.Dataset, b: pydicom.Dataset, at: str = "") -> list[str]:
+        if {e.keyword for e in a} != {e.keyword for e in b}:
+            return [f"{at}: {sorted({e.keyword for e in a} ^ {e.keyword for e in b})}"]
+        found = []
+        for e in a:
+            if e.keyword in clock:
+                continue
+            other = b[e.tag]
+            if e.VR == "SQ":
+                if len(e.value) != len(other.value):
+                    found.append(f"{at}{e.keyword}: {len(e.value)} vs {len(other.value)} items")
+                for i, (x, y) in enumerate(zip(e.value, other.value, strict=False)):
+                    found += differences(x, y, f"{at}{e.keyword}[{i}].")
+            elif e != other:
+                found.append(f"{at}{e.keyword}: {e.value!r} vs {other.value!r}")
+        return found
+
+    assert differences(quick, full) == []
+    assert full.file_meta.TransferSyntaxUID == quick.file_meta.TransferSyntaxUID
+    assert quick.file_meta.MediaStorageSOPInstanceUID == quick.SOPInstanceUID
+    with pytest.raises(ValueError, match="No evidence"):  # the check the full way makes
+        _document([root], [*volume.datasets, reader_seg], edited, None, None, True)
