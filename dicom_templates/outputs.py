@@ -162,6 +162,12 @@ def write_outputs(
         volume, seg, labels, metrics, algorithm, predecessor=predecessor,
         reader_seg=reader_edit.seg if reader_edit else None,
     )  # fmt: skip
+    # Written while the drawing process finishes the pages.
+    seg_path, sr_path, pdf_path = out_dir / "seg.dcm", out_dir / "sr.dcm", out_dir / "report.dcm"
+    summary_path = out_dir / "summary.dcm"
+    objects = [_atomic_save(seg, seg_path), _atomic_save(sr, sr_path)]
+    metrics_path = write_metrics(out_dir, volume, metrics, algorithm, reader_edit)
+    labels_path = write_labels(out_dir, volume, labels)
     pages = None
     if pending is not None:
         try:
@@ -173,20 +179,10 @@ def write_outputs(
     overlays, summary = overlay_objects(volume, pages.overlays, algorithm)
     document = pages.document
     pdf = build_pdf(volume, document, algorithm)
-
-    metrics_path = write_metrics(out_dir, volume, metrics, algorithm, reader_edit)
-    labels_path = write_labels(out_dir, volume, labels)
     tmp = out_dir / ".report.pdf.tmp"
     tmp.write_bytes(document)
     os.replace(tmp, out_dir / "report.pdf")
-    seg_path, sr_path, pdf_path = out_dir / "seg.dcm", out_dir / "sr.dcm", out_dir / "report.dcm"
-    summary_path = out_dir / "summary.dcm"
-    objects = [
-        _atomic_save(seg, seg_path),
-        _atomic_save(sr, sr_path),
-        _atomic_save(pdf, pdf_path),
-        _atomic_save(summary, summary_path),
-    ]
+    objects += [_atomic_save(pdf, pdf_path), _atomic_save(summary, summary_path)]
     overlay_dir = out_dir / "overlay"
     overlay_dir.mkdir(exist_ok=True)
     overlay_paths = []

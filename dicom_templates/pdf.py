@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.backends.backend_pdf import PdfPages
+from matplotlib.collections import LineCollection
 from matplotlib.font_manager import FontProperties, findfont, get_font
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -124,16 +125,10 @@ def _text_page(fig: plt.Figure, volume: Volume, algorithm: Algorithm) -> None:
 def _page_one(volume: Volume, m: Metrics, algorithm: Algorithm) -> plt.Figure:
     fig = plt.figure(figsize=A4)
     _text_page(fig, volume, algorithm)
-    table_ax = fig.add_axes((0.06, 0.6, 0.88, 0.28))
-    table_ax.axis("off")
-    rows = key_rows(m, algorithm)
-    table = table_ax.table(
-        cellText=[list(r) for r in rows], colLabels=["quantity", "value", "method"],
-        colWidths=[0.34, 0.33, 0.33], loc="upper left", cellLoc="left",
+    _table(
+        fig, (0.06, 0.88, 0.88), key_rows(m, algorithm), ["quantity", "value", "method"],
+        [0.34, 0.33, 0.33], fontsize=7.5, row_height=0.0175,
     )  # fmt: skip
-    table.auto_set_font_size(False)
-    table.set_fontsize(7.5)
-    table.scale(1, 1.35)
     eye = fig.add_axes((0.08, 0.2, 0.5, 0.36))
     cmap = draw_bullseye(eye, m, text_color=None, edge_color="grey", cmap_name="YlOrRd")
     bar_ax = fig.add_axes((0.6, 0.22, 0.015, 0.2))
@@ -192,23 +187,46 @@ def _page_two(volume: Volume, labels: np.ndarray, m: Metrics, algorithm: Algorit
         ax.set_title(f"{level} (slice {k + 1})", fontsize=9)
         ax.axis("off")
     fig.text(0.06, 0.585, "outlines: LV myocardium green, infarct yellow, MVO cyan", fontsize=8)
-    ax = fig.add_axes((0.06, 0.06, 0.88, 0.5))
-    ax.axis("off")
     cells = [
-        [str(s.id), s.name, f"{s.scar_percent:.0f}", f"{s.transmurality_percent:.0f}",
+        (str(s.id), s.name, f"{s.scar_percent:.0f}", f"{s.transmurality_percent:.0f}",
          f"{s.max_transmurality_percent:.0f}", f"{s.mvo_ml:.2f}",
-         "non-viable" if s.id in m.nonviable_segments else ""]
+         "non-viable" if s.id in m.nonviable_segments else "")
         for s in m.segments
     ]  # fmt: skip
-    table = ax.table(
-        cellText=cells,
-        colLabels=["AHA", "segment", "scar %", "mean transm. %", "max transm. %", "MVO ml", ""],
-        colWidths=[0.06, 0.26, 0.1, 0.16, 0.15, 0.1, 0.14], loc="upper left", cellLoc="left",
+    _table(
+        fig, (0.06, 0.56, 0.88), cells,
+        ["AHA", "segment", "scar %", "mean transm. %", "max transm. %", "MVO ml", ""],
+        [0.06, 0.26, 0.1, 0.16, 0.15, 0.1, 0.14], fontsize=8, row_height=0.0175,
     )  # fmt: skip
-    table.auto_set_font_size(False)
-    table.set_fontsize(8)
-    table.scale(1, 1.3)
     return fig
+
+
+def _table(
+    fig: plt.Figure,
+    where: tuple[float, float, float],
+    rows: list[tuple[str, ...]],
+    header: list[str],
+    widths: list[float],
+    fontsize: float,
+    row_height: float,
+) -> None:
+    """A ruled table at (left, top, width) in figure coordinates: one text per cell,
+    the rules one collection. matplotlib's own table lays out every cell as a patch and
+    a text of its own, clipped and measured again at every draw: half of a report."""
+    left, top, width = where
+    x = left
+    for c, fraction in enumerate(widths):
+        fig.text(x + 0.004, top - row_height / 2, header[c], fontsize=fontsize,
+                 weight="bold", va="center")  # fmt: skip
+        for i, row in enumerate(rows):
+            if row[c]:
+                fig.text(x + 0.004, top - row_height * (i + 1.5), row[c], fontsize=fontsize,
+                         va="center")  # fmt: skip
+        x += fraction * width
+    rules = [[(left, top - row_height * i), (left + width, top - row_height * i)]
+             for i in range(len(rows) + 2)]  # fmt: skip
+    fig.add_artist(LineCollection(rules, colors="0.6", linewidths=0.5,
+                                  transform=fig.transFigure))  # fmt: skip
 
 
 def render_report(
