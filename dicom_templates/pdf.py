@@ -11,6 +11,7 @@ result gives the same bytes.
 from __future__ import annotations
 
 import io
+from collections import abc
 from datetime import datetime
 
 import matplotlib
@@ -204,9 +205,9 @@ def _page_two(volume: Volume, labels: np.ndarray, m: Metrics, algorithm: Algorit
 def _table(
     fig: plt.Figure,
     where: tuple[float, float, float],
-    rows: list[tuple[str, ...]],
-    header: list[str],
-    widths: list[float],
+    rows: abc.Sequence[abc.Sequence[str]],
+    header: abc.Sequence[str],
+    widths: abc.Sequence[float],
     fontsize: float,
     row_height: float,
 ) -> None:
