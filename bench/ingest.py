@@ -108,15 +108,13 @@ Timeline = tuple[float, float, float]
 
 
 def measure_latency(
-    node: NodeProcess, src: Path, work: Path, studies: int, stable_age: float, hinted_only: bool
+    node: NodeProcess, src: Path, work: Path, studies: int, stable_age: float
 ) -> tuple[dict[str, list[float]], list[Timeline]]:
     """Last instance acknowledged -> every result confirmed stored in Orthanc, per kind
     (waits stable_age / size known), and the size-known studies' timelines."""
     latencies: dict[str, list[float]] = {"waits stable_age": [], "size known": []}
     parts: list[Timeline] = []
-    kinds = (
-        [("size known", HINT)] if hinted_only else [("waits stable_age", {}), ("size known", HINT)]
-    )
+    kinds = [("waits stable_age", {}), ("size known", HINT)]
     for i in range(studies + 1):  # the first warms the models up
         for how, hint in kinds:
             _, uid, files = copy_study(src, work / f"lat{i}{how[0]}", **hint)
@@ -202,9 +200,8 @@ def main() -> None:
                 destinations=[{**dest, "associations": associations}], storage={"fsync": True},
             ).start()  # fmt: skip
             runs[associations] = measure_latency(
-                node, src, work / f"a{associations}", args.latency_studies, stable_age,
-                hinted_only=False,
-            )  # fmt: skip
+                node, src, work / f"a{associations}", args.latency_studies, stable_age
+            )
             assert node.proc is not None
             rss = max(rss, vm_hwm_mb(node.proc.pid))
             rss_drawing = max([rss_drawing, *(vm_hwm_mb(c) for c in children(node.proc.pid))])

@@ -99,14 +99,11 @@ def build_sr(
     predecessor: Dataset | None = None,
     series_instance_uid: str | None = None,
     reader_seg: Dataset | None = None,
-    check_content: bool = False,
 ) -> Dataset:
     """The measurement report for ``metrics`` of ``labels``, whose segments are in ``seg``.
 
     ``predecessor``: the report this one supersedes. ``reader_seg``: the SEG a reader
-    edited, whose labels these are; listed as evidence. ``check_content``: let highdicom
-    copy and re-read the whole content tree as it builds the document (see `_document`;
-    the tests compare both ways)."""
+    edited, whose labels these are; listed as evidence."""
     alg = hd.sr.AlgorithmIdentification(name=algorithm.label, version=algorithm.version)
     observer = hd.sr.ObservationContext(
         observer_device_context=hd.sr.ObserverContext(
@@ -330,7 +327,7 @@ def build_sr(
     )
     return _document(
         report, [*volume.datasets, seg, *([reader_seg] if reader_seg is not None else [])],
-        algorithm, predecessor, series_instance_uid, check_content,
+        algorithm, predecessor, series_instance_uid,
     )  # fmt: skip
 
 
@@ -340,7 +337,7 @@ def _document(
     algorithm: Algorithm,
     predecessor: Dataset | None,
     series_instance_uid: str | None,
-    check_content: bool,
+    check_content: bool = False,
 ) -> Dataset:
     """The Comprehensive 3D SR document holding ``report``.
 
@@ -349,7 +346,7 @@ def _document(
     report, for the hundreds of outline items. Here every reference is made from the
     evidence, and nothing else the constructor sets depends on the content's items; so
     it is given the root container without them, and they are attached to the result.
-    ``check_content``: the constructor's whole path instead."""
+    ``check_content``: the constructor's whole path instead (the tests compare both)."""
     root = report[0]
     content = root
     if not check_content:
