@@ -80,7 +80,7 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(path), size)
 
 
-def _draw_outline(canvas: np.ndarray, mask: np.ndarray, factor: int, rgb: tuple[int, ...]) -> None:
+def draw_outline(canvas: np.ndarray, mask: np.ndarray, factor: int, rgb: tuple[int, ...]) -> None:
     """Anti-aliased outline of ``mask`` on the ``factor``-times upsampled ``canvas``, along
     the same 0.5 iso-line matplotlib's contour draws (sub-pixel, not the pixel staircase)."""
     shift = 4  # OpenCV's fixed-point sub-pixel bits
@@ -122,7 +122,7 @@ def render_slice(
         (mvo_mask(labels), MVO_SEGMENT),
     ):
         if mask.any():
-            _draw_outline(view, mask, factor, spec.color_rgb)
+            draw_outline(view, mask, factor, spec.color_rgb)
     page = Image.fromarray(canvas)
     draw = ImageDraw.Draw(page)
     font = _font(TEXT_PX)

@@ -3,28 +3,34 @@
 Page 1: who and what (patient, study, series), the key numbers with units and the method
 behind each, the AHA bullseye of transmurality, QC flags with the reliability score, the
 model and the research-use statement. Page 2: three representative slices (basal, mid,
-apical) with the outlines, and the per-segment table. Drawn with matplotlib's PDF backend
-and its bundled DejaVu fonts (nothing fetched); the file has no creation date, so the same
-result gives the same bytes.
+apical) with the outlines, and the per-segment table. Drawn with reportlab's canvas (text
+and vectors straight into the PDF: a report takes tens of milliseconds, where matplotlib
+laid out each of its ~200 texts as a figure artist, ~0.45 s, on the path to the results)
+and matplotlib's bundled DejaVu fonts (nothing fetched); the file is invariant (no
+creation date, fixed document id), so the same result gives the same bytes.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 from collections import abc
 from datetime import datetime
+from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.backends.backend_pdf import PdfPages
-from matplotlib.collections import LineCollection
 from matplotlib.font_manager import FontProperties, findfont, get_font
+from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
+from reportlab import rl_config
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.utils import ImageReader, simpleSplit
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.ttfonts import TTFont
+from reportlab.pdfgen.canvas import Canvas
 
 from dicom_templates.identity import (
     DEVICE_SERIAL,
@@ -36,7 +42,7 @@ from dicom_templates.identity import (
     SYNTHETIC_NOTE,
     Algorithm,
 )
-from dicom_templates.overlay import draw_bullseye
+from dicom_templates.overlay import draw_outline
 from dicom_templates.seg import INFARCT_SEGMENT, MVO_SEGMENT, MYOCARDIUM_SEGMENT
 from dicom_templates.uids import new_uid
 from pipeline.labels import mvo_mask, myocardium_mask, scar_mask
@@ -44,13 +50,17 @@ from pipeline.quantify import QC_FLAGS, Metrics
 from pipeline.volume import Volume
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
-A4 = (8.27, 11.69)  # inches
+PAGE_W, PAGE_H = A4  # points
 # Copied from the source image so the report files under the same patient and study.
 PATIENT_STUDY = (
     "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
     "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
     "AccessionNumber", "StudyDescription", "SpecificCharacterSet",
 )  # fmt: skip
+FONT, BOLD = "DejaVuSans", "DejaVuSans-Bold"
+DARK_RED = (0.545, 0.0, 0.0)
+RULE_GREY = 0.6
+SLICE_PX = 480  # pixels across a page-two slice: about 200 dpi at its printed size
 
 
 def document_title(algorithm: Algorithm) -> str:
@@ -107,34 +117,85 @@ def readable_name(value: object) -> str:
     return "(see header)"
 
 
-def _text_page(fig: plt.Figure, volume: Volume, algorithm: Algorithm) -> None:
+@functools.cache
+def _fonts() -> None:
+    """DejaVu Sans, regular and bold, from matplotlib's data (once per process)."""
+    # Binary streams: ASCII85 only makes a PDF 7-bit clean, at a quarter more bytes and,
+    # without reportlab's optional C accelerator, most of a report's time.
+    rl_config.useA85 = 0
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    pdfmetrics.registerFont(TTFont(FONT, str(folder / "DejaVuSans.ttf")))
+    pdfmetrics.registerFont(TTFont(BOLD, str(folder / "DejaVuSans-Bold.ttf")))
+
+
+def _at(x: float, y: float) -> tuple[float, float]:
+    """Page fractions (from the bottom left, as the layout is given) to points."""
+    return x * PAGE_W, y * PAGE_H
+
+
+def _text(
+    c: Canvas,
+    x: float,
+    y: float,
+    text: str,
+    size: float,
+    *,
+    bold: bool = False,
+    align: str = "left",
+    va: str = "baseline",
+    color: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    wrap: float | None = None,
+    leading: float = 1.2,
+) -> None:
+    """``text`` at page fractions (x, y); lines split at newlines and, with ``wrap``, at
+    that width (a page fraction). ``va``: where y is - the top of the first line, the
+    centre of the block, the bottom of the last line, or the first baseline."""
+    font = BOLD if bold else FONT
+    lines: list[str] = []
+    for line in text.split("\n"):
+        lines += simpleSplit(line, font, size, wrap * PAGE_W) if wrap and line else [line]
+    step = size * leading
+    ascent = 0.76 * size  # DejaVu's cap height is 0.73 em: centred on what the eye sees
+    px, py = _at(x, y)
+    height = ascent + step * (len(lines) - 1)
+    first = {
+        "top": py - ascent,
+        "center": py + height / 2 - ascent,
+        "bottom": py + height - ascent,
+        "baseline": py,
+    }[va]
+    c.setFillColorRGB(*color)
+    c.setFont(font, size)
+    draw = {"left": c.drawString, "center": c.drawCentredString, "right": c.drawRightString}
+    for i, line in enumerate(lines):
+        draw[align](px, first - i * step, line)
+
+
+def _text_page(c: Canvas, volume: Volume, algorithm: Algorithm) -> None:
     ds = volume.datasets[0]
-    fig.text(0.06, 0.965, document_title(algorithm), fontsize=14, weight="bold", va="top")
+    _text(c, 0.06, 0.965, document_title(algorithm), 14, bold=True, va="top")
     who = (
         f"Patient: {readable_name(ds.get('PatientName', ''))}   ID: {ds.get('PatientID', '')}   "
         f"Study date: {ds.get('StudyDate', '')}\n"
         f"Series: {ds.get('SeriesNumber', '')} {ds.get('SeriesDescription', '')}   "
         f"Accession: {ds.get('AccessionNumber', '')}"
     )
-    fig.text(0.06, 0.93, who, fontsize=9, va="top")
+    _text(c, 0.06, 0.93, who, 9, va="top")
     note = f"{DISCLAIMER}. {algorithm.label} {algorithm.version}"
     if algorithm.synthetic_trained:
         note += f" - {SYNTHETIC_NOTE}; numbers are not validated on patients"
-    fig.text(0.06, 0.02, note, fontsize=8, color="darkred", va="bottom", wrap=True)
+    _text(c, 0.06, 0.02, note, 8, va="bottom", color=DARK_RED, wrap=0.88)
 
 
-def _page_one(volume: Volume, m: Metrics, algorithm: Algorithm) -> plt.Figure:
-    fig = plt.figure(figsize=A4)
-    _text_page(fig, volume, algorithm)
+def _page_one(c: Canvas, volume: Volume, m: Metrics, algorithm: Algorithm) -> None:
+    _text_page(c, volume, algorithm)
     _table(
-        fig, (0.06, 0.88, 0.88), key_rows(m, algorithm), ["quantity", "value", "method"],
+        c, (0.06, 0.88, 0.88), key_rows(m, algorithm), ["quantity", "value", "method"],
         [0.34, 0.33, 0.33], fontsize=7.5, row_height=0.0175,
     )  # fmt: skip
-    eye = fig.add_axes((0.08, 0.2, 0.5, 0.36))
-    cmap = draw_bullseye(eye, m, text_color=None, edge_color="grey", cmap_name="YlOrRd")
-    bar_ax = fig.add_axes((0.6, 0.22, 0.015, 0.2))
-    fig.colorbar(plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 100)), cax=bar_ax)
-    fig.text(0.33, 0.575, "Mean transmurality per AHA segment (%)", ha="center", fontsize=10)
+    _bullseye(c, m, (0.08, 0.2, 0.5, 0.36))
+    _colour_bar(c, (0.6, 0.22, 0.015, 0.2))
+    _text(c, 0.33, 0.575, "Mean transmurality per AHA segment (%)", 10, align="center")
     qc = m.qc
     reliability = "n/a" if qc.reliability is None else f"{qc.reliability:.2f}"
     verdict = "LOW CONFIDENCE - check the contours" if qc.low_confidence else "no concern"
@@ -146,11 +207,79 @@ def _page_one(volume: Volume, m: Metrics, algorithm: Algorithm) -> plt.Figure:
         weakest = min(qc.reliability_components, key=lambda k: qc.reliability_components[k])
         lines.append(f"weakest signal: {weakest} ({qc.reliability_components[weakest]:.2f})")
     lines += [f"- {QC_FLAGS.get(f, f)}" for f in qc.flags] or ["no QC flags"]
-    fig.text(
-        0.62, 0.5, "\n".join(lines), fontsize=8.5, va="top", wrap=True,
-        color="darkred" if qc.low_confidence else "black",
-    )  # fmt: skip
-    return fig
+    colour = DARK_RED if qc.low_confidence else (0.0, 0.0, 0.0)
+    _text(c, 0.62, 0.5, "\n".join(lines), 8.5, va="top", color=colour, wrap=0.32)
+
+
+BULLSEYE_CMAP = "YlOrRd"
+
+
+def _bullseye(c: Canvas, m: Metrics, box: tuple[float, float, float, float]) -> None:
+    """The AHA bullseye of mean transmurality in ``box`` (page fractions), laid out as
+    the summary page's (`dicom_templates.overlay.draw_bullseye`): rings basal 1-6, mid
+    7-12, apical 13-16 (outer to inner), apex 17 in the centre; segment 1 at the top
+    (anterior), septum to the left. Black text on light cells, white on dark ones."""
+    cmap = matplotlib.colormaps[BULLSEYE_CMAP]
+    x0, y0 = _at(box[0], box[1])
+    w, h = box[2] * PAGE_W, box[3] * PAGE_H
+    scale = min(w, h) / 2.1  # points per unit radius, the axes' -1.05..1.05
+    cx, cy = x0 + w / 2, y0 + h / 2
+    trans = {s.id: s.transmurality_percent for s in m.segments}
+    c.setStrokeColorRGB(0.5, 0.5, 0.5)
+    c.setLineWidth(1.5)
+
+    def label(x: float, y: float, sid: int) -> None:
+        r, g, b, _ = cmap(trans[sid] / 100)
+        ink = 0.0 if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else 1.0
+        c.setFillColorRGB(ink, ink, ink)
+        c.setFont(FONT, 9)
+        c.drawCentredString(x, y + 1.2, str(sid))
+        c.drawCentredString(x, y - 9.6, f"{trans[sid]:.0f}%")
+
+    rings = (
+        (1.0, 0.75, range(1, 7), 60),
+        (0.75, 0.5, range(7, 13), 60),
+        (0.5, 0.25, range(13, 17), 90),
+    )
+    for outer, inner, ids, width in rings:
+        ro, ri = outer * scale, inner * scale
+        for i, sid in enumerate(ids):
+            start = 90 - width // 2 + i * width if width == 90 else 60 + i * width  # degrees
+            end = np.deg2rad(start + width)
+            path = c.beginPath()
+            path.arc(cx - ro, cy - ro, cx + ro, cy + ro, startAng=start, extent=width)
+            path.lineTo(cx + ri * np.cos(end), cy + ri * np.sin(end))
+            path.arcTo(cx - ri, cy - ri, cx + ri, cy + ri, startAng=start + width, extent=-width)
+            path.close()
+            c.setFillColorRGB(*cmap(trans[sid] / 100)[:3])
+            c.drawPath(path, stroke=1, fill=1)
+            mid = np.deg2rad(start + width / 2)
+            r = (ro + ri) / 2
+            label(cx + r * np.cos(mid), cy + r * np.sin(mid), sid)
+    c.setFillColorRGB(*cmap(trans[17] / 100)[:3])
+    c.circle(cx, cy, 0.25 * scale, stroke=1, fill=1)
+    label(cx, cy, 17)
+
+
+def _colour_bar(c: Canvas, box: tuple[float, float, float, float]) -> None:
+    """The bullseye's colour scale, 0-100 %, with ticks every 20."""
+    cmap = matplotlib.colormaps[BULLSEYE_CMAP]
+    x0, y0 = _at(box[0], box[1])
+    w, h = box[2] * PAGE_W, box[3] * PAGE_H
+    steps = 64
+    for i in range(steps):
+        c.setFillColorRGB(*cmap((i + 0.5) / steps)[:3])
+        # overlapping by a hair, so no seams show between the bands
+        c.rect(x0, y0 + h * i / steps, w, h / steps + 0.3, stroke=0, fill=1)
+    c.setStrokeColorRGB(0, 0, 0)
+    c.setLineWidth(0.8)
+    c.rect(x0, y0, w, h, stroke=1, fill=0)
+    c.setFillColorRGB(0, 0, 0)
+    c.setFont(FONT, 10)
+    for value in range(0, 101, 20):
+        y = y0 + h * value / 100
+        c.line(x0 + w, y, x0 + w + 3.5, y)
+        c.drawString(x0 + w + 6, y - 3.6, str(value))
 
 
 def representative_slices(m: Metrics) -> list[tuple[str, int]]:
@@ -163,9 +292,29 @@ def representative_slices(m: Metrics) -> list[tuple[str, int]]:
     return out
 
 
-def _page_two(volume: Volume, labels: np.ndarray, m: Metrics, algorithm: Algorithm) -> plt.Figure:
-    fig = plt.figure(figsize=A4)
-    _text_page(fig, volume, algorithm)
+def _slice_picture(
+    image: np.ndarray, labels: np.ndarray, window: tuple[float, float]
+) -> Image.Image:
+    """One heart crop, windowed, pixels kept square and sharp, with the outlines drawn
+    anti-aliased along the masks' 0.5 iso-lines (as the overlays draw them)."""
+    factor = max(1, int(np.ceil(SLICE_PX / max(image.shape))))
+    lo, hi = window
+    grey = np.clip((image.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+    grey8 = np.round(grey * 255).astype(np.uint8)
+    big = np.repeat(np.repeat(grey8, factor, axis=0), factor, axis=1)
+    canvas = np.ascontiguousarray(np.repeat(big[..., None], 3, axis=2))
+    for mask, spec in ((myocardium_mask(labels), MYOCARDIUM_SEGMENT),
+                       (scar_mask(labels), INFARCT_SEGMENT),
+                       (mvo_mask(labels), MVO_SEGMENT)):  # fmt: skip
+        if mask.any():
+            draw_outline(canvas, mask, factor, spec.color_rgb)
+    return Image.fromarray(canvas)
+
+
+def _page_two(
+    c: Canvas, volume: Volume, labels: np.ndarray, m: Metrics, algorithm: Algorithm
+) -> None:
+    _text_page(c, volume, algorithm)
     picks = representative_slices(m)
     heart = myocardium_mask(labels).any(axis=0)
     ys, xs = np.nonzero(heart) if heart.any() else (np.array([0, heart.shape[0] - 1]),
@@ -177,17 +326,20 @@ def _page_two(volume: Volume, labels: np.ndarray, m: Metrics, algorithm: Algorit
     crops = np.stack([volume.array[k][box] for _, k in picks]) if picks else volume.array
     window = (float(np.percentile(crops, 1)), float(np.percentile(crops, 99.8)))
     for i, (level, k) in enumerate(picks):
-        ax = fig.add_axes((0.06 + i * 0.3, 0.6, 0.28, 0.28))
-        ax.imshow(volume.array[k][box], cmap="gray", vmin=window[0], vmax=window[1])
-        for mask, spec in ((myocardium_mask(labels[k][box]), MYOCARDIUM_SEGMENT),
-                           (scar_mask(labels[k][box]), INFARCT_SEGMENT),
-                           (mvo_mask(labels[k][box]), MVO_SEGMENT)):  # fmt: skip
-            if mask.any():
-                color = tuple(c / 255 for c in spec.color_rgb)
-                ax.contour(mask.astype(float), levels=[0.5], colors=[color], linewidths=0.8)
-        ax.set_title(f"{level} (slice {k + 1})", fontsize=9)
-        ax.axis("off")
-    fig.text(0.06, 0.585, "outlines: LV myocardium green, infarct yellow, MVO cyan", fontsize=8)
+        left, bottom, side = 0.06 + i * 0.3, 0.6, 0.28
+        crop = volume.array[k][box]
+        picture = _slice_picture(crop, labels[k][box], window)
+        # fitted into the square, aspect kept (an image's pixels are square here)
+        w_pt, h_pt = side * PAGE_W, side * PAGE_H
+        rows, cols = crop.shape
+        fit = min(w_pt / cols, h_pt / rows)
+        iw, ih = cols * fit, rows * fit
+        px, py = _at(left, bottom)
+        ix, iy = px + (w_pt - iw) / 2, py + (h_pt - ih) / 2
+        c.drawImage(ImageReader(picture), ix, iy, iw, ih)
+        _text(c, left + side / 2, (iy + ih + 6) / PAGE_H, f"{level} (slice {k + 1})", 9,
+              align="center")  # fmt: skip
+    _text(c, 0.06, 0.585, "outlines: LV myocardium green, infarct yellow, MVO cyan", 8)
     cells = [
         (str(s.id), s.name, f"{s.scar_percent:.0f}", f"{s.transmurality_percent:.0f}",
          f"{s.max_transmurality_percent:.0f}", f"{s.mvo_ml:.2f}",
@@ -195,15 +347,14 @@ def _page_two(volume: Volume, labels: np.ndarray, m: Metrics, algorithm: Algorit
         for s in m.segments
     ]  # fmt: skip
     _table(
-        fig, (0.06, 0.56, 0.88), cells,
+        c, (0.06, 0.56, 0.88), cells,
         ["AHA", "segment", "scar %", "mean transm. %", "max transm. %", "MVO ml", ""],
         [0.06, 0.26, 0.1, 0.16, 0.15, 0.1, 0.14], fontsize=8, row_height=0.0175,
     )  # fmt: skip
-    return fig
 
 
 def _table(
-    fig: plt.Figure,
+    c: Canvas,
     where: tuple[float, float, float],
     rows: abc.Sequence[abc.Sequence[str]],
     header: abc.Sequence[str],
@@ -211,36 +362,36 @@ def _table(
     fontsize: float,
     row_height: float,
 ) -> None:
-    """A ruled table at (left, top, width) in figure coordinates: one text per cell,
-    the rules one collection. matplotlib's own table lays out every cell as a patch and
-    a text of its own, clipped and measured again at every draw: half of a report."""
+    """A ruled table at (left, top, width) in page fractions: a bold header row, one
+    text per cell, grey rules between rows."""
     left, top, width = where
     x = left
-    for c, fraction in enumerate(widths):
-        fig.text(x + 0.004, top - row_height / 2, header[c], fontsize=fontsize,
-                 weight="bold", va="center")  # fmt: skip
+    for col, fraction in enumerate(widths):
+        _text(c, x + 0.004, top - row_height / 2, header[col], fontsize, bold=True, va="center")
         for i, row in enumerate(rows):
-            if row[c]:
-                fig.text(x + 0.004, top - row_height * (i + 1.5), row[c], fontsize=fontsize,
-                         va="center")  # fmt: skip
+            if row[col]:
+                _text(c, x + 0.004, top - row_height * (i + 1.5), row[col], fontsize, va="center")
         x += fraction * width
-    rules = [[(left, top - row_height * i), (left + width, top - row_height * i)]
-             for i in range(len(rows) + 2)]  # fmt: skip
-    fig.add_artist(LineCollection(rules, colors="0.6", linewidths=0.5,
-                                  transform=fig.transFigure))  # fmt: skip
+    c.setStrokeColorRGB(RULE_GREY, RULE_GREY, RULE_GREY)
+    c.setLineWidth(0.5)
+    for i in range(len(rows) + 2):
+        c.line(*_at(left, top - row_height * i), *_at(left + width, top - row_height * i))
 
 
 def render_report(
     volume: Volume, labels: np.ndarray, metrics: Metrics, algorithm: Algorithm
 ) -> bytes:
     """The two-page PDF as bytes."""
+    _fonts()
     buf = io.BytesIO()
-    meta = {"Title": document_title(algorithm), "Creator": SOFTWARE_VERSIONS, "CreationDate": None}
-    with PdfPages(buf, metadata=meta) as pdf:
-        for fig in (_page_one(volume, metrics, algorithm),
-                    _page_two(volume, labels, metrics, algorithm)):  # fmt: skip
-            pdf.savefig(fig)
-            plt.close(fig)
+    c = Canvas(buf, pagesize=A4, invariant=True)
+    c.setTitle(document_title(algorithm))
+    c.setCreator(SOFTWARE_VERSIONS)
+    _page_one(c, volume, metrics, algorithm)
+    c.showPage()
+    _page_two(c, volume, labels, metrics, algorithm)
+    c.showPage()
+    c.save()
     return buf.getvalue()
 
 

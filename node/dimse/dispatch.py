@@ -20,7 +20,7 @@ from itertools import islice
 from pynetdicom import AE
 
 from node.config import Config, Destination
-from node.dimse.common import RESULT_SYNTAXES, stored
+from node.dimse.common import NO_DELAY, RESULT_SYNTAXES, stored
 from node.logs import event
 from node.store.records import Delivery, OutboxRecord
 from node.store.repository import Repository
@@ -102,7 +102,7 @@ class Dispatcher:
             ae.add_requested_context(sop_class, RESULT_SYNTAXES)
         where = f"{ae_title}@{host}:{port}"
         try:
-            assoc = ae.associate(host, port, ae_title=ae_title)
+            assoc = ae.associate(host, port, ae_title=ae_title, evt_handlers=[NO_DELAY])
         except Exception as exc:  # socket errors surface here on some platforms
             return 0, self._failed(rows, where, f"cannot associate with {where}: {exc}")
         if not assoc.is_established:

@@ -12,7 +12,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from node.config import Config
-from node.dimse.common import Dimse, contexts_for
+from node.dimse.common import NO_DELAY, Dimse, contexts_for
 from node.events import Event, notify
 from node.logs import event
 from node.store.query import KeyMatch, Query
@@ -224,7 +224,7 @@ class QueryRetrieveScp:
             # pynetdicom answers an exception before the destination with a failure
             # status (0xC511); after it, it could only say Success with zero sub-ops.
             raise QueryError("C-MOVE identifier refused (see the node's events)")
-        yield dest.host, dest.port, {"contexts": _contexts(rows)}
+        yield dest.host, dest.port, {"contexts": _contexts(rows), "evt_handlers": [NO_DELAY]}
         event(log, "move", peer_ae=peer, destination=target, instances=len(rows))
         yield len(rows)
         yield from self._datasets(ev, rows)

@@ -20,7 +20,7 @@ from pynetdicom.sop_class import (
 )
 
 from node.config import Config, Pacs
-from node.dimse.common import Dimse, contexts_for
+from node.dimse.common import NO_DELAY, Dimse, contexts_for
 from node.events import Event, notify
 from node.logs import event
 from node.store.repository import Repository
@@ -75,6 +75,7 @@ def _ae(config: Config) -> AE:
 
 
 def _associate(ae: AE, pacs: Pacs, **kwargs: Any) -> Any:
+    kwargs["evt_handlers"] = [NO_DELAY, *kwargs.get("evt_handlers", [])]
     assoc = ae.associate(pacs.host, pacs.port, ae_title=pacs.ae_title, **kwargs)
     if not assoc.is_established:
         why = "rejected the association" if assoc.is_rejected else "did not answer"
@@ -286,8 +287,9 @@ def _forward(config: Config, datasets: list[Dataset]) -> None:
     bind = config.dicom.bind_address
     host = "127.0.0.1" if bind in ("0.0.0.0", "") else bind
     assoc = _ae(config).associate(
-        host, config.dicom.port, ae_title=config.dicom.ae_title, contexts=contexts
-    )
+        host, config.dicom.port, ae_title=config.dicom.ae_title, contexts=contexts,
+        evt_handlers=[NO_DELAY],
+    )  # fmt: skip
     if not assoc.is_established:
         raise RetrieveError("the node itself did not accept the retrieved instances")
     try:

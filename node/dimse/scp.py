@@ -19,7 +19,7 @@ from pynetdicom.sop_class import (
 )
 
 from node.config import Config
-from node.dimse.common import MR_TRANSFER_SYNTAXES, Dimse, Peer, peer_of
+from node.dimse.common import MR_TRANSFER_SYNTAXES, NO_DELAY, Dimse, Peer, peer_of
 from node.dimse.guard import GuardedServer, Limits
 from node.dimse.qr_scp import QueryRetrieveScp
 from node.dimse.store_scp import StoreScp
@@ -124,6 +124,7 @@ class DicomService:
     def start(self) -> None:
         cfg = self.config.dicom
         handlers = [
+            NO_DELAY,
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_RELEASED, self._on_released),
