@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import BrokenExecutor, Executor
+from concurrent.futures import BrokenExecutor, Executor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from dicom_templates.identity import Algorithm
-from dicom_templates.overlay import OverlayPages, overlay_objects, render_overlays
+from dicom_templates.overlay import overlay_objects, render_overlays
 from dicom_templates.pdf import build_pdf, render_report
 from dicom_templates.seg import build_seg
 from dicom_templates.sr import build_sr
@@ -61,29 +61,46 @@ class OutputFiles:
 
 
 @dataclass(frozen=True)
-class Pages:
-    """What is drawn rather than encoded: the overlay pages and the PDF report."""
+class Drawn:
+    """What is drawn rather than encoded, written: the PDF report, the summary page and
+    one overlay per slice (that order)."""
 
-    overlays: OverlayPages
-    document: bytes  # the PDF
+    pdf: WrittenObject
+    summary: WrittenObject
+    overlays: list[WrittenObject]
 
 
-def render_pages(
-    volume: Volume, labels: np.ndarray, metrics: Metrics, algorithm: Algorithm
-) -> Pages:
-    """Draw the overlay pages and the PDF. Pure, so it can run in another process."""
-    return Pages(
-        render_overlays(volume, labels, metrics, algorithm),
-        render_report(volume, labels, metrics, algorithm),
+def draw_results(
+    out_dir: Path, volume: Volume, labels: np.ndarray, metrics: Metrics, algorithm: Algorithm
+) -> Drawn:
+    """Draw the overlay pages and the PDF, wrap them as DICOM objects and write them (and
+    ``report.pdf``) into ``out_dir``. Reads no state but its arguments, so the drawing
+    process can run it while the worker encodes the SEG and SR."""
+    overlay_pages = render_overlays(volume, labels, metrics, algorithm)
+    document = render_report(volume, labels, metrics, algorithm)
+    overlays, summary = overlay_objects(volume, overlay_pages, algorithm)
+    pdf = build_pdf(volume, document, algorithm)
+    tmp = out_dir / ".report.pdf.tmp"
+    tmp.write_bytes(document)
+    os.replace(tmp, out_dir / "report.pdf")
+    overlay_dir = out_dir / "overlay"
+    overlay_dir.mkdir(exist_ok=True)
+    return Drawn(
+        _atomic_save(pdf, out_dir / "report.dcm"),
+        _atomic_save(summary, out_dir / "summary.dcm"),
+        [_atomic_save(sc, overlay_dir / f"SC_{int(sc.InstanceNumber):04d}.dcm") for sc in overlays],
     )
 
 
 def _for_drawing(volume: Volume) -> Volume:
-    """``volume`` with only the first source header, without its pixel data: all that
-    drawing reads, and cheap to send to another process."""
-    first = volume.datasets[0]
-    header = Dataset({tag: elem for tag, elem in first.items() if tag.group != 0x7FE0})
-    return replace(volume, datasets=[header])
+    """``volume`` with its source headers but without their pixel data: all that drawing
+    reads (the overlays and the PDF reference every source image), and cheap to send to
+    another process."""
+    headers = [
+        Dataset({tag: elem for tag, elem in ds.items() if tag.group != 0x7FE0})
+        for ds in volume.datasets
+    ]
+    return replace(volume, datasets=headers)
 
 
 def _atomic_save(ds: Dataset, path: Path) -> WrittenObject:
@@ -129,6 +146,28 @@ def write_labels(out_dir: Path, volume: Volume, labels: np.ndarray) -> Path:
     return path
 
 
+def _encode(
+    out_dir: Path,
+    volume: Volume,
+    labels: np.ndarray,
+    metrics: Metrics,
+    algorithm: Algorithm,
+    predecessor_sr: Path | None,
+    include_blood_pools: bool,
+    reader_edit: ReaderEdit | None,
+) -> tuple[list[WrittenObject], Path, Path]:
+    """The SEG and SR (written), ``metrics.json`` and the labels."""
+    predecessor = pydicom.dcmread(predecessor_sr) if predecessor_sr else None
+    seg = build_seg(volume, labels, algorithm, include_blood_pools)
+    sr = build_sr(
+        volume, seg, labels, metrics, algorithm, predecessor=predecessor,
+        reader_seg=reader_edit.seg if reader_edit else None,
+    )  # fmt: skip
+    objects = [_atomic_save(seg, out_dir / "seg.dcm"), _atomic_save(sr, out_dir / "sr.dcm")]
+    metrics_path = write_metrics(out_dir, volume, metrics, algorithm, reader_edit)
+    return objects, metrics_path, write_labels(out_dir, volume, labels)
+
+
 def write_outputs(
     out_dir: Path,
     volume: Volume,
@@ -153,44 +192,32 @@ def write_outputs(
     pending = None
     if drawing is not None:
         try:
-            pending = drawing.submit(render_pages, _for_drawing(volume), labels, metrics, algorithm)
+            pending = drawing.submit(
+                draw_results, out_dir, _for_drawing(volume), labels, metrics, algorithm
+            )
         except (BrokenExecutor, RuntimeError):  # broken, or shut down by a stopping worker
             pending = None
-    predecessor = pydicom.dcmread(predecessor_sr) if predecessor_sr else None
-    seg = build_seg(volume, labels, algorithm, include_blood_pools)
-    sr = build_sr(
-        volume, seg, labels, metrics, algorithm, predecessor=predecessor,
-        reader_seg=reader_edit.seg if reader_edit else None,
-    )  # fmt: skip
-    # Written while the drawing process finishes the pages.
-    seg_path, sr_path, pdf_path = out_dir / "seg.dcm", out_dir / "sr.dcm", out_dir / "report.dcm"
-    summary_path = out_dir / "summary.dcm"
-    objects = [_atomic_save(seg, seg_path), _atomic_save(sr, sr_path)]
-    metrics_path = write_metrics(out_dir, volume, metrics, algorithm, reader_edit)
-    labels_path = write_labels(out_dir, volume, labels)
-    pages = None
+    try:
+        objects, metrics_path, labels_path = _encode(
+            out_dir, volume, labels, metrics, algorithm, predecessor_sr, include_blood_pools,
+            reader_edit,
+        )  # fmt: skip
+    except BaseException:
+        # The job fails: its folder is not written to after this (a retry cleans it).
+        if pending is not None and not pending.cancel():
+            wait([pending])
+        raise
+    drawn = None
     if pending is not None:
         try:
-            pages = pending.result()
+            drawn = pending.result()
         except BrokenExecutor:  # the drawing process died (killed, out of memory)
-            pages = None
-    if pages is None:
-        pages = render_pages(volume, labels, metrics, algorithm)
-    overlays, summary = overlay_objects(volume, pages.overlays, algorithm)
-    document = pages.document
-    pdf = build_pdf(volume, document, algorithm)
-    tmp = out_dir / ".report.pdf.tmp"
-    tmp.write_bytes(document)
-    os.replace(tmp, out_dir / "report.pdf")
-    objects += [_atomic_save(pdf, pdf_path), _atomic_save(summary, summary_path)]
-    overlay_dir = out_dir / "overlay"
-    overlay_dir.mkdir(exist_ok=True)
-    overlay_paths = []
-    for sc in overlays:
-        path = overlay_dir / f"SC_{int(sc.InstanceNumber):04d}.dcm"
-        objects.append(_atomic_save(sc, path))
-        overlay_paths.append(path)
+            drawn = None
+    if drawn is None:
+        drawn = draw_results(out_dir, volume, labels, metrics, algorithm)
+    seg, sr = objects
     return OutputFiles(
-        metrics_path, seg_path, sr_path, pdf_path, summary_path, overlay_paths, objects,
-        labels_path,
+        metrics_path, Path(seg.path), Path(sr.path), Path(drawn.pdf.path),
+        Path(drawn.summary.path), [Path(o.path) for o in drawn.overlays],
+        [seg, sr, drawn.pdf, drawn.summary, *drawn.overlays], labels_path,
     )  # fmt: skip

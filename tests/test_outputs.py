@@ -559,8 +559,9 @@ def test_reader_edited_outputs_say_so_everywhere_and_stay_valid(psir_classic, tm
 def test_pages_drawn_in_the_drawing_process_are_the_ones_drawn_here_even_after_it_dies(
     psir_classic, tmp_path: Path
 ) -> None:
-    """The worker's drawing process (overlays, PDF) gives the same pages as drawing in the
-    worker's thread; killed, the job still gets every page and the next job a new one."""
+    """The worker's drawing process (overlays, PDF, wrapped as DICOM and written) gives
+    the same objects as drawing in the worker's thread; killed, the job still gets every
+    page and the next job a new one."""
     import os
     import signal
     import time
@@ -575,6 +576,21 @@ def test_pages_drawn_in_the_drawing_process_are_the_ones_drawn_here_even_after_i
 
         return [page.extract_text() for page in PdfReader(files.pdf.parent / "report.pdf").pages]
 
+    # What differs between two runs on the same labels: new UIDs and the clock.
+    fresh = {
+        "SOPInstanceUID", "SeriesInstanceUID", "InstanceCreationTime", "ContentTime",
+        "TimeOfSecondaryCapture", "AcquisitionDateTime", "ContributingEquipmentSequence",
+    }  # fmt: skip
+
+    def headers(files: OutputFiles) -> list[dict[str, object]]:
+        """Every attribute of the drawn objects but the fresh ones: the references to
+        each source image, patient and study among them."""
+        out = []
+        for path in (files.pdf, files.summary, *files.overlays):
+            ds = pydicom.dcmread(path)
+            out.append({e.keyword: e.value for e in ds if e.keyword not in fresh})
+        return out
+
     here, _ = _write(psir_classic, tmp_path / "here")
     drawing = DrawingProcess()
     drawing.start()
@@ -585,6 +601,9 @@ def test_pages_drawn_in_the_drawing_process_are_the_ones_drawn_here_even_after_i
         assert all(np.array_equal(a, b) for a, b in zip(drawn_here, drawn_there, strict=True))
         assert pdf_text(there) == pdf_text(here)
         assert len(pdf_text(here)) == 2
+        # drawn from the source headers without their pixels, wrapped and written there
+        assert headers(there) == headers(here)
+        assert [o.path for o in there.objects[:2]] == [str(there.seg), str(there.sr)]
         (pid,) = drawing.pids
         os.kill(pid, signal.SIGKILL)
         time.sleep(0.5)
