@@ -6,6 +6,8 @@ latency, and the node's peak memory: all in one run, on this machine.
 * ingest: one DCMTK storescu association sends the same N phantom studies to each
   receiver; images/s = images / storescu wall time. The bare SCP only writes each
   dataset to a file (no index, no checks): the ceiling of our Python/pynetdicom stack.
+  The ratios are against it as pynetdicom ships; a second bare SCP with Nagle's
+  algorithm off, as the node has it, shows what that setting alone is worth.
 * latency: from the moment the last instance was acknowledged to the moment Orthanc
   confirmed every result (SEG, SR, overlays) stored: minus ``stable_age`` for a series
   that must wait for it, and as measured for one whose size its headers give.
@@ -34,6 +36,7 @@ from node.demo.peers import Orthanc, free_port, system_tool  # noqa: E402
 from tests.node_harness import NodeProcess, copy_study  # noqa: E402
 
 BARE_SCP = """
+import socket
 import sys
 from pathlib import Path
 from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -41,10 +44,15 @@ out = Path(sys.argv[1])
 def on_store(event):
     (out / (event.request.AffectedSOPInstanceUID + ".dcm")).write_bytes(event.encoded_dataset())
     return 0
+def no_delay(event):
+    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+handlers = [(evt.EVT_C_STORE, on_store)]
+if sys.argv[3:] == ["nodelay"]:  # Nagle off, as the node (and DCMTK) have it
+    handlers.append((evt.EVT_CONN_OPEN, no_delay))
 ae = AE("BARE")
 ae.maximum_pdu_size = 0
 ae.supported_contexts = AllStoragePresentationContexts
-ae.start_server(("127.0.0.1", int(sys.argv[2])), evt_handlers=[(evt.EVT_C_STORE, on_store)])
+ae.start_server(("127.0.0.1", int(sys.argv[2])), evt_handlers=handlers)
 """
 
 
@@ -152,10 +160,15 @@ def main() -> None:
         dest = {"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1",
                 "port": pacs.dicom_port}  # fmt: skip
         # The bare SCP binds first: a port picked for a node is free only until it binds.
-        bare_port = free_port()
+        bare_port, bare_nodelay_port = free_port(), free_port()
         (work / "bare").mkdir()
-        bare_cmd = [sys.executable, "-c", BARE_SCP, str(work / "bare"), str(bare_port)]
-        bare = subprocess.Popen(bare_cmd)
+        bare = subprocess.Popen(
+            [sys.executable, "-c", BARE_SCP, str(work / "bare"), str(bare_port)]
+        )
+        bare_nodelay = subprocess.Popen(
+            [sys.executable, "-c", BARE_SCP, str(work / "bare"), str(bare_nodelay_port),
+             "nodelay"]
+        )  # fmt: skip
         time.sleep(2.0)
         # Ingest nodes never reach stable_age during the run, so no job competes for the
         # CPU; a third node, with the demo's stable_age, measures latency afterwards.
@@ -169,6 +182,7 @@ def main() -> None:
             node.start()
         receivers = {
             "bare pynetdicom SCP (files only)": (bare_port, "BARE"),
+            "bare pynetdicom SCP, Nagle off": (bare_nodelay_port, "BARE"),
             "Orthanc": (pacs.dicom_port, "ORTHANC"),
             **{name: (n.port, "LGE_NODE") for name, n in nodes.items()},
         }
@@ -207,6 +221,7 @@ def main() -> None:
             rss_drawing = max([rss_drawing, *(vm_hwm_mb(c) for c in children(node.proc.pid))])
             node.stop()
         bare.terminate()
+        bare_nodelay.terminate()
 
     if args.no_ingest:
         rates = {}
