@@ -256,7 +256,9 @@ def build_sr(
             _measure(codes.PERCENT_OF_LV, r.scar_percent, codes.PERCENT),
         ], method))  # fmt: skip
     nonviable = set(m.nonviable_segments)
-    aha_map, _ = aha_segments(labels, volume.geometry)
+    aha_map = m.segment_map
+    if aha_map is None or aha_map.shape != labels.shape:  # metrics made without the map
+        aha_map, _ = aha_segments(labels, volume.geometry)
     for s in m.segments:
         measurements = [
             _measure(codes.SEGMENT_SCAR_PERCENT, s.scar_percent, codes.PERCENT),

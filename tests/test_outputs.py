@@ -704,3 +704,34 @@ def test_the_sr_document_is_the_one_highdicom_builds_checking_the_whole_content(
     assert quick.file_meta.MediaStorageSOPInstanceUID == quick.SOPInstanceUID
     with pytest.raises(ValueError, match="No evidence"):  # the check the full way makes
         _document([root], [*volume.datasets, reader_seg], edited, None, None, True)
+
+
+def test_the_sr_outlines_aha_segments_from_the_map_the_metrics_carry(psir_classic) -> None:
+    """The per-segment outlines come from the segment map measured with the metrics; a
+    report from metrics without it traces the segments again: the same outlines."""
+    from dataclasses import replace
+
+    from dicom_templates.seg import build_seg
+    from dicom_templates.sr import build_sr
+    from pipeline.quantify import aha_segments
+
+    volume = load_series(psir_classic.out_dir / "dicom")
+    labels = psir_classic.labels
+    metrics = quantify(labels, volume.geometry)
+    assert metrics.segment_map is not None
+    assert np.array_equal(metrics.segment_map, aha_segments(labels, volume.geometry)[0])
+    assert "segment_map" not in metrics.to_dict()
+    seg = build_seg(volume, labels, ALGORITHM)
+
+    def outlines(sr: pydicom.Dataset) -> list[tuple[str, list[float]]]:
+        found = []
+        for item in sr.iterall():
+            if item.keyword == "ContentSequence":
+                for c in item.value:
+                    if c.ValueType == "SCOORD":
+                        found.append((c.GraphicType, [float(v) for v in c.GraphicData]))
+        return found
+
+    with_map = outlines(build_sr(volume, seg, labels, metrics, ALGORITHM))
+    traced = outlines(build_sr(volume, seg, labels, replace(metrics, segment_map=None), ALGORITHM))
+    assert len(with_map) > 17 and with_map == traced
