@@ -91,6 +91,17 @@ def draw_outline(canvas: np.ndarray, mask: np.ndarray, factor: int, rgb: tuple[i
         cv2.polylines(canvas, [pts], False, rgb, OUTLINE_PX, cv2.LINE_AA, shift)
 
 
+def draw_outlines(canvas: np.ndarray, labels: np.ndarray, factor: int) -> None:
+    """LV myocardium, infarct and MVO of ``labels`` outlined in their segment colours."""
+    for mask, spec in (
+        (myocardium_mask(labels), MYOCARDIUM_SEGMENT),
+        (scar_mask(labels), INFARCT_SEGMENT),
+        (mvo_mask(labels), MVO_SEGMENT),
+    ):
+        if mask.any():
+            draw_outline(canvas, mask, factor, spec.color_rgb)
+
+
 def render_slice(
     image: np.ndarray,
     labels: np.ndarray,
@@ -115,14 +126,7 @@ def render_slice(
     big = cv2.resize(grey, (w, h), interpolation=cv2.INTER_LINEAR)
     canvas = np.zeros((h + band, w, 3), dtype=np.uint8)
     canvas[:h] = np.round(big * 255).astype(np.uint8)[..., None]
-    view = canvas[:h]  # outlines stay in the image, never in the text band
-    for mask, spec in (
-        (myocardium_mask(labels), MYOCARDIUM_SEGMENT),
-        (scar_mask(labels), INFARCT_SEGMENT),
-        (mvo_mask(labels), MVO_SEGMENT),
-    ):
-        if mask.any():
-            draw_outline(view, mask, factor, spec.color_rgb)
+    draw_outlines(canvas[:h], labels, factor)  # in the image, never in the text band
     page = Image.fromarray(canvas)
     draw = ImageDraw.Draw(page)
     font = _font(TEXT_PX)
@@ -138,6 +142,47 @@ def render_slice(
     return np.asarray(page), factor
 
 
+@dataclass(frozen=True)
+class BullseyeCell:
+    """One AHA segment's place on the bullseye: an annular wedge between radii ``inner``
+    and ``outer`` (the outer ring's edge is 1), from ``start`` degrees counterclockwise
+    from 3 o'clock over ``width`` degrees; the apex (17) is the disc inside 0.25."""
+
+    segment: int
+    outer: float
+    inner: float
+    start: int
+    width: int
+
+    @property
+    def middle(self) -> tuple[float, float]:
+        """Where the cell's label goes (unit radius)."""
+        angle = np.deg2rad(self.start + self.width / 2)
+        r = (self.outer + self.inner) / 2
+        return r * float(np.cos(angle)), r * float(np.sin(angle))
+
+
+APEX_RADIUS = 0.25
+# Rings basal 1-6, mid 7-12, apical 13-16 (outer to inner); segment 1 at the top
+# (anterior), septum to the left.
+BULLSEYE = tuple(
+    BullseyeCell(sid, outer, inner, 90 - width // 2 + i * width if width == 90 else 60 + i * width,
+                 width)
+    for outer, inner, ids, width in (
+        (1.0, 0.75, range(1, 7), 60),
+        (0.75, 0.5, range(7, 13), 60),
+        (0.5, APEX_RADIUS, range(13, 17), 90),
+    )
+    for i, sid in enumerate(ids)
+)  # fmt: skip
+
+
+def light(rgba: tuple[float, ...]) -> bool:
+    """Whether a cell of this colour takes black text (else white)."""
+    r, g, b = rgba[:3]
+    return 0.299 * r + 0.587 * g + 0.114 * b > 0.5
+
+
 def draw_bullseye(
     ax: plt.Axes,
     metrics: Metrics,
@@ -145,10 +190,9 @@ def draw_bullseye(
     edge_color: str,
     cmap_name: str = "inferno",
 ) -> matplotlib.colors.Colormap:
-    """AHA bullseye of mean transmurality on ``ax``: rings basal 1-6, mid 7-12, apical
-    13-16 (outer to inner), apex 17 in the centre; segment 1 at the top (anterior),
-    septum to the left. ``text_color`` None: black on light cells, white on dark ones.
-    Returns the colour map used."""
+    """AHA bullseye of mean transmurality on ``ax``, laid out as `BULLSEYE`.
+    ``text_color`` None: black on light cells, white on dark ones. Returns the colour
+    map used."""
     ax.set_aspect("equal")
     ax.axis("off")
     cmap = plt.get_cmap(cmap_name)
@@ -156,27 +200,21 @@ def draw_bullseye(
     def ink(value: float) -> str:
         if text_color is not None:
             return text_color
-        r, g, b, _ = cmap(value / 100)
-        return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+        return "black" if light(cmap(value / 100)) else "white"
 
     trans = {s.id: s.transmurality_percent for s in metrics.segments}
-    rings = (
-        (1.0, 0.75, range(1, 7), 60.0),
-        (0.75, 0.5, range(7, 13), 60.0),
-        (0.5, 0.25, range(13, 17), 90.0),
+    for cell in BULLSEYE:
+        value = trans[cell.segment]
+        ax.add_patch(
+            Wedge((0, 0), cell.outer, cell.start, cell.start + cell.width,
+                  width=cell.outer - cell.inner, facecolor=cmap(value / 100),
+                  edgecolor=edge_color, lw=1.5)
+        )  # fmt: skip
+        ax.text(*cell.middle, f"{cell.segment}\n{value:.0f}%", ha="center", va="center",
+                fontsize=9, color=ink(value))  # fmt: skip
+    ax.add_patch(
+        plt.Circle((0, 0), APEX_RADIUS, facecolor=cmap(trans[17] / 100), edgecolor=edge_color)
     )
-    for outer, inner, ids, width in rings:
-        for i, sid in enumerate(ids):
-            start = 90 - width / 2 + i * width if width == 90 else 60 + i * width
-            ax.add_patch(
-                Wedge((0, 0), outer, start, start + width, width=outer - inner,
-                      facecolor=cmap(trans[sid] / 100), edgecolor=edge_color, lw=1.5)
-            )  # fmt: skip
-            mid = np.deg2rad(start + width / 2)
-            r = (outer + inner) / 2
-            ax.text(r * np.cos(mid), r * np.sin(mid), f"{sid}\n{trans[sid]:.0f}%",
-                    ha="center", va="center", fontsize=9, color=ink(trans[sid]))  # fmt: skip
-    ax.add_patch(plt.Circle((0, 0), 0.25, facecolor=cmap(trans[17] / 100), edgecolor=edge_color))
     ax.text(0, 0, f"17\n{trans[17]:.0f}%", ha="center", va="center", fontsize=9,
             color=ink(trans[17]))  # fmt: skip
     ax.set_xlim(-1.05, 1.05)

@@ -42,10 +42,9 @@ from dicom_templates.identity import (
     SYNTHETIC_NOTE,
     Algorithm,
 )
-from dicom_templates.overlay import draw_outline
-from dicom_templates.seg import INFARCT_SEGMENT, MVO_SEGMENT, MYOCARDIUM_SEGMENT
+from dicom_templates.overlay import APEX_RADIUS, BULLSEYE, draw_outlines, light
 from dicom_templates.uids import new_uid
-from pipeline.labels import mvo_mask, myocardium_mask, scar_mask
+from pipeline.labels import myocardium_mask
 from pipeline.quantify import QC_FLAGS, Metrics
 from pipeline.volume import Volume
 
@@ -60,6 +59,7 @@ PATIENT_STUDY = (
 FONT, BOLD = "DejaVuSans", "DejaVuSans-Bold"
 DARK_RED = (0.545, 0.0, 0.0)
 RULE_GREY = 0.6
+BULLSEYE_CMAP = "YlOrRd"
 SLICE_PX = 480  # pixels across a page-two slice: about 200 dpi at its printed size
 
 
@@ -211,14 +211,10 @@ def _page_one(c: Canvas, volume: Volume, m: Metrics, algorithm: Algorithm) -> No
     _text(c, 0.62, 0.5, "\n".join(lines), 8.5, va="top", color=colour, wrap=0.32)
 
 
-BULLSEYE_CMAP = "YlOrRd"
-
-
 def _bullseye(c: Canvas, m: Metrics, box: tuple[float, float, float, float]) -> None:
     """The AHA bullseye of mean transmurality in ``box`` (page fractions), laid out as
-    the summary page's (`dicom_templates.overlay.draw_bullseye`): rings basal 1-6, mid
-    7-12, apical 13-16 (outer to inner), apex 17 in the centre; segment 1 at the top
-    (anterior), septum to the left. Black text on light cells, white on dark ones."""
+    the summary page's (`dicom_templates.overlay.BULLSEYE`). Black text on light cells,
+    white on dark ones."""
     cmap = matplotlib.colormaps[BULLSEYE_CMAP]
     x0, y0 = _at(box[0], box[1])
     w, h = box[2] * PAGE_W, box[3] * PAGE_H
@@ -229,35 +225,27 @@ def _bullseye(c: Canvas, m: Metrics, box: tuple[float, float, float, float]) -> 
     c.setLineWidth(1.5)
 
     def label(x: float, y: float, sid: int) -> None:
-        r, g, b, _ = cmap(trans[sid] / 100)
-        ink = 0.0 if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else 1.0
+        ink = 0.0 if light(cmap(trans[sid] / 100)) else 1.0
         c.setFillColorRGB(ink, ink, ink)
         c.setFont(FONT, 9)
         c.drawCentredString(x, y + 1.2, str(sid))
         c.drawCentredString(x, y - 9.6, f"{trans[sid]:.0f}%")
 
-    rings = (
-        (1.0, 0.75, range(1, 7), 60),
-        (0.75, 0.5, range(7, 13), 60),
-        (0.5, 0.25, range(13, 17), 90),
-    )
-    for outer, inner, ids, width in rings:
-        ro, ri = outer * scale, inner * scale
-        for i, sid in enumerate(ids):
-            start = 90 - width // 2 + i * width if width == 90 else 60 + i * width  # degrees
-            end = np.deg2rad(start + width)
-            path = c.beginPath()
-            path.arc(cx - ro, cy - ro, cx + ro, cy + ro, startAng=start, extent=width)
-            path.lineTo(cx + ri * np.cos(end), cy + ri * np.sin(end))
-            path.arcTo(cx - ri, cy - ri, cx + ri, cy + ri, startAng=start + width, extent=-width)
-            path.close()
-            c.setFillColorRGB(*cmap(trans[sid] / 100)[:3])
-            c.drawPath(path, stroke=1, fill=1)
-            mid = np.deg2rad(start + width / 2)
-            r = (ro + ri) / 2
-            label(cx + r * np.cos(mid), cy + r * np.sin(mid), sid)
+    for cell in BULLSEYE:
+        ro, ri = cell.outer * scale, cell.inner * scale
+        end = np.deg2rad(cell.start + cell.width)
+        path = c.beginPath()
+        path.arc(cx - ro, cy - ro, cx + ro, cy + ro, startAng=cell.start, extent=cell.width)
+        path.lineTo(cx + ri * np.cos(end), cy + ri * np.sin(end))
+        path.arcTo(cx - ri, cy - ri, cx + ri, cy + ri, startAng=cell.start + cell.width,
+                   extent=-cell.width)  # fmt: skip
+        path.close()
+        c.setFillColorRGB(*cmap(trans[cell.segment] / 100)[:3])
+        c.drawPath(path, stroke=1, fill=1)
+        mx, my = cell.middle
+        label(cx + mx * scale, cy + my * scale, cell.segment)
     c.setFillColorRGB(*cmap(trans[17] / 100)[:3])
-    c.circle(cx, cy, 0.25 * scale, stroke=1, fill=1)
+    c.circle(cx, cy, APEX_RADIUS * scale, stroke=1, fill=1)
     label(cx, cy, 17)
 
 
@@ -303,11 +291,7 @@ def _slice_picture(
     grey8 = np.round(grey * 255).astype(np.uint8)
     big = np.repeat(np.repeat(grey8, factor, axis=0), factor, axis=1)
     canvas = np.ascontiguousarray(np.repeat(big[..., None], 3, axis=2))
-    for mask, spec in ((myocardium_mask(labels), MYOCARDIUM_SEGMENT),
-                       (scar_mask(labels), INFARCT_SEGMENT),
-                       (mvo_mask(labels), MVO_SEGMENT)):  # fmt: skip
-        if mask.any():
-            draw_outline(canvas, mask, factor, spec.color_rgb)
+    draw_outlines(canvas, labels, factor)
     return Image.fromarray(canvas)
 
 
