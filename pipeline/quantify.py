@@ -155,6 +155,12 @@ def quantify(labels: np.ndarray, geometry: Geometry, nonviable_percent: float = 
     """Metrics of a (z, y, x) label map (`pipeline.labels` convention) in ``geometry``."""
     if labels.shape != geometry.shape:
         raise ValueError(f"labels {labels.shape} do not match geometry {geometry.shape}")
+    # Every measure below is unchanged by cropping away unlabelled borders (centroids,
+    # angles and rays move with the crop), and the crop is what they cost.
+    ys, xs = _labelled_region(labels)
+    full_shape = labels.shape
+    labels = labels[:, ys, xs]
+    geometry = replace(geometry, shape=labels.shape)
     voxel = geometry.voxel_volume_ml
     myo = myocardium_mask(labels)
     scar = scar_mask(labels)
@@ -195,8 +201,25 @@ def quantify(labels: np.ndarray, geometry: Geometry, nonviable_percent: float = 
             flags=_coverage_flags(aha, labels.shape[0], myo_ml),
             slices_used=sorted(aha.base_to_apex),
         ),
-        segment_map=segment_map.astype(np.uint8),
+        segment_map=_paste(segment_map.astype(np.uint8), full_shape, ys, xs),
     )
+
+
+def _labelled_region(labels: np.ndarray) -> tuple[slice, slice]:
+    """In-plane rows and columns holding any label, one pixel of margin."""
+    rows, cols = np.flatnonzero(labels.any(axis=(0, 2))), np.flatnonzero(labels.any(axis=(0, 1)))
+    if rows.size == 0:
+        return slice(0, labels.shape[1]), slice(0, labels.shape[2])
+    return (
+        slice(max(int(rows[0]) - 1, 0), int(rows[-1]) + 2),
+        slice(max(int(cols[0]) - 1, 0), int(cols[-1]) + 2),
+    )
+
+
+def _paste(part: np.ndarray, shape: tuple[int, ...], ys: slice, xs: slice) -> np.ndarray:
+    whole = np.zeros(shape, dtype=part.dtype)
+    whole[:, ys, xs] = part
+    return whole
 
 
 def _coverage_flags(aha: AhaInfo, n_slices: int, myo_ml: float) -> list[str]:

@@ -70,16 +70,15 @@ class Pipeline:
         crop_labels, probabilities = self.segmenter.segment_with_probabilities(
             crop, volume.geometry.spacing_zyx
         )
-        labels = np.zeros(volume.array.shape, dtype=np.uint8)
-        labels[:, ys, xs] = crop_labels
         timings["segmentation"] = time.perf_counter() - t
 
         t = time.perf_counter()
         stage("post-processing")
-        labels = postprocess(labels)
+        # on the crop: nothing is labelled outside it, so the components are the same
+        crop_final = postprocess(crop_labels)
+        labels = np.zeros(volume.array.shape, dtype=np.uint8)
+        labels[:, ys, xs] = crop_final
         timings["postprocessing"] = time.perf_counter() - t
-        # the probabilities on the crop, against the post-processed labels there
-        crop_final = labels[:, ys, xs]
 
         t = time.perf_counter()
         stage("quantifying")

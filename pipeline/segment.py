@@ -10,6 +10,62 @@ import numpy as np
 from pipeline import runtime
 from pipeline.models import ModelBundle
 
+BATCH = 8  # slices per network call when each slice is one tile
+
+
+def _predictor_class() -> type:
+    """nnU-Net's predictor, two costs removed for the bundled case of one model whose
+    patch holds a whole heart crop (numbers unchanged):
+
+    - it loads the weights into the network before every prediction (so that several
+      folds can share one network); with one fold they are loaded once;
+    - it predicts tile by tile, one tile per call, fed by a thread; when every slice is
+      one tile (the crop fits the patch), the slices go through the network in batches.
+      A lone tile's Gaussian weight divides out, so the logits are the same.
+    Anything else (several folds, crops larger than the patch) takes nnU-Net's own path.
+    """
+    import torch
+    from acvl_utils.cropping_and_padding.padding import pad_nd_image
+    from nnunetv2.configuration import default_num_processes
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    class Predictor(nnUNetPredictor):
+        _loaded = False
+
+        @torch.inference_mode()
+        def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
+            if len(self.list_of_parameters) != 1:
+                return super().predict_logits_from_preprocessed_data(data)
+            if not self._loaded:
+                self.network.load_state_dict(self.list_of_parameters[0])
+                self.network.eval()
+                self._loaded = True
+            threads = torch.get_num_threads()  # nnU-Net's thread rule, as in its own path
+            torch.set_num_threads(min(default_num_processes, threads))
+            try:
+                return self.predict_sliding_window_return_logits(data).to("cpu")
+            finally:
+                torch.set_num_threads(threads)
+
+        @torch.inference_mode()
+        def predict_sliding_window_return_logits(self, input_image: torch.Tensor) -> torch.Tensor:
+            patch = tuple(self.configuration_manager.patch_size)
+            if input_image.ndim != 4 or len(patch) != 2 or self.device.type == "cuda":
+                return super().predict_sliding_window_return_logits(input_image)
+            data, revert = pad_nd_image(input_image, patch, "constant", {"value": 0}, True, None)
+            if tuple(data.shape[2:]) != patch:
+                return super().predict_sliding_window_return_logits(input_image)
+            slices = data[0][:, None].float()  # (z, 1, y, x)
+            logits = torch.cat(
+                [
+                    self._internal_maybe_mirror_and_predict(slices[k : k + BATCH])
+                    for k in range(0, slices.shape[0], BATCH)
+                ]
+            )  # (z, C, y, x)
+            return logits.permute(1, 0, 2, 3)[(slice(None), *revert[1:])]
+
+    return Predictor
+
 
 class Segmenter:
     """``nnUNetPredictor`` initialised from a trained model folder (any nnU-Net v2 model)."""
@@ -17,12 +73,11 @@ class Segmenter:
     def __init__(self, bundle: ModelBundle, device: str = "cpu", mirroring: bool = False):
         runtime.prepare()
         import torch
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
         runtime.set_threads()
         # nnU-Net prints a CPU notice and its trainer-class search to stdout.
         with contextlib.redirect_stdout(io.StringIO()):
-            self.predictor = nnUNetPredictor(
+            self.predictor = _predictor_class()(
                 tile_step_size=0.5,
                 use_gaussian=True,
                 use_mirroring=mirroring,

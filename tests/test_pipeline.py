@@ -38,6 +38,38 @@ def test_bundled_weights_load_through_the_real_apis(pipeline: Pipeline) -> None:
     assert size < 30e6, "the demo models together stay under 30 MB"
 
 
+def test_batched_segmentation_equals_nnunets_own_predictor(pipeline, phantom_factory) -> None:
+    """The segmenter sends a crop's slices through the network in batches; nnU-Net's own
+    predictor, tile by tile, must give the same labels and probabilities."""
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    own = nnUNetPredictor(
+        tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+        perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False,
+    )  # fmt: skip
+    folder = str(pipeline.bundle.nnunet_folder)
+    own.initialize_from_trained_model_folder(folder, ("all",), "checkpoint_final.pth")
+    for seed, style in ((HELD_OUT + 3, "randomized"), (HELD_OUT + 4, "classic")):
+        case = phantom_factory(seed=seed, kind="psir", style=style)
+        volume = load_series(case.out_dir / "dicom")
+        ys, xs = pipeline.locator.locate(volume).roi.slices
+        crop = volume.array[:, ys, xs]
+        config = pipeline.segmenter.predictor.configuration_manager
+        resampled = np.array(crop.shape[1:]) * volume.geometry.pixel_spacing / config.spacing
+        assert (np.ceil(resampled) <= config.patch_size).all(), "one tile per slice: batched"
+        labels, probabilities = pipeline.segmenter.segment_with_probabilities(
+            crop, volume.geometry.spacing_zyx
+        )
+        ref_labels, ref_probabilities = own.predict_single_npy_array(
+            crop[None].astype(np.float32), {"spacing": list(volume.geometry.spacing_zyx)},
+            None, None, True,
+        )  # fmt: skip
+        # nnU-Net accumulates its tiles in half precision: a few boundary voxels may differ
+        assert (labels != ref_labels).mean() < 1e-3
+        assert np.abs(probabilities - ref_probabilities).max() < 0.01
+
+
 @pytest.mark.skipif(
     __import__("torch").cuda.is_available(), reason="shows the device reaches YOLO by failing"
 )
@@ -149,10 +181,19 @@ def test_train_demo_smoke_run_produces_a_loadable_bundle(phantom_factory, tmp_pa
         "2",
         "--yolo-epochs",
         "1",
+        "--nnunet-restart-epochs",
+        "1",
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["synthetic_trained"] is True and manifest["training_data"]["cases"] == 4
+    assert manifest["settings"]["restart_epochs"] == [1]
+    # the restart ran in fold_all, starting from the first run's final weights
+    results = next((tmp_path / "work" / "nnUNet_results").glob("*/*__2d"))
+    first = results / "fold_all_stage1" / "checkpoint_final.pth"
+    assert first.is_file() and (results / "fold_all" / "checkpoint_final.pth").is_file()
+    log = "".join(p.read_text() for p in (results / "fold_all").glob("training_log_*.txt"))
+    assert f"warm restart from {first}" in log
     bundle = ModelBundle.load(out)
     case = phantom_factory(seed=7, kind="psir")
     result = Pipeline(bundle).run(load_series(case.out_dir / "dicom"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -214,3 +216,21 @@ def test_ewa_counts_the_border_zone_in_part(phantom_factory) -> None:
     volume = load_series(case.out_dir / "dicom")
     refs = {r.method: r for r in reference_scar(volume.array, case.labels, volume.geometry)}
     assert truth["core_ml"] < refs["EWA"].scar_ml < truth["core_ml"] + truth["grey_zone_ml"]
+
+
+def test_unlabelled_borders_change_nothing() -> None:
+    """Quantification works on the labelled region only: the same heart on a larger
+    canvas, anywhere on it, gives the same numbers and the segment map moves with it."""
+    labels = ring_stack()
+    r, theta = polar()
+    labels[4:7][:, (r >= R_IN) & (r < R_OUT) & (np.abs(theta - 90) < 30)] = Label.SCAR
+    small = quantify(labels, axial_geometry(10))
+    canvas = np.zeros((10, N + 70, N + 45), dtype=np.uint8)
+    canvas[:, 50 : 50 + N, 11 : 11 + N] = labels
+    geometry = replace(axial_geometry(10), shape=canvas.shape)
+    large = quantify(canvas, geometry)
+    assert large.to_dict() == small.to_dict()
+    assert large.segment_map is not None and small.segment_map is not None
+    assert large.segment_map.shape == canvas.shape
+    assert np.array_equal(large.segment_map[:, 50 : 50 + N, 11 : 11 + N], small.segment_map)
+    assert not large.segment_map[:, :50].any() and not large.segment_map[:, :, :11].any()

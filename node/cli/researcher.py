@@ -319,6 +319,13 @@ def train_demo(
     cases: Annotated[int, typer.Option(help="Training phantoms.")] = 240,
     nnunet_epochs: Annotated[int, typer.Option(help="nnU-Net epochs.")] = 200,
     nnunet_iterations: Annotated[int, typer.Option(help="Iterations per epoch.")] = 50,
+    nnunet_restart_epochs: Annotated[
+        list[int] | None,
+        typer.Option(
+            help="Then run nnU-Net's schedule again for this many epochs from the weights "
+            "reached (a warm restart); repeat for several."
+        ),
+    ] = None,
     yolo_epochs: Annotated[int, typer.Option(help="YOLO epochs.")] = 6,
     work: Annotated[Path | None, typer.Option(help="Scratch folder.")] = None,
     small_infarct_every: Annotated[
@@ -352,6 +359,7 @@ def train_demo(
         cases=cases,
         nnunet_epochs=nnunet_epochs,
         nnunet_iterations=nnunet_iterations,
+        restart_epochs=tuple(nnunet_restart_epochs or ()),
         yolo_epochs=yolo_epochs,
         small_infarct_every=small_infarct_every,
         spacing_mm=spacing_mm,

@@ -3,7 +3,10 @@
 This folder is on ``nnUNet_extTrainer`` (set by `pipeline.runtime.prepare`), which is how
 nnU-Net finds the class both when training and when loading the model for inference.
 Environment ``LGE_NODE_NNUNET_EPOCHS`` / ``LGE_NODE_NNUNET_ITERS`` shorten it further
-(the CI smoke test trains for one tiny epoch).
+(the CI smoke test trains for one tiny epoch). ``LGE_NODE_NNUNET_INIT`` names a checkpoint
+whose network weights a fresh run starts from (a warm restart of the learning-rate
+schedule: `train-demo --nnunet-restart-epochs`); nnU-Net's own ``pretrained_weights``
+would re-initialise the output layers, which a restart on the same task must keep.
 """
 
 import os
@@ -27,6 +30,14 @@ class nnUNetTrainer_LGEDemo(nnUNetTrainer):
         self.num_iterations_per_epoch = int(os.environ.get("LGE_NODE_NNUNET_ITERS", "50"))
         self.num_val_iterations_per_epoch = max(1, self.num_iterations_per_epoch // 10)
         self.save_every = 10
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        init = os.environ.get("LGE_NODE_NNUNET_INIT")
+        if init and self.current_epoch == 0:  # not when continuing from a checkpoint
+            weights = torch.load(init, map_location=self.device, weights_only=False)
+            self.network.load_state_dict(weights["network_weights"])
+            self.print_to_log_file(f"warm restart from {init}")
 
 
 class nnUNetTrainer_LGERobust(nnUNetTrainer_LGEDemo):

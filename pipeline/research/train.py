@@ -59,6 +59,9 @@ class TrainSettings:
     cases: int = 240
     nnunet_epochs: int = 200
     nnunet_iterations: int = 50
+    # further runs of the learning-rate schedule, each starting from the previous run's
+    # weights (warm restarts); () trains once
+    restart_epochs: tuple[int, ...] = ()
     yolo_epochs: int = 12
     small_infarct_every: int = 0  # 0: none forced (the shipped models)
     spacing_mm: float | None = None  # in-plane resampling; None: nnU-Net's plan (median)
@@ -197,10 +200,8 @@ def train_nnunet(settings: TrainSettings) -> Path:
     os.environ["nnUNet_raw"] = str(work / "nnUNet_raw")
     os.environ["nnUNet_preprocessed"] = str(work / "nnUNet_preprocessed")
     os.environ["nnUNet_results"] = str(work / "nnUNet_results")
-    os.environ["LGE_NODE_NNUNET_EPOCHS"] = str(settings.nnunet_epochs)
     os.environ["LGE_NODE_NNUNET_ITERS"] = str(settings.nnunet_iterations)
     runtime.prepare()
-    import torch
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
         extract_fingerprints,
         plan_experiments,
@@ -228,30 +229,62 @@ def train_nnunet(settings: TrainSettings) -> Path:
     # After planning, which crashes with 0. In-process augmentation measured faster on
     # 2 cores than one augmentation worker (which competes with the network's threads).
     os.environ["nnUNet_n_proc_DA"] = os.environ.get("LGE_NODE_DA_PROCS", "0")
-    from nnunetv2.run.run_training import run_training
-
     runtime.set_threads()
     trainer = TRAINERS[settings.trainer]
     results = work / "nnUNet_results" / settings.dataset_name / model_subdir(trainer, plans_name)
+    stages = (settings.nnunet_epochs, *settings.restart_epochs)
     for fold in settings.folds:
-        torch.manual_seed(settings.seed)
-        np.random.seed(settings.seed)
         folder = results / f"fold_{fold}"
-        if settings.resume and (folder / "checkpoint_final.pth").is_file():
-            continue  # finished (and validated) in an earlier run
-        run_training(
-            str(settings.dataset_id),
-            CONFIGURATION,
-            fold,
-            trainer,
-            plans_name,
-            device=torch.device(settings.device),
-            continue_training=settings.resume and (folder / "checkpoint_latest.pth").is_file(),
-        )
+        init: Path | None = None
+        for k, epochs in enumerate(stages):
+            # nnU-Net always trains into fold_<fold>; a finished earlier stage moves aside
+            done_as = folder if k == len(stages) - 1 else results / f"fold_{fold}_stage{k + 1}"
+            if settings.resume and (done_as / "checkpoint_final.pth").is_file():
+                init = done_as / "checkpoint_final.pth"
+                continue  # finished (and validated) in an earlier run
+            if not (settings.resume and (folder / "checkpoint_final.pth").is_file()):
+                _train_stage(settings, trainer, plans_name, fold, epochs, init)
+            if done_as != folder:
+                shutil.rmtree(done_as, ignore_errors=True)
+                folder.rename(done_as)
+            init = done_as / "checkpoint_final.pth"
     return results
 
 
+def _train_stage(
+    settings: TrainSettings, trainer: str, plans: str, fold: str, epochs: int, init: Path | None
+) -> None:
+    """One run of nnU-Net's schedule in ``fold_<fold>``: continued from its latest
+    checkpoint when resuming, else started from ``init``'s weights (or from scratch)."""
+    import torch
+    from nnunetv2.run.run_training import run_training
+
+    os.environ["LGE_NODE_NNUNET_EPOCHS"] = str(epochs)
+    os.environ.pop("LGE_NODE_NNUNET_INIT", None)
+    if init is not None:
+        os.environ["LGE_NODE_NNUNET_INIT"] = str(init)
+    folder = (
+        settings.work_dir / "nnUNet_results" / settings.dataset_name
+        / model_subdir(trainer, plans) / f"fold_{fold}"
+    )  # fmt: skip
+    torch.manual_seed(settings.seed)
+    np.random.seed(settings.seed)
+    run_training(
+        str(settings.dataset_id),
+        CONFIGURATION,
+        fold,
+        trainer,
+        plans,
+        device=torch.device(settings.device),
+        continue_training=settings.resume and (folder / "checkpoint_latest.pth").is_file(),
+    )
+
+
 def train_yolo(settings: TrainSettings, data_yaml: Path) -> Path:
+    run = (settings.work_dir / "yolo_runs").resolve() / "heart"
+    best = run / "weights" / "best.pt"
+    if settings.resume and (run / "finished").is_file() and best.is_file():
+        return best
     runtime.prepare()
     from ultralytics import YOLO
 
@@ -282,7 +315,8 @@ def train_yolo(settings: TrainSettings, data_yaml: Path) -> Path:
         degrees=30.0,
         close_mosaic=3,
     )
-    return (settings.work_dir / "yolo_runs").resolve() / "heart" / "weights" / "best.pt"
+    (run / "finished").touch()
+    return best
 
 
 def _strip_checkpoint(src: Path, dst: Path) -> None:
