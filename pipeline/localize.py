@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import runtime
-from pipeline.roi import HEART_MARGIN_MM, Box, to_uint8, union
+from pipeline.roi import HEART_MARGIN_MM, MIN_REGION_MM, Box, to_uint8, union
 from pipeline.volume import Volume
 
 OUTLIER_MM = 45.0  # a box this far from the stack's median centre is a false positive
@@ -107,5 +107,9 @@ def combine(boxes: list[Box | None], confs: list[float], volume: Volume) -> Loca
             nearest = min(found, key=lambda j: abs(j - k))
             filled[k] = boxes[nearest]
             borrowed.append(k)
-    roi = union([b for b in boxes if b is not None]).expand(HEART_MARGIN_MM, g.pixel_spacing, shape)
+    roi = (
+        union([b for b in boxes if b is not None])
+        .expand(HEART_MARGIN_MM, g.pixel_spacing, shape)
+        .at_least(MIN_REGION_MM, g.pixel_spacing, shape)
+    )
     return Localization(roi, filled, confs, borrowed, True)

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 
 HEART_MARGIN_MM = 15.0
+# An adult heart (LV and RV) spans at least ~70 mm in short axis, so a region with its
+# margin is never smaller than this; a smaller one means the detector saw only part of it.
+MIN_REGION_MM = 100.0
 
 
 @dataclass(frozen=True)
@@ -31,9 +34,23 @@ class Box:
             min(self.x1 + dx, shape[1]),
         )
 
+    def at_least(self, mm: float, spacing: tuple[float, float], shape: tuple[int, int]) -> Box:
+        """Widened about its centre to ``mm`` on each side where narrower (within ``shape``)."""
+        y0, y1 = _widen(self.y0, self.y1, round(mm / spacing[0]), shape[0])
+        x0, x1 = _widen(self.x0, self.x1, round(mm / spacing[1]), shape[1])
+        return Box(y0, x0, y1, x1)
+
     @property
     def slices(self) -> tuple[slice, slice]:
         return slice(self.y0, self.y1), slice(self.x0, self.x1)
+
+
+def _widen(lo: int, hi: int, size: int, limit: int) -> tuple[int, int]:
+    if hi - lo >= size:
+        return lo, hi
+    size = min(size, limit)
+    lo = min(max((lo + hi - size) // 2, 0), limit - size)
+    return lo, lo + size
 
 
 def union(boxes: list[Box]) -> Box:

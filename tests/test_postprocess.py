@@ -66,8 +66,17 @@ def test_missing_slices_borrow_and_outliers_are_dropped() -> None:
     assert loc.found
     assert loc.boxes[1] == heart and 1 in loc.borrowed
     assert loc.boxes[3] == heart, "the corner box is a false positive"
-    # ROI is the heart box with a 15 mm margin (1 mm pixels).
-    assert loc.roi == Box(35, 35, 95, 95)
+    # The heart box with a 15 mm margin (1 mm pixels) is 60 mm: smaller than any heart,
+    # so the detector saw part of it; the region grows to 100 mm about the same centre.
+    assert loc.roi == Box(15, 15, 115, 115)
+
+
+def test_a_whole_heart_keeps_its_margin_and_a_region_stays_in_the_image() -> None:
+    whole = Box(30, 30, 100, 105)  # 70 x 75 mm: with 15 mm each side, 100 x 105 mm
+    assert combine([whole] * 3, [0.9] * 3, _Vol(3)).roi == Box(15, 15, 115, 120)
+    corner = Box(0, 100, 20, 128)  # at the image's edge: widened inward only
+    roi = combine([corner] * 3, [0.9] * 3, _Vol(3)).roi
+    assert roi == Box(0, 28, 100, 128)
 
 
 def test_nothing_found_falls_back_to_the_whole_image() -> None:

@@ -418,6 +418,11 @@ def model_card(settings: TrainSettings) -> str:
         trainer=TRAINERS[settings.trainer],
         nnunet_epochs=settings.nnunet_epochs,
         nnunet_iterations=settings.nnunet_iterations,
+        restarts="".join(
+            f", then a warm restart of {n} epochs from those weights"
+            for n in settings.restart_epochs
+        ),
+        restart_options="".join(f" --nnunet-restart-epochs {n}" for n in settings.restart_epochs),
         dataset=DATASET_NAME,
         model_subdir=model_subdir(TRAINERS[settings.trainer]),
         cases=settings.cases,
