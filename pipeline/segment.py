@@ -38,7 +38,6 @@ def _predictor_class() -> type:
                 return super().predict_logits_from_preprocessed_data(data)
             if not self._loaded:
                 self.network.load_state_dict(self.list_of_parameters[0])
-                self.network.eval()
                 self._loaded = True
             threads = torch.get_num_threads()  # nnU-Net's thread rule, as in its own path
             torch.set_num_threads(min(default_num_processes, threads))
@@ -55,6 +54,8 @@ def _predictor_class() -> type:
             data, revert = pad_nd_image(input_image, patch, "constant", {"value": 0}, True, None)
             if tuple(data.shape[2:]) != patch:
                 return super().predict_sliding_window_return_logits(input_image)
+            if self.network.training:  # eval() walks every module: once, not per call
+                self.network.eval()
             slices = data[0][:, None].float()  # (z, 1, y, x)
             logits = torch.cat(
                 [
