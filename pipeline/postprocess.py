@@ -1,6 +1,7 @@
 """Post-processing rules applied to the network's labels, in this order:
 
-1. LV (pool + myocardium + scar + MVO): keep the largest 3D connected component.
+1. LV (pool + myocardium + scar + MVO): keep the largest 3D connected component, and
+   only if it holds at least ``min_lv_voxels`` (a few voxels are noise, not a heart).
 2. RV blood pool: keep the largest 3D component.
 3. Specks: scar components (scar + MVO) under ``min_scar_voxels`` become healthy
    myocardium; MVO components under ``min_mvo_voxels`` become scar.
@@ -31,11 +32,14 @@ def _largest(mask: np.ndarray) -> np.ndarray:
 
 
 def postprocess(
-    labels: np.ndarray, min_scar_voxels: int = 4, min_mvo_voxels: int = 2
+    labels: np.ndarray, min_scar_voxels: int = 4, min_mvo_voxels: int = 2, min_lv_voxels: int = 0
 ) -> np.ndarray:
     out = labels.copy()
     lv = (out >= Label.LV_BLOOD) & (out <= Label.MVO)
-    out[lv & ~_largest(lv)] = Label.BACKGROUND
+    heart = _largest(lv)
+    if heart.sum() < min_lv_voxels:
+        heart = np.zeros_like(lv)
+    out[lv & ~heart] = Label.BACKGROUND
     rv = out == Label.RV_BLOOD
     out[rv & ~_largest(rv)] = Label.BACKGROUND
 

@@ -23,6 +23,7 @@ from pipeline.segment import Segmenter
 from pipeline.volume import Volume
 
 DISAGREEMENT_POINTS = 10.0
+MIN_LV_ML = 1.0  # an LV (pool and wall) smaller than this is noise, not a heart
 
 
 @dataclass
@@ -75,7 +76,8 @@ class Pipeline:
         t = time.perf_counter()
         stage("post-processing")
         # on the crop: nothing is labelled outside it, so the components are the same
-        crop_final = postprocess(crop_labels)
+        min_lv = int(np.ceil(MIN_LV_ML / volume.geometry.voxel_volume_ml))
+        crop_final = postprocess(crop_labels, min_lv_voxels=min_lv)
         labels = np.zeros(volume.array.shape, dtype=np.uint8)
         labels[:, ys, xs] = crop_final
         timings["postprocessing"] = time.perf_counter() - t

@@ -38,6 +38,14 @@ def test_mvo_without_surrounding_scar_is_not_mvo() -> None:
     assert (out[3, ys[:6], xs[:6]] == Label.MYOCARDIUM).all()
 
 
+def test_an_lv_of_a_few_voxels_is_noise_not_a_heart() -> None:
+    speck = np.zeros((4, 32, 32), dtype=np.uint8)
+    speck[1, 10:12, 10:17] = Label.MYOCARDIUM  # 14 voxels, as a model gave an empty image
+    assert not postprocess(speck, min_lv_voxels=20).any()
+    assert (postprocess(speck, min_lv_voxels=14) == speck).all()
+    assert (postprocess(ring_stack(6), min_lv_voxels=20) == ring_stack(6)).all()
+
+
 def test_mvo_inside_scar_is_kept() -> None:
     labels = ring_stack(6)
     region = labels[3] == Label.MYOCARDIUM
