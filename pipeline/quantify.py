@@ -30,6 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from pipeline.labels import Label, mvo_mask, myocardium_mask, scar_mask
+from pipeline.roi import paste
 from pipeline.volume import Geometry
 
 MYOCARDIUM_DENSITY = 1.05  # g/ml
@@ -201,7 +202,7 @@ def quantify(labels: np.ndarray, geometry: Geometry, nonviable_percent: float = 
             flags=_coverage_flags(aha, labels.shape[0], myo_ml),
             slices_used=sorted(aha.base_to_apex),
         ),
-        segment_map=_paste(segment_map.astype(np.uint8), full_shape, ys, xs),
+        segment_map=paste(segment_map.astype(np.uint8), full_shape, ys, xs),
     )
 
 
@@ -214,12 +215,6 @@ def _labelled_region(labels: np.ndarray) -> tuple[slice, slice]:
         slice(max(int(rows[0]) - 1, 0), int(rows[-1]) + 2),
         slice(max(int(cols[0]) - 1, 0), int(cols[-1]) + 2),
     )
-
-
-def _paste(part: np.ndarray, shape: tuple[int, ...], ys: slice, xs: slice) -> np.ndarray:
-    whole = np.zeros(shape, dtype=part.dtype)
-    whole[:, ys, xs] = part
-    return whole
 
 
 def _coverage_flags(aha: AhaInfo, n_slices: int, myo_ml: float) -> list[str]:

@@ -53,6 +53,13 @@ def _widen(lo: int, hi: int, size: int, limit: int) -> tuple[int, int]:
     return lo, lo + size
 
 
+def paste(part: np.ndarray, shape: tuple[int, ...], ys: slice, xs: slice) -> np.ndarray:
+    """A (z, y, x) array of ``shape``, zero except ``part`` at rows ``ys``, columns ``xs``."""
+    whole = np.zeros(shape, dtype=part.dtype)
+    whole[:, ys, xs] = part
+    return whole
+
+
 def union(boxes: list[Box]) -> Box:
     return Box(
         min(b.y0 for b in boxes),

@@ -18,7 +18,7 @@ from pipeline.postprocess import postprocess
 from pipeline.qc import QcInputs, assess
 from pipeline.quantify import Metrics, quantify
 from pipeline.reference import composition, reference_scar
-from pipeline.roi import Box, heart_region
+from pipeline.roi import Box, heart_region, paste
 from pipeline.segment import Segmenter
 from pipeline.volume import Volume
 
@@ -78,8 +78,7 @@ class Pipeline:
         # on the crop: nothing is labelled outside it, so the components are the same
         min_lv = int(np.ceil(MIN_LV_ML / volume.geometry.voxel_volume_ml))
         crop_final = postprocess(crop_labels, min_lv_voxels=min_lv)
-        labels = np.zeros(volume.array.shape, dtype=np.uint8)
-        labels[:, ys, xs] = crop_final
+        labels = paste(crop_final, volume.array.shape, ys, xs)
         timings["postprocessing"] = time.perf_counter() - t
 
         t = time.perf_counter()

@@ -243,7 +243,7 @@ def train_nnunet(settings: TrainSettings) -> Path:
                 init = done_as / "checkpoint_final.pth"
                 continue  # finished (and validated) in an earlier run
             if not (settings.resume and (folder / "checkpoint_final.pth").is_file()):
-                _train_stage(settings, trainer, plans_name, fold, epochs, init)
+                _train_stage(settings, trainer, plans_name, fold, folder, epochs, init)
             if done_as != folder:
                 shutil.rmtree(done_as, ignore_errors=True)
                 folder.rename(done_as)
@@ -252,7 +252,13 @@ def train_nnunet(settings: TrainSettings) -> Path:
 
 
 def _train_stage(
-    settings: TrainSettings, trainer: str, plans: str, fold: str, epochs: int, init: Path | None
+    settings: TrainSettings,
+    trainer: str,
+    plans: str,
+    fold: str,
+    folder: Path,
+    epochs: int,
+    init: Path | None,
 ) -> None:
     """One run of nnU-Net's schedule in ``fold_<fold>``: continued from its latest
     checkpoint when resuming, else started from ``init``'s weights (or from scratch)."""
@@ -263,10 +269,6 @@ def _train_stage(
     os.environ.pop("LGE_NODE_NNUNET_INIT", None)
     if init is not None:
         os.environ["LGE_NODE_NNUNET_INIT"] = str(init)
-    folder = (
-        settings.work_dir / "nnUNet_results" / settings.dataset_name
-        / model_subdir(trainer, plans) / f"fold_{fold}"
-    )  # fmt: skip
     torch.manual_seed(settings.seed)
     np.random.seed(settings.seed)
     run_training(
