@@ -266,7 +266,8 @@ class PipelineSection(Section):
     default_model: ModelName | None = None
     model_rules: list[ModelRule] = Field(default_factory=list)
     device: Literal["cpu", "cuda"] = "cpu"
-    mirroring: bool = False
+    # test-time mirroring; None: as each model's manifest says (its QC is calibrated so)
+    mirroring: bool | None = None
     nsd: float = Field(5.0, ge=1.0, le=10.0)  # n-SD reference threshold
     grey_zone_sd: float = Field(2.0, ge=1.0, le=5.0)  # grey zone: above remote mean + n SD
     nonviable_percent: float = Field(50.0, ge=25.0, le=100.0)  # 50 chronic, 75 acute

@@ -25,6 +25,8 @@ class ModelBundle:
     version: str
     synthetic_trained: bool
     qc: QcCalibration = field(default_factory=QcCalibration.defaults)
+    # How the model is meant to run: its QC thresholds are calibrated for that mode.
+    test_time_mirroring: bool = False
     manifest: dict = field(default_factory=dict, compare=False)  # training data, settings
 
     @classmethod
@@ -61,6 +63,7 @@ class ModelBundle:
             version=str(manifest.get("version", "unknown")),
             synthetic_trained=bool(manifest.get("synthetic_trained", False)),
             qc=QcCalibration.from_json(manifest.get("qc")),
+            test_time_mirroring=bool(manifest.get("inference", {}).get("test_time_mirroring")),
             manifest=manifest,
         )
 

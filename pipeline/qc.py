@@ -16,7 +16,11 @@ independent signals catch different failure modes, each mapped to a score in [0,
 - ``scar_certainty``: the scar % the probabilities imply against the decided one (a model
   hesitating over which pixels are scar moves this number, the one a reader uses);
 - ``scar_contrast``: predicted scar brighter than remote myocardium (contrast-to-noise);
-  scar found in tissue as dark as healthy myocardium is not scar that LGE shows.
+  scar found in tissue as dark as healthy myocardium is not scar that LGE shows;
+- ``pool_rim``: the blood pool's rim, where it meets the myocardium, no brighter than the
+  pool's core. Subendocardial scar called blood pool (the under-call that leaves the
+  myocardium looking right) shows as a bright band along the rim, which normal blood next
+  to dark myocardium never is.
 
 The score is the minimum of the components (one broken signal is enough to distrust the
 case), ``low_confidence`` is that score below 0.5. Each component is a ramp on one raw
@@ -70,6 +74,7 @@ MEASURES: dict[str, tuple[str, bool]] = {
     "continuity": ("continuity", True),
     "localization": ("localization", True),
     "reference_gap": ("reference", False),
+    "pool_rim_excess": ("pool_rim", False),
 }
 DEFAULT_THRESHOLDS: dict[str, Threshold] = {
     "self_agreement": Threshold(0.80, 0.88),
@@ -82,6 +87,7 @@ DEFAULT_THRESHOLDS: dict[str, Threshold] = {
     "continuity": Threshold(0.30, 0.45),
     "localization": Threshold(0.35, 0.5),
     "reference_gap": Threshold(11.5, 8.0),
+    "pool_rim_excess": Threshold(3.0, 0.0),
 }
 
 
@@ -227,6 +233,45 @@ def scar_cnr(image: np.ndarray | None, labels: np.ndarray) -> float | None:
     return (float(np.median(image[labels == Label.SCAR])) - float(ref.mean())) / sd
 
 
+RIM_SECTORS = 8
+
+
+def pool_rim_excess(image: np.ndarray | None, labels: np.ndarray) -> float | None:
+    """How much brighter than the LV pool's core its rim (the pool within 2 pixels of the
+    myocardium) is, in robust SDs of the core (papillary muscles lie in it): per slice the
+    brightest of 8 sectors around the pool; over the stack the second brightest slice (one
+    odd slice is not a finding)."""
+    if image is None:
+        return None
+    per_slice = []
+    for k in range(labels.shape[0]):
+        pool = labels[k] == Label.LV_BLOOD
+        myo = myocardium_mask(labels[k])
+        if pool.sum() < 30 or not myo.any():
+            continue
+        core = ndimage.binary_erosion(pool, iterations=3)
+        rim = pool & ndimage.binary_dilation(myo, iterations=2)
+        if core.sum() < 10 or rim.sum() < 10:
+            continue
+        ref = image[k][core]
+        centre = float(np.median(ref))
+        sd = 1.4826 * float(np.median(np.abs(ref - centre))) or 1e-6
+        cy, cx = ndimage.center_of_mass(pool)
+        ys, xs = np.nonzero(rim)
+        sector = ((np.arctan2(ys - cy, xs - cx) + np.pi) / (2 * np.pi) * RIM_SECTORS).astype(int)
+        values = image[k][ys, xs]
+        means = [
+            float(values[sector % RIM_SECTORS == j].mean())
+            for j in range(RIM_SECTORS)
+            if (sector % RIM_SECTORS == j).sum() >= 5
+        ]
+        if means:
+            per_slice.append((max(means) - centre) / sd)
+    if not per_slice:
+        return None
+    return float(sorted(per_slice)[-2] if len(per_slice) > 1 else per_slice[0])
+
+
 @dataclass(frozen=True)
 class QcInputs:
     """What the QC reads of one result; arrays on the labels' grid (the heart crop)."""
@@ -256,6 +301,9 @@ def measure(inputs: QcInputs) -> tuple[dict[str, float], dict[int, float]]:
     cnr = scar_cnr(image, labels)
     if cnr is not None:
         raw["scar_cnr"] = cnr
+    rim = pool_rim_excess(image, labels)
+    if rim is not None:
+        raw["pool_rim_excess"] = rim
     shapes = {
         k: s
         for k in range(labels.shape[0])

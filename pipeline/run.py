@@ -37,7 +37,7 @@ class Result:
 @dataclass
 class PipelineSettings:
     device: str = "cpu"
-    mirroring: bool = False
+    mirroring: bool | None = None  # None: as the model's manifest says
     nsd: float = 5.0
     grey_zone_sd: float = 2.0  # lower bound of the grey zone: remote mean + n SD
     nonviable_percent: float = 50.0  # 50: chronic infarcts; 75: acute
@@ -50,7 +50,9 @@ class Pipeline:
         self.bundle = bundle
         self.settings = settings or PipelineSettings()
         self.locator = HeartLocator(bundle.yolo_weights, device=self.settings.device)
-        self.segmenter = Segmenter(bundle, self.settings.device, self.settings.mirroring)
+        mirroring = self.settings.mirroring
+        self.mirroring = bundle.test_time_mirroring if mirroring is None else mirroring
+        self.segmenter = Segmenter(bundle, self.settings.device, self.mirroring)
 
     def run(self, volume: Volume, progress: Callable[[str], None] | None = None) -> Result:
         timings: dict[str, float] = {}

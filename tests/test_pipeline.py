@@ -17,7 +17,7 @@ from pipeline.labels import mvo_mask, myocardium_mask, scar_mask
 from pipeline.models import ModelBundle
 from pipeline.research.evaluate import dice
 from pipeline.research.train import TRAIN_SEED_BASE, tiny_plans
-from pipeline.run import Pipeline
+from pipeline.run import Pipeline, PipelineSettings
 from pipeline.series import load_series
 
 HELD_OUT = 6_000  # < TRAIN_SEED_BASE
@@ -38,14 +38,18 @@ def test_bundled_weights_load_through_the_real_apis(pipeline: Pipeline) -> None:
     assert size < 30e6, "the demo models together stay under 30 MB"
 
 
-def test_batched_segmentation_equals_nnunets_own_predictor(pipeline, phantom_factory) -> None:
+@pytest.mark.parametrize("mirroring", [False, True])
+def test_batched_segmentation_equals_nnunets_own_predictor(phantom_factory, mirroring) -> None:
     """The segmenter sends a crop's slices through the network in batches; nnU-Net's own
-    predictor, tile by tile, must give the same labels and probabilities."""
+    predictor, tile by tile, must give the same labels and probabilities, with test-time
+    mirroring as without."""
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+    pipeline = Pipeline(ModelBundle.load(), PipelineSettings(mirroring=mirroring))
+    assert pipeline.segmenter.predictor.use_mirroring is mirroring
     own = nnUNetPredictor(
-        tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+        tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
         perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False,
     )  # fmt: skip
     folder = str(pipeline.bundle.nnunet_folder)
@@ -68,6 +72,25 @@ def test_batched_segmentation_equals_nnunets_own_predictor(pipeline, phantom_fac
         # nnU-Net accumulates its tiles in half precision: a few boundary voxels may differ
         assert (labels != ref_labels).mean() < 1e-3
         assert np.abs(probabilities - ref_probabilities).max() < 0.01
+
+
+def test_the_models_manifest_sets_test_time_mirroring(tmp_path) -> None:
+    """A model's QC thresholds hold for the inference mode they were calibrated in, so the
+    manifest names that mode and the pipeline follows it unless the settings say otherwise."""
+    bundled = ModelBundle.load()
+    root = bundled.yolo_weights.parent.parent
+    copy = tmp_path / "models"
+    shutil.copytree(root, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for mode in (True, False):
+        manifest["inference"] = {"test_time_mirroring": mode}
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        bundle = ModelBundle.load(copy)
+        assert bundle.test_time_mirroring is mode
+        assert Pipeline(bundle).segmenter.predictor.use_mirroring is mode
+        overridden = Pipeline(bundle, PipelineSettings(mirroring=not mode))
+        assert overridden.mirroring is (not mode)
+        assert overridden.segmenter.predictor.use_mirroring is (not mode)
 
 
 @pytest.mark.skipif(

@@ -20,6 +20,7 @@ from pipeline.qc import (
     Threshold,
     assess,
     calibrate,
+    pool_rim_excess,
 )
 from pipeline.quantify import quantify
 from pipeline.reference import reference_scar
@@ -65,6 +66,33 @@ def test_a_missing_slice_inside_the_stack_is_flagged(psir_classic: PhantomCase) 
     labels[present[len(present) // 2]] = 0
     r = _assess(psir_classic, labels)
     assert r.low_confidence and r.components["continuity"] == 0.0, r
+
+
+def test_scar_called_blood_pool_shows_as_a_bright_pool_rim() -> None:
+    """The under-call that leaves the myocardium looking right: subendocardial scar
+    labelled as blood pool. Where the pool is darker than scar, its rim then carries a
+    bright band that the QC flags; the correct labels leave the rim like the core."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:96, :96] - 48.0
+    r, angle = np.hypot(yy, xx), np.arctan2(yy, xx)
+    labels2d = np.zeros((96, 96), np.uint8)
+    labels2d[r < 20] = Label.LV_BLOOD
+    labels2d[(r >= 20) & (r < 28)] = Label.MYOCARDIUM
+    labels2d[(r >= 20) & (r < 24) & (np.abs(angle) < 0.8)] = Label.SCAR  # subendocardial
+    signal = {Label.LV_BLOOD: 150.0, Label.MYOCARDIUM: 20.0, Label.SCAR: 400.0}
+    image2d = np.full((96, 96), 60.0)
+    for label, value in signal.items():
+        image2d[labels2d == label] = value
+    labels = np.repeat(labels2d[None], 6, axis=0)
+    image = np.repeat(image2d[None], 6, axis=0) + rng.normal(0, 15, labels.shape)
+    under = labels.copy()
+    under[under == Label.SCAR] = Label.LV_BLOOD
+    rim = DEFAULT_THRESHOLDS["pool_rim_excess"]
+    right, wrong = pool_rim_excess(image, labels), pool_rim_excess(image, under)
+    assert right is not None and wrong is not None
+    assert not rim.flags(right), right
+    assert rim.flags(wrong), wrong
+    assert pool_rim_excess(None, labels) is None  # no image, no measure
 
 
 def test_threshold_is_half_at_flag_and_one_at_typical() -> None:

@@ -121,7 +121,13 @@ def analyze(
         Path | None, typer.Option(help="An nnU-Net trainer folder (overrides the bundle's).")
     ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
-    mirroring: Annotated[bool, typer.Option("--mirroring", help="Test-time mirroring.")] = False,
+    mirroring: Annotated[
+        bool | None,
+        typer.Option(
+            "--mirroring/--no-mirroring",
+            help="Test-time mirroring on or off (default: as the model's manifest says).",
+        ),
+    ] = None,
     nsd: Annotated[float, typer.Option(help="n for the n-SD reference threshold.")] = 5.0,
     dicom: Annotated[
         bool, typer.Option("--dicom/--no-dicom", help="Write SEG, SR and overlays.")
@@ -293,15 +299,24 @@ def calibrate_qc(
     ],
     out: Annotated[Path, typer.Option(help="Where the calibration tables and JSON go.")],
     cases: Annotated[int, typer.Option(min=20, help="Calibration phantoms.")] = 60,
+    mirroring: Annotated[
+        bool | None,
+        typer.Option(
+            "--mirroring/--no-mirroring",
+            help="Calibrate for inference with or without test-time mirroring and make that "
+            "the model's mode (default: the mode its manifest names).",
+        ),
+    ] = None,
 ) -> None:
     """Set the QC thresholds of a model from the calibration set (seeds kept apart from
-    training and evaluation) and write them into its manifest.json."""
+    training and evaluation) and write them into its manifest.json, with the inference
+    mode they hold for."""
     from pipeline.models import ModelBundle
     from pipeline.research.evaluate import calibrate_qc as run_calibration
     from pipeline.research.evaluate import markdown_table
-    from pipeline.run import Pipeline
+    from pipeline.run import Pipeline, PipelineSettings
 
-    pipeline = Pipeline(ModelBundle.load(model_dir))
+    pipeline = Pipeline(ModelBundle.load(model_dir), PipelineSettings(mirroring=mirroring))
     summary = run_calibration(pipeline, cases, out, model_dir / "manifest.json")
     console.print(markdown_table(summary))
     table = Table(title="QC thresholds (flag at / typical)")

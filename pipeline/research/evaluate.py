@@ -497,6 +497,7 @@ def run_cases(
         raise ValueError(f"no cases to evaluate ({what})")
     summary = summarize(results)
     summary["evaluated_on"] = what
+    summary["test_time_mirroring"] = pipeline.mirroring
     (out_dir / "cases.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (out_dir / "table.md").write_text(markdown_table(summary) + "\n")
@@ -673,17 +674,20 @@ def reflag(cases: list[CaseResult], calibration: QcCalibration) -> None:
 
 def calibrate_qc(pipeline: Pipeline, n_cases: int, out_dir: Path, manifest: Path) -> dict:
     """Evaluate the calibration set, derive the QC thresholds from it, write them into the
-    model's ``manifest.json`` (section ``qc``) and report the catch rate under them."""
+    model's ``manifest.json`` (section ``qc``, with the inference mode they hold for in
+    section ``inference``) and report the catch rate under them."""
     summary, cases = evaluate(pipeline, n_cases, out_dir, "calibration")
     base = EVAL_SETS["calibration"][0]
     cal = calibrate(
         [c.reliability_measures or {} for c in cases],
         [c.failed for c in cases],
         source=f"calibration set: {len(cases)} phantoms, seeds {base}-{base + len(cases) - 1}, "
-        "randomized and holdout styles alternating",
+        "randomized and holdout styles alternating, test-time mirroring "
+        + ("on" if pipeline.mirroring else "off"),
     )
     doc = json.loads(manifest.read_text()) if manifest.is_file() else {}
     doc["qc"] = cal.to_json()
+    doc["inference"] = {**doc.get("inference", {}), "test_time_mirroring": pipeline.mirroring}
     manifest.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     reflag(cases, cal)
     summary["qc"] = qc_catch(cases)
