@@ -27,6 +27,7 @@ class ModelBundle:
     qc: QcCalibration = field(default_factory=QcCalibration.defaults)
     # How the model is meant to run: its QC thresholds are calibrated for that mode.
     test_time_mirroring: bool = False
+    mirror_axes: tuple[int, ...] | None = None  # in-plane axes to mirror; None: all allowed
     manifest: dict = field(default_factory=dict, compare=False)  # training data, settings
 
     @classmethod
@@ -40,6 +41,7 @@ class ModelBundle:
         manifest = {}
         if (root / "manifest.json").is_file():
             manifest = json.loads((root / "manifest.json").read_text())
+        inference = manifest.get("inference", {})
         yolo = Path(yolo_weights) if yolo_weights else root / "yolo" / "heart.pt"
         if not yolo.is_file():
             raise ModelError(f"YOLO weights not found: {yolo} (train with lge-node train-demo)")
@@ -63,9 +65,18 @@ class ModelBundle:
             version=str(manifest.get("version", "unknown")),
             synthetic_trained=bool(manifest.get("synthetic_trained", False)),
             qc=QcCalibration.from_json(manifest.get("qc")),
-            test_time_mirroring=bool(manifest.get("inference", {}).get("test_time_mirroring")),
+            test_time_mirroring=bool(inference.get("test_time_mirroring")),
+            mirror_axes=_axes(inference.get("mirror_axes")),
             manifest=manifest,
         )
+
+
+def _axes(value: object) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(a, int) and a in (0, 1) for a in value):
+        raise ModelError(f"manifest inference.mirror_axes must be a list of 0 and/or 1: {value!r}")
+    return tuple(value)
 
 
 def _find_trainer_folder(nnunet_root: Path) -> Path:

@@ -93,6 +93,12 @@ class Segmenter:
                 use_folds=tuple(int(f) if f.isdigit() else f for f in bundle.folds),
                 checkpoint_name="checkpoint_final.pth",
             )
+        if mirroring and bundle.mirror_axes is not None:
+            # fewer mirrored passes than the checkpoint allows (each one is a network pass)
+            allowed = self.predictor.allowed_mirroring_axes or ()
+            self.predictor.allowed_mirroring_axes = tuple(
+                a for a in bundle.mirror_axes if a in allowed
+            )
 
     def segment(self, crop: np.ndarray, spacing_zyx: tuple[float, float, float]) -> np.ndarray:
         """(z, y, x) float image -> (z, y, x) uint8 labels."""

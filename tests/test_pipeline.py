@@ -14,7 +14,7 @@ import pydicom
 import pytest
 
 from pipeline.labels import mvo_mask, myocardium_mask, scar_mask
-from pipeline.models import ModelBundle
+from pipeline.models import ModelBundle, ModelError
 from pipeline.research.evaluate import dice
 from pipeline.research.train import TRAIN_SEED_BASE, tiny_plans
 from pipeline.run import Pipeline, PipelineSettings
@@ -91,6 +91,14 @@ def test_the_models_manifest_sets_test_time_mirroring(tmp_path) -> None:
         overridden = Pipeline(bundle, PipelineSettings(mirroring=not mode))
         assert overridden.mirroring is (not mode)
         assert overridden.segmenter.predictor.use_mirroring is (not mode)
+    # one mirrored pass instead of three: only the axes the manifest names
+    manifest["inference"] = {"test_time_mirroring": True, "mirror_axes": [1]}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert Pipeline(ModelBundle.load(copy)).segmenter.predictor.allowed_mirroring_axes == (1,)
+    manifest["inference"]["mirror_axes"] = [2]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="mirror_axes"):
+        ModelBundle.load(copy)
 
 
 @pytest.mark.skipif(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -307,6 +308,15 @@ def calibrate_qc(
             "the model's mode (default: the mode its manifest names).",
         ),
     ] = None,
+    mirror_axis: Annotated[
+        list[int] | None,
+        typer.Option(
+            min=0,
+            max=1,
+            help="With --mirroring: mirror only this in-plane axis (0 rows, 1 columns; "
+            "repeatable; default: every axis the checkpoint allows, a network pass each).",
+        ),
+    ] = None,
 ) -> None:
     """Set the QC thresholds of a model from the calibration set (seeds kept apart from
     training and evaluation) and write them into its manifest.json, with the inference
@@ -314,9 +324,16 @@ def calibrate_qc(
     from pipeline.models import ModelBundle
     from pipeline.research.evaluate import calibrate_qc as run_calibration
     from pipeline.research.evaluate import markdown_table
-    from pipeline.run import Pipeline, PipelineSettings
+    from pipeline.run import Pipeline
 
-    pipeline = Pipeline(ModelBundle.load(model_dir), PipelineSettings(mirroring=mirroring))
+    bundle = ModelBundle.load(model_dir)
+    if mirroring is not None:
+        bundle = replace(bundle, test_time_mirroring=mirroring)
+    if mirror_axis:
+        if not bundle.test_time_mirroring:
+            raise fail("--mirror-axis chooses the axes of test-time mirroring: give --mirroring")
+        bundle = replace(bundle, mirror_axes=tuple(sorted(set(mirror_axis))))
+    pipeline = Pipeline(bundle)
     summary = run_calibration(pipeline, cases, out, model_dir / "manifest.json")
     console.print(markdown_table(summary))
     table = Table(title="QC thresholds (flag at / typical)")

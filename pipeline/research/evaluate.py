@@ -497,7 +497,7 @@ def run_cases(
         raise ValueError(f"no cases to evaluate ({what})")
     summary = summarize(results)
     summary["evaluated_on"] = what
-    summary["test_time_mirroring"] = pipeline.mirroring
+    summary["test_time_mirroring"] = _mode(pipeline)
     (out_dir / "cases.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (out_dir / "table.md").write_text(markdown_table(summary) + "\n")
@@ -672,6 +672,13 @@ def reflag(cases: list[CaseResult], calibration: QcCalibration) -> None:
         )
 
 
+def _mode(pipeline: Pipeline) -> str:
+    if not pipeline.mirroring:
+        return "off"
+    axes = pipeline.segmenter.predictor.allowed_mirroring_axes
+    return f"on (axes {', '.join(str(a) for a in axes or ())})"
+
+
 def calibrate_qc(pipeline: Pipeline, n_cases: int, out_dir: Path, manifest: Path) -> dict:
     """Evaluate the calibration set, derive the QC thresholds from it, write them into the
     model's ``manifest.json`` (section ``qc``, with the inference mode they hold for in
@@ -682,12 +689,13 @@ def calibrate_qc(pipeline: Pipeline, n_cases: int, out_dir: Path, manifest: Path
         [c.reliability_measures or {} for c in cases],
         [c.failed for c in cases],
         source=f"calibration set: {len(cases)} phantoms, seeds {base}-{base + len(cases) - 1}, "
-        "randomized and holdout styles alternating, test-time mirroring "
-        + ("on" if pipeline.mirroring else "off"),
+        f"randomized and holdout styles alternating, test-time mirroring {_mode(pipeline)}",
     )
     doc = json.loads(manifest.read_text()) if manifest.is_file() else {}
     doc["qc"] = cal.to_json()
-    doc["inference"] = {**doc.get("inference", {}), "test_time_mirroring": pipeline.mirroring}
+    doc["inference"] = {"test_time_mirroring": pipeline.mirroring}
+    if pipeline.mirroring and pipeline.bundle.mirror_axes is not None:
+        doc["inference"]["mirror_axes"] = list(pipeline.bundle.mirror_axes)
     manifest.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     reflag(cases, cal)
     summary["qc"] = qc_catch(cases)

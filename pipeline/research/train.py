@@ -410,6 +410,15 @@ def imported_card(manifest: dict) -> str:
     )
 
 
+def _restarts_text(epochs: tuple[int, ...]) -> str:
+    if not epochs:
+        return ""
+    if len(epochs) == 1:
+        return f", then a warm restart of {epochs[0]} epochs from those weights"
+    runs = ", ".join(str(n) for n in epochs[:-1]) + f" and {epochs[-1]}"
+    return f", then warm restarts of {runs} epochs, each from the previous run's weights"
+
+
 def model_card(settings: TrainSettings) -> str:
     t = settings.timings
     template = (Path(__file__).parent / "model_card.md.in").read_text()
@@ -420,10 +429,7 @@ def model_card(settings: TrainSettings) -> str:
         trainer=TRAINERS[settings.trainer],
         nnunet_epochs=settings.nnunet_epochs,
         nnunet_iterations=settings.nnunet_iterations,
-        restarts="".join(
-            f", then a warm restart of {n} epochs from those weights"
-            for n in settings.restart_epochs
-        ),
+        restarts=_restarts_text(settings.restart_epochs),
         restart_options="".join(f" --nnunet-restart-epochs {n}" for n in settings.restart_epochs),
         dataset=DATASET_NAME,
         model_subdir=model_subdir(TRAINERS[settings.trainer]),
