@@ -54,6 +54,8 @@ def test_batched_segmentation_equals_nnunets_own_predictor(phantom_factory, mirr
     )  # fmt: skip
     folder = str(pipeline.bundle.nnunet_folder)
     own.initialize_from_trained_model_folder(folder, ("all",), "checkpoint_final.pth")
+    # the same mirrored passes as the pipeline: the model's manifest may restrict them
+    own.allowed_mirroring_axes = pipeline.segmenter.predictor.allowed_mirroring_axes
     for seed, style in ((HELD_OUT + 3, "randomized"), (HELD_OUT + 4, "classic")):
         case = phantom_factory(seed=seed, kind="psir", style=style)
         volume = load_series(case.out_dir / "dicom")
