@@ -258,15 +258,13 @@ def pool_rim_excess(image: np.ndarray | None, labels: np.ndarray) -> float | Non
         sd = 1.4826 * float(np.median(np.abs(ref - centre))) or 1e-6
         cy, cx = ndimage.center_of_mass(pool)
         ys, xs = np.nonzero(rim)
-        sector = ((np.arctan2(ys - cy, xs - cx) + np.pi) / (2 * np.pi) * RIM_SECTORS).astype(int)
-        values = image[k][ys, xs]
-        means = [
-            float(values[sector % RIM_SECTORS == j].mean())
-            for j in range(RIM_SECTORS)
-            if (sector % RIM_SECTORS == j).sum() >= 5
-        ]
-        if means:
-            per_slice.append((max(means) - centre) / sd)
+        turn = (np.arctan2(ys - cy, xs - cx) + np.pi) / (2 * np.pi)
+        sector = (turn * RIM_SECTORS).astype(int) % RIM_SECTORS
+        counts = np.bincount(sector, minlength=RIM_SECTORS)
+        sums = np.bincount(sector, weights=image[k][ys, xs], minlength=RIM_SECTORS)
+        if (counts >= 5).any():
+            brightest = float((sums[counts >= 5] / counts[counts >= 5]).max())
+            per_slice.append((brightest - centre) / sd)
     if not per_slice:
         return None
     return float(sorted(per_slice)[-2] if len(per_slice) > 1 else per_slice[0])
