@@ -4,6 +4,7 @@ and images that carry the contrasts of a real LGE study."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,13 @@ from scipy import ndimage
 from pipeline.labels import Label
 from pipeline.research.phantom import PhantomSpec, make_phantom
 from pipeline.research.phantom.anatomy import Tissue
-from pipeline.research.phantom.render import sample_case, tissue_signal
+from pipeline.research.phantom.render import (
+    _acquisition_artifacts,
+    add_noise,
+    sample_case,
+    tissue_signal,
+)
+from pipeline.research.phantom.style import _BEYOND, RANDOMIZED, WIDE, holdout_variant
 from tests.dicom_tools import dciodvfy
 
 TERRITORY_SEGMENTS = {
@@ -219,3 +226,81 @@ def test_small_infarct_keeps_the_heart_and_shrinks_the_scar(phantom_factory) -> 
     assert small.truth.myocardium_ml == pytest.approx(regular.truth.myocardium_ml)
     assert 0.2 < small.truth.scar_ml < 2.0 < regular.truth.scar_ml
     assert small.truth.mvo_ml == 0.0
+
+
+def _with_artifacts(case, **changes) -> tuple[np.ndarray, np.ndarray]:
+    """(image before, image after) the acquisition artifacts of ``changes``."""
+    image = case.image.astype(np.float32) / float(case.image.max())
+    return image, _acquisition_artifacts(image, replace(case.acquisition, **changes))
+
+
+def test_motion_ghosts_replicate_the_image_along_phase_encoding(psir_classic) -> None:
+    shift = 0.25
+    clean, ghosted = _with_artifacts(
+        psir_classic, ghost_amplitude=0.1, ghost_shift=shift, phase_axis=0
+    )
+    assert np.array_equal(_with_artifacts(psir_classic)[1], clean)  # defaults: no artifact
+    s = round(shift * clean.shape[1])
+    expected = clean + 0.1 * (
+        np.roll(clean, s, 1) + np.roll(clean, -s, 1)
+        + 0.5 * (np.roll(clean, 2 * s, 1) + np.roll(clean, -2 * s, 1))
+    )  # fmt: skip
+    np.testing.assert_allclose(ghosted, expected, atol=1e-5)
+
+
+def test_reduced_phase_resolution_drops_outer_k_space_and_rings(psir_classic) -> None:
+    clean, cut = _with_artifacts(psir_classic, kspace_fraction=0.5, phase_axis=1)
+    n = clean.shape[2]
+    spectrum = np.abs(np.fft.fft(cut, axis=2))
+    outer = np.abs(np.fft.fftfreq(n) * n) > 0.5 * n / 2 + 1e-9
+    assert spectrum[:, :, outer].max() < 1e-4 * spectrum.max()
+    # rows (frequency encoding) keep their resolution: unchanged after smoothing the columns
+    rows = np.abs(np.fft.fft(cut, axis=1))
+    assert rows[:, np.abs(np.fft.fftfreq(clean.shape[1])) > 0.3].max() > 1e-3 * rows.max()
+    # Gibbs: a sharp truncation overshoots the brightest tissue
+    assert cut.max() > clean.max() * 1.02
+
+
+def test_multichannel_noise_floor_and_g_factor() -> None:
+    zeros = np.zeros((4, 96, 96), dtype=np.float32)
+    acq = replace(_blank_acquisition(), coils=4, snr=10.0, scale=1.0)
+    magnitude = add_noise(np.random.default_rng(0), zeros, acq, "magnitude")
+    # root-sum-of-squares of 4 channels of pure noise: chi with 8 degrees of freedom, mean
+    # sigma * sqrt(2) * Gamma(4.5) / Gamma(4) = 2.74 sigma (one channel: 1.25 sigma)
+    assert magnitude.mean() == pytest.approx(2.74 * 0.1, rel=0.02)
+    single = add_noise(np.random.default_rng(0), zeros, replace(acq, coils=1), "magnitude")
+    assert single.mean() == pytest.approx(1.2533 * 0.1, rel=0.02)
+    # parallel imaging: noise amplified by the g-factor at the centre, ~1 at the corners
+    psir = add_noise(np.random.default_rng(0), zeros, replace(acq, gfactor=2.0), "psir")
+    assert psir[:, 44:52, 44:52].std() == pytest.approx(0.2, rel=0.1)
+    assert psir[:, :6, :6].std() == pytest.approx(0.1, rel=0.15)
+
+
+def _blank_acquisition():
+    _, acq = sample_case(np.random.default_rng([0, 2]), 8, False, False)
+    return replace(acq, rows=96, columns=96)
+
+
+def test_holdout_axes_lie_beyond_every_training_range() -> None:
+    """The holdout style measures generalization only if no axis overlaps training."""
+    trained = (RANDOMIZED, WIDE)
+    for axis, changes in _BEYOND.items():
+        for key, value in changes.items():
+            if key in ("matrix_clip", "wall_clip_mm", "ghost_p", "kspace_p"):
+                continue  # what lets the axis happen, not the axis itself
+            pairs = (
+                [
+                    (getattr(value[kind], f), getattr(style.signals[kind], f))
+                    for kind in value
+                    for f in ("blood", "myocardium")
+                    if getattr(value[kind], f) != getattr(WIDE.signals[kind], f)
+                    for style in trained
+                ]
+                if key == "signals"
+                else [(value, getattr(style, key)) for style in trained]
+            )
+            assert pairs, axis
+            for beyond, train in pairs:
+                assert beyond[0] >= train[1] or beyond[1] <= train[0], (axis, key)
+    style, axes = holdout_variant(7003)
+    assert len(set(axes)) == 2 and style.name == "holdout"

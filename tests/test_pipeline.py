@@ -198,7 +198,8 @@ def test_analyze_refuses_unusable_input(tmp_path: Path) -> None:
 
 def test_train_demo_smoke_run_produces_a_loadable_bundle(phantom_factory, tmp_path: Path) -> None:
     """The documented training command, shrunk to seconds: it must still produce models
-    that load and run (their accuracy is not the point here)."""
+    that load and run (their accuracy is not the point here). The restart trains on the
+    wide-style phantoms, a dataset of its own, from the first run's weights."""
     out = tmp_path / "models"
     proc = _lge_node(
         "train-demo",
@@ -216,17 +217,30 @@ def test_train_demo_smoke_run_produces_a_loadable_bundle(phantom_factory, tmp_pa
         "1",
         "--nnunet-restart-epochs",
         "1",
+        "--restart-style",
+        "wide",
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["synthetic_trained"] is True and manifest["training_data"]["cases"] == 4
     assert manifest["settings"]["restart_epochs"] == [1]
-    # the restart ran in fold_all, starting from the first run's final weights
-    results = next((tmp_path / "work" / "nnUNet_results").glob("*/*__2d"))
-    first = results / "fold_all_stage1" / "checkpoint_final.pth"
-    assert first.is_file() and (results / "fold_all" / "checkpoint_final.pth").is_file()
-    log = "".join(p.read_text() for p in (results / "fold_all").glob("training_log_*.txt"))
+    runs = manifest["training_data"]["runs"]
+    assert [r["style"] for r in runs] == ["randomized", "wide"]
+    assert runs[0]["seeds"] != runs[1]["seeds"]  # new cases, not the first run's restyled
+    # the restart ran in the wide dataset's fold_all, from the first run's final weights
+    results = tmp_path / "work" / "nnUNet_results"
+    first = next(results.glob("Dataset501_*/*__2d")) / "fold_all_stage1" / "checkpoint_final.pth"
+    restart = next(results.glob("Dataset503_*/*__2d")) / "fold_all"
+    assert first.is_file() and (restart / "checkpoint_final.pth").is_file()
+    log = "".join(p.read_text() for p in restart.glob("training_log_*.txt"))
     assert f"warm restart from {first}" in log
+    # the restart's data was preprocessed with the first run's plans (same network)
+    plans = {
+        json.loads(p.read_text())["configurations"]["2d"]["spacing"].__repr__()
+        for p in (tmp_path / "work" / "nnUNet_preprocessed").glob("*/nnUNetPlans_tiny.json")
+    }
+    assert len(plans) == 1
+    assert "--restart-style wide" in (out / "MODEL_CARD.md").read_text()
     bundle = ModelBundle.load(out)
     case = phantom_factory(seed=7, kind="psir")
     result = Pipeline(bundle).run(load_series(case.out_dir / "dicom"))

@@ -30,7 +30,7 @@ def phantom(
     ] = False,
     slices: Annotated[
         int | None,
-        typer.Option(help="8..14 (classic), 5..20 (randomized, holdout); default: by seed."),
+        typer.Option(help="8..14 (classic), 5..20 (randomized, wide, holdout); default: by seed."),
     ] = None,
     scar: Annotated[
         bool | None, typer.Option("--scar/--no-scar", help="Force an infarct or none.")
@@ -47,8 +47,10 @@ def phantom(
     style: Annotated[
         str,
         typer.Option(
-            help="classic, randomized (wide anatomy/appearance/geometry ranges) or holdout "
-            "(two axes beyond the randomized ranges)."
+            help="classic, randomized (wide anatomy/appearance/geometry ranges), wide "
+            "(randomized plus dilated/thick ventricles, lower SNR, grey blood, motion ghosts, "
+            "reduced phase resolution, multi-coil noise) or holdout (two axes beyond the "
+            "wide ranges)."
         ),
     ] = "classic",
 ) -> None:
@@ -209,7 +211,7 @@ def evaluate(
         list[str] | None,
         typer.Option(
             "--set",
-            help="classic, randomized, holdout (style never trained on), calibration; "
+            help="classic, randomized, wide, holdout (style never trained on), calibration; "
             "repeat for several (default: classic, randomized, holdout).",
         ),
     ] = None,
@@ -358,6 +360,14 @@ def train_demo(
             "reached (a warm restart); repeat for several."
         ),
     ] = None,
+    restart_style: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Phantom style of each restart's non-classic cases, in order: randomized "
+            "(as the first run) or wide (wider anatomy, lower SNR, acquisition artifacts; "
+            "new seeds); repeat per restart, missing ones are randomized."
+        ),
+    ] = None,
     yolo_epochs: Annotated[int, typer.Option(help="YOLO epochs.")] = 6,
     work: Annotated[Path | None, typer.Option(help="Scratch folder.")] = None,
     small_infarct_every: Annotated[
@@ -382,16 +392,22 @@ def train_demo(
     ] = False,
 ) -> None:
     """Train the bundled demo models on phantoms (fixed seeds; CPU; see README for time)."""
-    from pipeline.research.train import TRAINERS, TrainSettings
+    from pipeline.research.train import PHANTOM_DATASETS, TRAINERS, TrainSettings
     from pipeline.research.train import train_demo as run
 
     if trainer not in TRAINERS:
         raise fail(f"--trainer must be one of {', '.join(TRAINERS)}")
+    styles = tuple(restart_style or ())
+    if unknown := [s for s in styles if s not in PHANTOM_DATASETS]:
+        raise fail(f"--restart-style must be one of {', '.join(PHANTOM_DATASETS)}: {unknown}")
+    if len(styles) > len(nnunet_restart_epochs or ()):
+        raise fail("--restart-style given more often than --nnunet-restart-epochs")
     settings = TrainSettings(
         cases=cases,
         nnunet_epochs=nnunet_epochs,
         nnunet_iterations=nnunet_iterations,
         restart_epochs=tuple(nnunet_restart_epochs or ()),
+        restart_styles=styles,
         yolo_epochs=yolo_epochs,
         small_infarct_every=small_infarct_every,
         spacing_mm=spacing_mm,

@@ -17,10 +17,13 @@ of the worst scar cases shows what the numbers hide.
 
 Evaluation sets (``--set``), all seeds disjoint from training (10000+):
 - ``classic``: the original generator, seeds 5000+;
-- ``randomized``: the domain-randomized generator the model trains on, seeds 6000+;
-- ``holdout``: a style never trained on (two axes per case beyond the training ranges),
+- ``randomized``: the domain-randomized generator the first training run uses, seeds 6000+;
+- ``wide``: the wider style of the later warm restarts (lower SNR, dilated and thick
+  ventricles, grey blood, motion ghosts, reduced phase resolution, multi-coil noise),
+  seeds 6500+;
+- ``holdout``: a style never trained on (two axes per case beyond the wide ranges),
   seeds 7000+.
-The QC thresholds are set on a separate calibration set (randomized and holdout styles
+The QC thresholds are set on a separate calibration set (wide and holdout styles
 alternating, seeds 8000+: `calibrate_qc`), never on these. Each set reports the targets
 of the robustness issue and how many failures (myocardium Dice < 0.80 or scar % off by
 > 5 points) the QC flagged.
@@ -53,8 +56,9 @@ EVAL_SEED_BASE = 5_000  # below train.TRAIN_SEED_BASE: never used in training
 EVAL_SETS = {  # name -> (first seed, phantom style)
     "classic": (EVAL_SEED_BASE, "classic"),
     "randomized": (6_000, "randomized"),
+    "wide": (6_500, "wide"),
     "holdout": (7_000, "holdout"),
-    # For the QC thresholds only: randomized and holdout styles alternating, so the
+    # For the QC thresholds only: wide and holdout styles alternating, so the
     # calibration sees failures of the kinds a shifted appearance causes.
     "calibration": (8_000, "mixed"),
 }
@@ -161,7 +165,7 @@ def eval_specs(n: int, eval_set: str = "classic") -> list[PhantomSpec]:
             kind="psir" if i % 2 == 0 else "magnitude",
             mvo=True if i % 3 == 0 else None,
             enhanced=i % 4 == 1,
-            style=("holdout" if i % 2 else "randomized") if style == "mixed" else style,
+            style=("holdout" if i % 2 else "wide") if style == "mixed" else style,
         )
         for i in range(n)
     ]
@@ -689,7 +693,7 @@ def calibrate_qc(pipeline: Pipeline, n_cases: int, out_dir: Path, manifest: Path
         [c.reliability_measures or {} for c in cases],
         [c.failed for c in cases],
         source=f"calibration set: {len(cases)} phantoms, seeds {base}-{base + len(cases) - 1}, "
-        f"randomized and holdout styles alternating, test-time mirroring {_mode(pipeline)}",
+        f"wide and holdout styles alternating, test-time mirroring {_mode(pipeline)}",
     )
     doc = json.loads(manifest.read_text()) if manifest.is_file() else {}
     doc["qc"] = cal.to_json()

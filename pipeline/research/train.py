@@ -35,6 +35,13 @@ DATASET_ID = 501
 DATASET_NAME = f"Dataset{DATASET_ID}_LGEPhantom"
 IMPORTED_ID = 502  # a dataset from `lge-node dataset import`
 IMPORTED_NAME = f"Dataset{IMPORTED_ID}_LGEImported"
+TRAIN_SEED_BASE = 10_000  # evaluation uses seeds below 10_000: never seen in training
+# Phantom datasets by the style of their non-classic cases: (dataset id, name, first seed).
+# Each style draws its own seeds, so a later run sees new cases, not restyled old ones.
+PHANTOM_DATASETS = {
+    "randomized": (DATASET_ID, DATASET_NAME, TRAIN_SEED_BASE),
+    "wide": (503, "Dataset503_LGEPhantomWide", 30_000),
+}
 PLANS = "nnUNetPlans_tiny"
 FULL_PLANS = "nnUNetPlans"  # nnU-Net's own plan, unchanged (--size full)
 TRAINERS = {"robust": "nnUNetTrainer_LGERobust", "default": "nnUNetTrainer_LGEDemo"}
@@ -48,7 +55,6 @@ def model_subdir(trainer: str = TRAINER, plans: str = PLANS) -> str:
 
 
 MODEL_SUBDIR = model_subdir()
-TRAIN_SEED_BASE = 10_000  # evaluation uses seeds below 10_000: never seen in training
 DEFAULT_MODEL_DIR = runtime.BUNDLED_MODELS  # train-demo regenerates what ships
 
 
@@ -62,6 +68,9 @@ class TrainSettings:
     # further runs of the learning-rate schedule, each starting from the previous run's
     # weights (warm restarts); () trains once
     restart_epochs: tuple[int, ...] = ()
+    # phantom style of each restart's non-classic cases (a key of PHANTOM_DATASETS);
+    # restarts beyond this tuple use "randomized", as the first run does
+    restart_styles: tuple[str, ...] = ()
     yolo_epochs: int = 12
     small_infarct_every: int = 0  # 0: none forced (the shipped models)
     spacing_mm: float | None = None  # in-plane resampling; None: nnU-Net's plan (median)
@@ -88,13 +97,30 @@ class TrainSettings:
     def plans(self) -> str:
         return SIZES[self.size]
 
+    def stage_styles(self) -> tuple[str, ...]:
+        """Phantom style of every nnU-Net run: the first, then each restart."""
+        if self.dataset is not None:
+            return ("imported",) * (1 + len(self.restart_epochs))
+        styles = self.restart_styles + ("randomized",) * len(self.restart_epochs)
+        return ("randomized", *styles[: len(self.restart_epochs)])
 
-def _phantom_specs(n: int, small_infarct_every: int = 0, classic_every: int = 1):
+    def stage_dataset(self, k: int) -> tuple[int, str]:
+        """nnU-Net dataset (id, name) that run ``k`` trains on."""
+        if self.dataset is not None:
+            return IMPORTED_ID, IMPORTED_NAME
+        dataset_id, name, _ = PHANTOM_DATASETS[self.stage_styles()[k]]
+        return dataset_id, name
+
+
+def _phantom_specs(
+    n: int, small_infarct_every: int = 0, classic_every: int = 1, style: str = "randomized"
+):
     from pipeline.research.phantom import PhantomSpec
 
+    first_seed = PHANTOM_DATASETS[style][2]
     specs = []
     for i in range(n):
-        seed = TRAIN_SEED_BASE + i
+        seed = first_seed + i
         kind = "psir" if i % 2 == 0 else "magnitude"
         # A third of the cases carry MVO, so the rare class is seen often enough.
         # Optionally small thin infarcts (~1 ml), the ones a segmenter misses, are
@@ -104,8 +130,10 @@ def _phantom_specs(n: int, small_infarct_every: int = 0, classic_every: int = 1)
         small = bool(k) and i % k == min(2, k - 1) and mvo is None
         # i % 3 == 0 carries MVO: offset the classic/randomized split so both styles
         # get MVO cases.
-        style = "classic" if (i // 2) % classic_every == 0 else "randomized"
-        specs.append(PhantomSpec(seed=seed, kind=kind, mvo=mvo, small_infarct=small, style=style))
+        case_style = "classic" if (i // 2) % classic_every == 0 else style
+        specs.append(
+            PhantomSpec(seed=seed, kind=kind, mvo=mvo, small_infarct=small, style=case_style)
+        )
     return specs
 
 
@@ -124,15 +152,28 @@ def _render(args: tuple) -> tuple[int, str]:
 
 
 def generate_data(settings: TrainSettings) -> tuple[Path, Path]:
-    """Phantoms -> nnU-Net raw dataset and YOLO dataset under ``work_dir``."""
+    """Phantoms -> nnU-Net raw dataset(s) and YOLO dataset under ``work_dir``; returns the
+    first run's (the detector trains on it)."""
+    if settings.dataset is not None:
+        return _link_imported(settings)
+    first = None
+    for style in dict.fromkeys(settings.stage_styles()):  # each style once, in order
+        paths = _generate_phantoms(settings, style)
+        first = first or paths
+    assert first is not None
+    return first
+
+
+def _generate_phantoms(settings: TrainSettings, style: str) -> tuple[Path, Path]:
     from concurrent.futures import ProcessPoolExecutor
 
     work = settings.work_dir
-    if settings.dataset is not None:
-        return _link_imported(settings)
-    raw = work / "nnUNet_raw" / DATASET_NAME
-    yolo = work / "yolo"
-    specs = _phantom_specs(settings.cases, settings.small_infarct_every, settings.classic_every)
+    _, name, _ = PHANTOM_DATASETS[style]
+    raw = work / "nnUNet_raw" / name
+    yolo = work / ("yolo" if style == "randomized" else f"yolo_{style}")
+    specs = _phantom_specs(
+        settings.cases, settings.small_infarct_every, settings.classic_every, style
+    )
     if settings.resume and (raw / "dataset.json").is_file():
         return raw, yolo  # written last: the data is complete
     for path in (raw, yolo):
@@ -208,20 +249,32 @@ def train_nnunet(settings: TrainSettings) -> Path:
         preprocess,
     )
 
-    pre = work / "nnUNet_preprocessed" / settings.dataset_name
     plans_name = settings.plans
-    done = pre / f"{plans_name}_{CONFIGURATION}.done"
-    if not (settings.resume and done.is_file()):
+    stages = (settings.nnunet_epochs, *settings.restart_epochs)
+    datasets = list(dict.fromkeys(settings.stage_dataset(k) for k in range(len(stages))))
+    first_pre = work / "nnUNet_preprocessed" / datasets[0][1]
+    for k, (dataset_id, name) in enumerate(datasets):
+        pre = work / "nnUNet_preprocessed" / name
+        done = pre / f"{plans_name}_{CONFIGURATION}.done"
+        if settings.resume and done.is_file():
+            continue
         shutil.rmtree(pre, ignore_errors=True)
-        ids = [settings.dataset_id]
-        extract_fingerprints(ids, num_processes=1, check_dataset_integrity=True)
-        plan_experiments(ids)
-        if settings.size == "demo":
-            plans = json.loads((pre / "nnUNetPlans.json").read_text())
-            tiny = tiny_plans(plans, settings.spacing_mm)
-            (pre / f"{PLANS}.json").write_text(json.dumps(tiny, indent=2))
-        preprocess(ids, plans_name, configurations=[CONFIGURATION], num_processes=[1])
-        splits = work / "nnUNet_raw" / settings.dataset_name / "splits_final.json"
+        extract_fingerprints([dataset_id], num_processes=1, check_dataset_integrity=True)
+        if k == 0:
+            plan_experiments([dataset_id])
+            if settings.size == "demo":
+                plans = json.loads((pre / "nnUNetPlans.json").read_text())
+                tiny = tiny_plans(plans, settings.spacing_mm)
+                (pre / f"{PLANS}.json").write_text(json.dumps(tiny, indent=2))
+        else:
+            # A later run continues the first run's network: same architecture, spacing
+            # and normalization, so its data is preprocessed with the first run's plans.
+            plans = json.loads((first_pre / f"{plans_name}.json").read_text())
+            plans["dataset_name"] = name
+            (pre / f"{plans_name}.json").write_text(json.dumps(plans, indent=2))
+            shutil.copyfile(work / "nnUNet_raw" / name / "dataset.json", pre / "dataset.json")
+        preprocess([dataset_id], plans_name, configurations=[CONFIGURATION], num_processes=[1])
+        splits = work / "nnUNet_raw" / name / "splits_final.json"
         if splits.is_file():  # the import's folds, not nnU-Net's own draw
             shutil.copyfile(splits, pre / "splits_final.json")
         done.touch()
@@ -231,28 +284,31 @@ def train_nnunet(settings: TrainSettings) -> Path:
     os.environ["nnUNet_n_proc_DA"] = os.environ.get("LGE_NODE_DA_PROCS", "0")
     runtime.set_threads()
     trainer = TRAINERS[settings.trainer]
-    results = work / "nnUNet_results" / settings.dataset_name / model_subdir(trainer, plans_name)
-    stages = (settings.nnunet_epochs, *settings.restart_epochs)
+    subdir = model_subdir(trainer, plans_name)
     for fold in settings.folds:
-        folder = results / f"fold_{fold}"
         init: Path | None = None
         for k, epochs in enumerate(stages):
+            dataset_id, name = settings.stage_dataset(k)
+            results = work / "nnUNet_results" / name / subdir
+            folder = results / f"fold_{fold}"
             # nnU-Net always trains into fold_<fold>; a finished earlier stage moves aside
             done_as = folder if k == len(stages) - 1 else results / f"fold_{fold}_stage{k + 1}"
             if settings.resume and (done_as / "checkpoint_final.pth").is_file():
                 init = done_as / "checkpoint_final.pth"
                 continue  # finished (and validated) in an earlier run
             if not (settings.resume and (folder / "checkpoint_final.pth").is_file()):
-                _train_stage(settings, trainer, plans_name, fold, folder, epochs, init)
+                _train_stage(settings, dataset_id, trainer, plans_name, fold, folder, epochs, init)
             if done_as != folder:
                 shutil.rmtree(done_as, ignore_errors=True)
                 folder.rename(done_as)
             init = done_as / "checkpoint_final.pth"
-    return results
+    _, last = settings.stage_dataset(len(stages) - 1)
+    return work / "nnUNet_results" / last / subdir
 
 
 def _train_stage(
     settings: TrainSettings,
+    dataset_id: int,
     trainer: str,
     plans: str,
     fold: str,
@@ -272,7 +328,7 @@ def _train_stage(
     torch.manual_seed(settings.seed)
     np.random.seed(settings.seed)
     run_training(
-        str(settings.dataset_id),
+        str(dataset_id),
         CONFIGURATION,
         fold,
         trainer,
@@ -349,7 +405,8 @@ def package(settings: TrainSettings, nnunet_dir: Path, yolo_weights: Path) -> Pa
     out = settings.out_dir
     shutil.rmtree(out, ignore_errors=True)
     trainer = TRAINERS[settings.trainer]
-    dst = out / "nnunet" / settings.dataset_name / model_subdir(trainer, settings.plans)
+    _, name = settings.stage_dataset(len(settings.restart_epochs))  # the last run's data
+    dst = out / "nnunet" / name / model_subdir(trainer, settings.plans)
     for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
         dst.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(nnunet_dir / name, dst / name)
@@ -367,6 +424,12 @@ def package(settings: TrainSettings, nnunet_dir: Path, yolo_weights: Path) -> Pa
             "generator": "lge-node phantom",
             "seeds": [TRAIN_SEED_BASE, TRAIN_SEED_BASE + settings.cases - 1],
             "cases": settings.cases,
+            # non-classic style and seeds of each nnU-Net run (the first, then restarts)
+            "runs": [
+                {"style": style, "seeds": [seed, seed + settings.cases - 1]}
+                for style in settings.stage_styles()
+                for seed in (PHANTOM_DATASETS[style][2],)
+            ],
         }
     else:
         card = json.loads((settings.dataset / "dataset_card.json").read_text())
@@ -410,13 +473,37 @@ def imported_card(manifest: dict) -> str:
     )
 
 
-def _restarts_text(epochs: tuple[int, ...]) -> str:
+def _restarts_text(epochs: tuple[int, ...], styles: tuple[str, ...] = ()) -> str:
     if not epochs:
         return ""
+    named = [
+        f"{n}{'' if style == 'randomized' else f' ({style} phantoms)'}"
+        for n, style in zip(epochs, (*styles, *("randomized",) * len(epochs)), strict=False)
+    ]
     if len(epochs) == 1:
-        return f", then a warm restart of {epochs[0]} epochs from those weights"
-    runs = ", ".join(str(n) for n in epochs[:-1]) + f" and {epochs[-1]}"
+        return f", then a warm restart of {named[0]} epochs from those weights"
+    runs = ", ".join(named[:-1]) + f" and {named[-1]}"
     return f", then warm restarts of {runs} epochs, each from the previous run's weights"
+
+
+def _later_data_text(settings: TrainSettings) -> str:
+    styles = [s for s in dict.fromkeys(settings.stage_styles()) if s != "randomized"]
+    return "".join(
+        f"; the restarts marked {style}: {settings.cases} further phantoms, seeds "
+        f"{PHANTOM_DATASETS[style][2]}-{PHANTOM_DATASETS[style][2] + settings.cases - 1}, the "
+        f"same mix with the {style} style instead (also dilated thin-walled and thicker "
+        "ventricles, SNR down to 5, grey blood, motion ghosts, reduced phase resolution, "
+        "multi-coil noise, parallel-imaging g-factor)"
+        for style in styles
+    )
+
+
+def _restart_options(settings: TrainSettings) -> str:
+    options = "".join(f" --nnunet-restart-epochs {n}" for n in settings.restart_epochs)
+    styles = settings.stage_styles()[1:]
+    if any(style != "randomized" for style in styles):
+        options += "".join(f" --restart-style {style}" for style in styles)
+    return options
 
 
 def model_card(settings: TrainSettings) -> str:
@@ -429,9 +516,10 @@ def model_card(settings: TrainSettings) -> str:
         trainer=TRAINERS[settings.trainer],
         nnunet_epochs=settings.nnunet_epochs,
         nnunet_iterations=settings.nnunet_iterations,
-        restarts=_restarts_text(settings.restart_epochs),
-        restart_options="".join(f" --nnunet-restart-epochs {n}" for n in settings.restart_epochs),
-        dataset=DATASET_NAME,
+        restarts=_restarts_text(settings.restart_epochs, settings.restart_styles),
+        restart_options=_restart_options(settings),
+        later_data=_later_data_text(settings),
+        dataset=settings.stage_dataset(len(settings.restart_epochs))[1],
         model_subdir=model_subdir(TRAINERS[settings.trainer]),
         cases=settings.cases,
         first_seed=TRAIN_SEED_BASE,

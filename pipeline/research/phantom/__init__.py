@@ -52,8 +52,9 @@ class PhantomSpec:
     # A narrow, thin subendocardial infarct (~1-2 ml): the hard case for a segmenter,
     # drawn from its own stream so the rest of the seed's anatomy stays the same.
     small_infarct: bool = False
-    # classic (the original generator), randomized (domain randomization, for training)
-    # or holdout (two axes per seed beyond the randomized ranges, for evaluation only)
+    # classic (the original generator), randomized (domain randomization, for training),
+    # wide (randomized plus wider anatomy, lower SNR and acquisition artifacts, for
+    # training) or holdout (two axes per seed beyond the wide ranges, for evaluation only)
     style: str = "classic"
     # A peri-infarct border zone of intermediate signal (grey zone), with its volume in
     # truth.json; drawn from its own stream, so the rest of the seed stays the same.
@@ -183,6 +184,13 @@ def make_phantom(out_dir: Path | str, spec: PhantomSpec, progress: bool = False)
         "matrix": [acq.rows, acq.columns],
         "stack_runs": "apex_to_base" if acq.normal @ anatomy.axis < 0 else "base_to_apex",
         "snr": acq.snr,
+        "artifacts": {
+            "phase_encoding": "columns" if acq.phase_axis else "rows",
+            "ghost_amplitude": acq.ghost_amplitude,
+            "kspace_fraction": acq.kspace_fraction,
+            "coils": acq.coils,
+            "gfactor": acq.gfactor,
+        },
         "pixel_spacing_mm": acq.pixel_spacing,
         "slice_thickness_mm": acq.thickness,
         "slice_gap_mm": acq.gap,

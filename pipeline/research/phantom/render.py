@@ -47,6 +47,13 @@ class Acquisition:
     psf_sigma_px: float = 0.0  # extra in-plane blur
     bias_lobes: int = 2
     bias_floor: float = 0.7
+    # acquisition artifacts (the wide and holdout styles); the defaults change nothing
+    phase_axis: int = 1  # image axis of phase encoding: 0 rows, 1 columns
+    ghost_amplitude: float = 0.0  # signed: a replica can add or subtract
+    ghost_shift: float = 0.0  # replica offset, fraction of the matrix along phase encoding
+    kspace_fraction: float = 1.0  # central fraction of phase-encoding lines acquired
+    coils: int = 1
+    gfactor: float = 1.0
 
     @property
     def n_slices(self) -> int:
@@ -139,6 +146,18 @@ def sample_case(
             "bias_lobes": int(extra.integers(style.bias_lobes[0], style.bias_lobes[1] + 1)),
             "bias_floor": float(extra.uniform(0.45, 0.9)),
         }
+        if style.artifacts:  # drawn last: the earlier styles' draws stay as they were
+            ghost = extra.random() < style.ghost_p
+            truncate = extra.random() < style.kspace_p
+            amplitude = draw(extra, style.ghost_amplitude) * (1 if extra.random() < 0.7 else -1)
+            appearance |= {
+                "phase_axis": int(extra.integers(0, 2)),
+                "ghost_amplitude": amplitude if ghost else 0.0,
+                "ghost_shift": float(extra.uniform(0.12, 0.5)),
+                "kspace_fraction": draw(extra, style.kspace_fraction) if truncate else 1.0,
+                "coils": int(extra.integers(style.coils[0], style.coils[1] + 1)),
+                "gfactor": draw(extra, style.gfactor),
+            }
     positions = centres - ((columns - 1) / 2) * pixel * row - ((rows - 1) / 2) * pixel * col
 
     acq = Acquisition(
@@ -241,7 +260,33 @@ def render(
     if acq.psf_sigma_px > 0:
         out = ndimage.gaussian_filter(out, sigma=(0, acq.psf_sigma_px, acq.psf_sigma_px))
     out *= _bias_field(rng, acq, style)
-    return out, labels
+    return _acquisition_artifacts(out, acq), labels
+
+
+def _acquisition_artifacts(signal: np.ndarray, acq: Acquisition) -> np.ndarray:
+    """Motion ghosts and reduced phase resolution, both along the phase-encoding axis.
+
+    Periodic motion during the acquisition modulates k-space line by line: the image gains
+    faint replicas shifted along phase encoding (wrapping around, as aliasing does).
+    Acquiring only the central fraction of the phase-encoding lines (reduced phase
+    resolution, zero-filled) blurs along that axis and rings at sharp edges (Gibbs).
+    """
+    axis = 1 + acq.phase_axis  # (K, rows, columns)
+    if acq.ghost_amplitude:
+        n = signal.shape[axis]
+        shift = max(1, round(acq.ghost_shift * n))
+        replicas = np.roll(signal, shift, axis) + np.roll(signal, -shift, axis)
+        second = np.roll(signal, 2 * shift, axis) + np.roll(signal, -2 * shift, axis)
+        signal = signal + acq.ghost_amplitude * (replicas + 0.5 * second)
+    if acq.kspace_fraction < 1.0:
+        n = signal.shape[axis]
+        k = np.fft.fftfreq(n) * n  # line index, 0 at the centre of k-space
+        keep = np.abs(k) <= acq.kspace_fraction * n / 2
+        shape = [1, 1, 1]
+        shape[axis] = n
+        spectrum = np.fft.fft(signal, axis=axis) * keep.reshape(shape)
+        signal = np.fft.ifft(spectrum, axis=axis).real
+    return signal.astype(np.float32)
 
 
 def _sample(
@@ -315,7 +360,14 @@ def _bias_field(rng: np.random.Generator, acq: Acquisition, style: Style) -> np.
 def add_noise(
     rng: np.random.Generator, signal: np.ndarray, acq: Acquisition, kind: str
 ) -> np.ndarray:
-    """Scale to scanner units and add noise: Rician for magnitude, Gaussian for PSIR."""
+    """Scale to scanner units and add noise: Rician for magnitude, Gaussian for PSIR.
+
+    With several receive channels the magnitude is their root-sum-of-squares (noncentral
+    chi: a brighter noise floor); a g-factor above 1 amplifies the noise towards the
+    image centre, as parallel imaging does far from the coils.
+    """
+    if acq.coils > 1 or acq.gfactor != 1.0:
+        return _add_multichannel_noise(rng, signal, acq, kind)
     sigma = 1.0 / acq.snr
     n1 = rng.normal(0, sigma, signal.shape)
     if kind == "magnitude":
@@ -323,6 +375,26 @@ def add_noise(
         noisy = np.sqrt((signal + n1) ** 2 + n2**2)
     else:
         noisy = signal + n1
+    return (noisy * acq.scale).astype(np.float32)
+
+
+def _add_multichannel_noise(
+    rng: np.random.Generator, signal: np.ndarray, acq: Acquisition, kind: str
+) -> np.ndarray:
+    y, x = np.mgrid[0 : acq.rows, 0 : acq.columns].astype(float)
+    r2 = ((y / acq.rows - 0.5) ** 2 + (x / acq.columns - 0.5) ** 2) / (2 * 0.3**2)
+    sigma = ((1 + (acq.gfactor - 1) * np.exp(-r2)) / acq.snr)[None]
+    if kind != "magnitude":  # phase-sensitive reconstruction: real-valued, Gaussian
+        noisy = signal + sigma * rng.standard_normal(signal.shape)
+    else:
+        # each channel sees signal / sqrt(L); the noise per channel keeps sigma, so the
+        # combined SNR of tissue stays acq.snr while the noise floor rises with L
+        share = signal / np.sqrt(acq.coils)
+        total = np.zeros(signal.shape, dtype=np.float64)
+        for _ in range(acq.coils):
+            total += (share + sigma * rng.standard_normal(signal.shape)) ** 2
+            total += (sigma * rng.standard_normal(signal.shape)) ** 2
+        noisy = np.sqrt(total)
     return (noisy * acq.scale).astype(np.float32)
 
 

@@ -3,7 +3,12 @@
 ``classic`` is the generator the project started with (its seeds give the same images as
 ever). ``randomized`` is domain randomization for training: every range is wide, so that a
 model cannot learn one scanner's look, one heart shape or one geometry convention.
-``holdout`` is for evaluation only: the randomized ranges with two axes per case pushed
+``wide`` widens it further (training of the later warm restarts): dilated thin-walled and
+thicker ventricles, lower SNR, darker (grey-blood) pools, and acquisition artifacts that
+the earlier styles never draw: motion ghosts along the phase-encoding direction, reduced
+phase resolution (k-space truncation: blur and Gibbs ringing), multi-coil magnitude noise
+and parallel-imaging noise amplification (g-factor).
+``holdout`` is for evaluation only: the wide ranges with two axes per case pushed
 *outside* what training ever saw, so that the evaluation measures generalization, not
 memory of the training ranges.
 
@@ -88,6 +93,13 @@ class Style:
     bias_amplitude: Range = (0.2, 0.45)
     bias_width: Range = (0.35, 0.6)
     psf_sigma_px: Range = (0.0, 0.0)  # extra in-plane blur (lower effective resolution)
+    # acquisition artifacts (drawn only when ``artifacts``; earlier styles stay bit-identical)
+    ghost_p: float = 0.0  # probability of motion ghosts
+    ghost_amplitude: Range = (0.0, 0.0)  # replica amplitude, fraction of the image
+    kspace_p: float = 0.0  # probability of reduced phase resolution
+    kspace_fraction: Range = (1.0, 1.0)  # fraction of phase-encoding k-space acquired
+    coils: tuple[int, int] = (1, 1)  # receive channels combined by root-sum-of-squares
+    gfactor: Range = (1.0, 1.0)  # peak parallel-imaging noise amplification
     # anatomy
     tilt_deg: float = 6.0
     septal_rotation_deg: float = 20.0
@@ -114,6 +126,15 @@ class Style:
     @property
     def randomized(self) -> bool:
         return self.name != "classic"
+
+    @property
+    def artifacts(self) -> bool:
+        return (
+            self.ghost_p > 0
+            or self.kspace_p > 0
+            or self.coils != (1, 1)
+            or self.gfactor != (1.0, 1.0)
+        )
 
 
 CLASSIC = Style(name="classic")
@@ -161,30 +182,54 @@ RANDOMIZED = Style(
     supersample_window_mm=95.0,
 )
 
-# Axes the holdout style pushes beyond the randomized (training) ranges, two per case.
+WIDE_SIGNALS = {
+    "magnitude": replace(RANDOMIZED_SIGNALS["magnitude"], blood=(0.2, 1.0), myocardium=(0.0, 0.3)),
+    "psir": replace(RANDOMIZED_SIGNALS["psir"], blood=(0.2, 1.0), myocardium=(-0.08, 0.24)),
+}
+
+WIDE = replace(
+    RANDOMIZED,
+    name="wide",
+    snr=(5.0, 60.0),
+    signals=WIDE_SIGNALS,
+    radius_mm=(18.0, 38.0),
+    wall_mm=(4.0, 14.0),
+    wall_clip_mm=(3.0, 17.0),
+    ghost_p=0.4,
+    ghost_amplitude=(0.02, 0.15),
+    kspace_p=0.4,
+    kspace_fraction=(0.55, 1.0),
+    coils=(1, 4),
+    gfactor=(1.0, 2.0),
+)
+
+# Axes the holdout style pushes beyond the wide (training) ranges, two per case.
 _BEYOND: dict[str, dict[str, object]] = {
-    "low_snr": {"snr": (4.5, 7.0)},
+    "low_snr": {"snr": (3.5, 5.0)},
     "coarse_pixels": {"pixel_mm": (2.5, 2.9), "matrix_clip": (96, 512)},
-    "strong_bias": {"bias_amplitude": (0.8, 1.1), "bias_width": (0.15, 0.25)},
+    "strong_bias": {"bias_amplitude": (0.8, 1.1), "bias_width": (0.12, 0.2)},
     "rough_texture": {"texture": (0.09, 0.13)},
     "blurred": {"psf_sigma_px": (0.7, 1.0)},
-    "dilated_lv": {"radius_mm": (35.0, 40.0), "wall_mm": (4.0, 6.0)},
-    "hypertrophic": {"wall_mm": (13.0, 16.0), "wall_clip_mm": (3.5, 18.0)},
+    "dilated_lv": {"radius_mm": (38.0, 44.0), "wall_mm": (3.0, 4.0), "wall_clip_mm": (2.5, 17.0)},
+    "hypertrophic": {"wall_mm": (14.0, 18.0), "wall_clip_mm": (3.0, 20.0)},
     "myocardium_not_nulled": {
         "signals": {
-            kind: replace(s, myocardium=(0.28, 0.38) if kind == "magnitude" else (0.22, 0.3))
-            for kind, s in RANDOMIZED_SIGNALS.items()
+            kind: replace(s, myocardium=(0.3, 0.4) if kind == "magnitude" else (0.24, 0.32))
+            for kind, s in WIDE_SIGNALS.items()
         }
     },
     "dark_blood": {
-        "signals": {kind: replace(s, blood=(0.2, 0.3)) for kind, s in RANDOMIZED_SIGNALS.items()}
+        "signals": {kind: replace(s, blood=(0.1, 0.2)) for kind, s in WIDE_SIGNALS.items()}
     },
+    "strong_ghosts": {"ghost_p": 1.0, "ghost_amplitude": (0.15, 0.25)},
+    "low_phase_resolution": {"kspace_p": 1.0, "kspace_fraction": (0.4, 0.55)},
+    "high_gfactor": {"gfactor": (2.0, 3.0)},
 }
 HOLDOUT_AXES = tuple(_BEYOND)
 
-HOLDOUT = replace(RANDOMIZED, name="holdout")
+HOLDOUT = replace(WIDE, name="holdout")
 
-STYLES = {s.name: s for s in (CLASSIC, RANDOMIZED, HOLDOUT)}
+STYLES = {s.name: s for s in (CLASSIC, RANDOMIZED, WIDE, HOLDOUT)}
 
 
 def holdout_variant(seed: int) -> tuple[Style, tuple[str, str]]:
@@ -203,7 +248,7 @@ def holdout_variant(seed: int) -> tuple[Style, tuple[str, str]]:
                         **{
                             f: getattr(new, f)
                             for f in ("blood", "myocardium")
-                            if getattr(new, f) != getattr(RANDOMIZED_SIGNALS[kind], f)
+                            if getattr(new, f) != getattr(WIDE_SIGNALS[kind], f)
                         },
                     )
                 value = merged
