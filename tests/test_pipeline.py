@@ -241,6 +241,9 @@ def test_train_demo_smoke_run_produces_a_loadable_bundle(phantom_factory, tmp_pa
     }
     assert len(plans) == 1
     assert "--restart-style wide" in (out / "MODEL_CARD.md").read_text()
+    # the detector trained on the widest style's phantoms, the last run's
+    yolo_runs = tmp_path / "work" / "yolo_runs"
+    assert sorted(p.name for p in yolo_runs.iterdir()) == ["heart_wide"]
     bundle = ModelBundle.load(out)
     case = phantom_factory(seed=7, kind="psir")
     result = Pipeline(bundle).run(load_series(case.out_dir / "dicom"))

@@ -153,15 +153,16 @@ def _render(args: tuple) -> tuple[int, str]:
 
 def generate_data(settings: TrainSettings) -> tuple[Path, Path]:
     """Phantoms -> nnU-Net raw dataset(s) and YOLO dataset under ``work_dir``; returns the
-    first run's (the detector trains on it)."""
+    last run's: the detector trains on the widest style, since a heart it cannot find is
+    lost whatever the segmenter learned (a detector of the randomized style alone missed
+    the heart under motion ghosts and low SNR)."""
     if settings.dataset is not None:
         return _link_imported(settings)
-    first = None
+    last = None
     for style in dict.fromkeys(settings.stage_styles()):  # each style once, in order
-        paths = _generate_phantoms(settings, style)
-        first = first or paths
-    assert first is not None
-    return first
+        last = _generate_phantoms(settings, style)
+    assert last is not None
+    return last
 
 
 def _generate_phantoms(settings: TrainSettings, style: str) -> tuple[Path, Path]:
@@ -339,7 +340,9 @@ def _train_stage(
 
 
 def train_yolo(settings: TrainSettings, data_yaml: Path) -> Path:
-    run = (settings.work_dir / "yolo_runs").resolve() / "heart"
+    # one run folder per dataset: a resumed run never takes a detector trained on other data
+    name = "heart" + data_yaml.parent.name.removeprefix("yolo")
+    run = (settings.work_dir / "yolo_runs").resolve() / name
     best = run / "weights" / "best.pt"
     if settings.resume and (run / "finished").is_file() and best.is_file():
         return best
@@ -365,7 +368,7 @@ def train_yolo(settings: TrainSettings, data_yaml: Path) -> Path:
         deterministic=True,
         # absolute: ultralytics puts a relative project under ./runs/detect/
         project=str((settings.work_dir / "yolo_runs").resolve()),
-        name="heart",
+        name=name,
         exist_ok=True,
         verbose=False,
         mosaic=0.5,
@@ -498,6 +501,12 @@ def _later_data_text(settings: TrainSettings) -> str:
     )
 
 
+def _detector_data_text(settings: TrainSettings) -> str:
+    style = settings.stage_styles()[-1]  # generate_data hands the last run's data to YOLO
+    first = PHANTOM_DATASETS[style][2]
+    return f"the {style}-style training phantoms, seeds {first}-{first + settings.cases - 1}"
+
+
 def _restart_options(settings: TrainSettings) -> str:
     options = "".join(f" --nnunet-restart-epochs {n}" for n in settings.restart_epochs)
     styles = settings.stage_styles()[1:]
@@ -512,6 +521,7 @@ def model_card(settings: TrainSettings) -> str:
     return template.format(
         version=__version__,
         yolo_epochs=settings.yolo_epochs,
+        detector_data=_detector_data_text(settings),
         plans=PLANS,
         trainer=TRAINERS[settings.trainer],
         nnunet_epochs=settings.nnunet_epochs,
