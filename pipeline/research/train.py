@@ -111,6 +111,16 @@ class TrainSettings:
         dataset_id, name, _ = PHANTOM_DATASETS[self.stage_styles()[k]]
         return dataset_id, name
 
+    def detector_style(self) -> str:
+        """Phantom style the detector trains on: the last run's (the widest), since a heart
+        it cannot find is lost whatever the segmenter learned."""
+        return self.stage_styles()[-1]
+
+    def seeds(self, style: str) -> tuple[int, int]:
+        """First and last seed of a phantom style's training cases."""
+        first = PHANTOM_DATASETS[style][2]
+        return first, first + self.cases - 1
+
 
 def _phantom_specs(
     n: int, small_infarct_every: int = 0, classic_every: int = 1, style: str = "randomized"
@@ -153,16 +163,13 @@ def _render(args: tuple) -> tuple[int, str]:
 
 def generate_data(settings: TrainSettings) -> tuple[Path, Path]:
     """Phantoms -> nnU-Net raw dataset(s) and YOLO dataset under ``work_dir``; returns the
-    last run's: the detector trains on the widest style, since a heart it cannot find is
-    lost whatever the segmenter learned (a detector of the randomized style alone missed
-    the heart under motion ghosts and low SNR)."""
+    detector's style's (a detector of the randomized style alone missed the heart under
+    motion ghosts and low SNR)."""
     if settings.dataset is not None:
         return _link_imported(settings)
-    last = None
-    for style in dict.fromkeys(settings.stage_styles()):  # each style once, in order
-        last = _generate_phantoms(settings, style)
-    assert last is not None
-    return last
+    # each style once, in order
+    paths = {s: _generate_phantoms(settings, s) for s in dict.fromkeys(settings.stage_styles())}
+    return paths[settings.detector_style()]
 
 
 def _generate_phantoms(settings: TrainSettings, style: str) -> tuple[Path, Path]:
@@ -429,9 +436,8 @@ def package(settings: TrainSettings, nnunet_dir: Path, yolo_weights: Path) -> Pa
             "cases": settings.cases,
             # non-classic style and seeds of each nnU-Net run (the first, then restarts)
             "runs": [
-                {"style": style, "seeds": [seed, seed + settings.cases - 1]}
+                {"style": style, "seeds": list(settings.seeds(style))}
                 for style in settings.stage_styles()
-                for seed in (PHANTOM_DATASETS[style][2],)
             ],
         }
     else:
@@ -493,18 +499,18 @@ def _later_data_text(settings: TrainSettings) -> str:
     styles = [s for s in dict.fromkeys(settings.stage_styles()) if s != "randomized"]
     return "".join(
         f"; the restarts marked {style}: {settings.cases} further phantoms, seeds "
-        f"{PHANTOM_DATASETS[style][2]}-{PHANTOM_DATASETS[style][2] + settings.cases - 1}, the "
-        f"same mix with the {style} style instead (also dilated thin-walled and thicker "
-        "ventricles, SNR down to 5, grey blood, motion ghosts, reduced phase resolution, "
-        "multi-coil noise, parallel-imaging g-factor)"
+        f"{first}-{last}, the same mix with the {style} style instead (also dilated "
+        "thin-walled and thicker ventricles, SNR down to 5, grey blood, motion ghosts, "
+        "reduced phase resolution, multi-coil noise, parallel-imaging g-factor)"
         for style in styles
+        for first, last in (settings.seeds(style),)
     )
 
 
 def _detector_data_text(settings: TrainSettings) -> str:
-    style = settings.stage_styles()[-1]  # generate_data hands the last run's data to YOLO
-    first = PHANTOM_DATASETS[style][2]
-    return f"the {style}-style training phantoms, seeds {first}-{first + settings.cases - 1}"
+    style = settings.detector_style()
+    first, last = settings.seeds(style)
+    return f"the {style}-style training phantoms, seeds {first}-{last}"
 
 
 def _restart_options(settings: TrainSettings) -> str:
