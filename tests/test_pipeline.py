@@ -265,3 +265,22 @@ def test_tiny_plans_can_resample_finer_and_the_patch_follows() -> None:
     fine = tiny_plans(planned, 1.25)["configurations"]["2d"]
     assert fine["spacing"] == [1.25, 1.25] and fine["patch_size"] == [96, 96]
     assert planned["configurations"]["2d"]["patch_size"] == [64, 64]  # input left alone
+
+
+def test_mixed_restart_data_holds_both_later_styles_with_both_contrasts() -> None:
+    """The mixed style's training cases: the classic share as in every style, the rest
+    randomized and wide in equal parts, each with PSIR and magnitude and with forced MVO,
+    from seeds of its own."""
+    from collections import Counter
+
+    from pipeline.research.train import PHANTOM_DATASETS, _phantom_specs
+
+    specs = _phantom_specs(48, classic_every=3, style="mixed")
+    seeds = [s.seed for s in specs]
+    assert seeds[0] == PHANTOM_DATASETS["mixed"][2]
+    assert all(seeds[0] > PHANTOM_DATASETS[s][2] + 240 for s in ("randomized", "wide"))
+    styles = Counter(s.style for s in specs)
+    assert styles == {"classic": 16, "randomized": 16, "wide": 16}
+    kinds = Counter((s.style, s.kind) for s in specs)
+    assert set(kinds.values()) == {8}  # every style has both contrasts, equally
+    assert {s.style for s in specs if s.mvo} == {"classic", "randomized", "wide"}

@@ -364,8 +364,9 @@ def train_demo(
         list[str] | None,
         typer.Option(
             help="Phantom style of each restart's non-classic cases, in order: randomized "
-            "(as the first run) or wide (wider anatomy, lower SNR, acquisition artifacts; "
-            "new seeds); repeat per restart, missing ones are randomized."
+            "(as the first run), wide (wider anatomy, lower SNR, acquisition artifacts) or "
+            "mixed (randomized and wide alternating); wide and mixed draw new seeds; repeat "
+            "per restart, missing ones are randomized."
         ),
     ] = None,
     yolo_epochs: Annotated[int, typer.Option(help="YOLO epochs.")] = 6,

@@ -41,7 +41,11 @@ TRAIN_SEED_BASE = 10_000  # evaluation uses seeds below 10_000: never seen in tr
 PHANTOM_DATASETS = {
     "randomized": (DATASET_ID, DATASET_NAME, TRAIN_SEED_BASE),
     "wide": (503, "Dataset503_LGEPhantomWide", 30_000),
+    # randomized and wide cases in one dataset: a restart on wide alone learned the wide
+    # appearances but thinned the classic myocardium (README, model history)
+    "mixed": (504, "Dataset504_LGEPhantomMixed", 40_000),
 }
+MIXED_STYLES = ("randomized", "wide")  # alternating non-classic cases of "mixed"
 PLANS = "nnUNetPlans_tiny"
 FULL_PLANS = "nnUNetPlans"  # nnU-Net's own plan, unchanged (--size full)
 TRAINERS = {"robust": "nnUNetTrainer_LGERobust", "default": "nnUNetTrainer_LGEDemo"}
@@ -141,6 +145,8 @@ def _phantom_specs(
         # i % 3 == 0 carries MVO: offset the classic/randomized split so both styles
         # get MVO cases.
         case_style = "classic" if (i // 2) % classic_every == 0 else style
+        if case_style == "mixed":  # alternate in pairs, so each style gets both kinds
+            case_style = MIXED_STYLES[(i // 2) % 2]
         specs.append(
             PhantomSpec(seed=seed, kind=kind, mvo=mvo, small_infarct=small, style=case_style)
         )
@@ -497,11 +503,15 @@ def _restarts_text(epochs: tuple[int, ...], styles: tuple[str, ...] = ()) -> str
 
 def _later_data_text(settings: TrainSettings) -> str:
     styles = [s for s in dict.fromkeys(settings.stage_styles()) if s != "randomized"]
+    wide = (
+        "the wide style (also dilated thin-walled and thicker ventricles, SNR down to 5, "
+        "grey blood, motion ghosts, reduced phase resolution, multi-coil noise, "
+        "parallel-imaging g-factor)"
+    )
+    instead = {"wide": wide, "mixed": f"randomized and {wide} alternating"}
     return "".join(
         f"; the restarts marked {style}: {settings.cases} further phantoms, seeds "
-        f"{first}-{last}, the same mix with the {style} style instead (also dilated "
-        "thin-walled and thicker ventricles, SNR down to 5, grey blood, motion ghosts, "
-        "reduced phase resolution, multi-coil noise, parallel-imaging g-factor)"
+        f"{first}-{last}, the same mix with {instead[style]} instead"
         for style in styles
         for first, last in (settings.seeds(style),)
     )
