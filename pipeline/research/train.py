@@ -503,18 +503,20 @@ def _restarts_text(epochs: tuple[int, ...], styles: tuple[str, ...] = ()) -> str
 
 def _later_data_text(settings: TrainSettings) -> str:
     styles = [s for s in dict.fromkeys(settings.stage_styles()) if s != "randomized"]
-    wide = (
-        "the wide style (also dilated thin-walled and thicker ventricles, SNR down to 5, "
-        "grey blood, motion ghosts, reduced phase resolution, multi-coil noise, "
-        "parallel-imaging g-factor)"
-    )
-    instead = {"wide": wide, "mixed": f"randomized and {wide} alternating"}
-    return "".join(
+    instead = {"wide": "the wide style", "mixed": "the randomized and the wide style alternating"}
+    text = "".join(
         f"; the restarts marked {style}: {settings.cases} further phantoms, seeds "
         f"{first}-{last}, the same mix with {instead[style]} instead"
         for style in styles
         for first, last in (settings.seeds(style),)
     )
+    if styles:
+        text += (
+            " (wide: also dilated thin-walled and thicker ventricles, SNR down to 5, grey "
+            "blood, motion ghosts, reduced phase resolution, multi-coil noise, "
+            "parallel-imaging g-factor)"
+        )
+    return text
 
 
 def _detector_data_text(settings: TrainSettings) -> str:
