@@ -199,7 +199,8 @@ def test_analyze_refuses_unusable_input(tmp_path: Path) -> None:
 def test_train_demo_smoke_run_produces_a_loadable_bundle(phantom_factory, tmp_path: Path) -> None:
     """The documented training command, shrunk to seconds: it must still produce models
     that load and run (their accuracy is not the point here). The restart trains on the
-    wide-style phantoms, a dataset of its own, from the first run's weights."""
+    mixed-style phantoms (randomized and wide), a dataset of its own, from the first run's
+    weights, as the shipped models' last restart did."""
     out = tmp_path / "models"
     proc = _lge_node(
         "train-demo",
@@ -218,19 +219,19 @@ def test_train_demo_smoke_run_produces_a_loadable_bundle(phantom_factory, tmp_pa
         "--nnunet-restart-epochs",
         "1",
         "--restart-style",
-        "wide",
+        "mixed",
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["synthetic_trained"] is True and manifest["training_data"]["cases"] == 4
     assert manifest["settings"]["restart_epochs"] == [1]
     runs = manifest["training_data"]["runs"]
-    assert [r["style"] for r in runs] == ["randomized", "wide"]
+    assert [r["style"] for r in runs] == ["randomized", "mixed"]
     assert runs[0]["seeds"] != runs[1]["seeds"]  # new cases, not the first run's restyled
-    # the restart ran in the wide dataset's fold_all, from the first run's final weights
+    # the restart ran in the mixed dataset's fold_all, from the first run's final weights
     results = tmp_path / "work" / "nnUNet_results"
     first = next(results.glob("Dataset501_*/*__2d")) / "fold_all_stage1" / "checkpoint_final.pth"
-    restart = next(results.glob("Dataset503_*/*__2d")) / "fold_all"
+    restart = next(results.glob("Dataset504_*/*__2d")) / "fold_all"
     assert first.is_file() and (restart / "checkpoint_final.pth").is_file()
     log = "".join(p.read_text() for p in restart.glob("training_log_*.txt"))
     assert f"warm restart from {first}" in log
@@ -240,10 +241,10 @@ def test_train_demo_smoke_run_produces_a_loadable_bundle(phantom_factory, tmp_pa
         for p in (tmp_path / "work" / "nnUNet_preprocessed").glob("*/nnUNetPlans_tiny.json")
     }
     assert len(plans) == 1
-    assert "--restart-style wide" in (out / "MODEL_CARD.md").read_text()
-    # the detector trained on the widest style's phantoms, the last run's
+    assert "--restart-style mixed" in (out / "MODEL_CARD.md").read_text()
+    # the detector trained on the last run's phantoms
     yolo_runs = tmp_path / "work" / "yolo_runs"
-    assert sorted(p.name for p in yolo_runs.iterdir()) == ["heart_wide"]
+    assert sorted(p.name for p in yolo_runs.iterdir()) == ["heart_mixed"]
     bundle = ModelBundle.load(out)
     case = phantom_factory(seed=7, kind="psir")
     result = Pipeline(bundle).run(load_series(case.out_dir / "dicom"))
