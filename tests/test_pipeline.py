@@ -278,8 +278,8 @@ def test_mixed_restart_data_holds_both_later_styles_with_both_contrasts() -> Non
 
     specs = _phantom_specs(48, classic_every=3, style="mixed")
     seeds = [s.seed for s in specs]
-    assert seeds[0] == PHANTOM_DATASETS["mixed"][2]
-    assert all(seeds[0] > PHANTOM_DATASETS[s][2] + 240 for s in ("randomized", "wide"))
+    assert seeds[0] == PHANTOM_DATASETS["mixed"].first_seed
+    assert all(seeds[0] > PHANTOM_DATASETS[s].first_seed + 240 for s in ("randomized", "wide"))
     styles = Counter(s.style for s in specs)
     assert styles == {"classic": 16, "randomized": 16, "wide": 16}
     kinds = Counter((s.style, s.kind) for s in specs)

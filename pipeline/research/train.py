@@ -36,16 +36,36 @@ DATASET_NAME = f"Dataset{DATASET_ID}_LGEPhantom"
 IMPORTED_ID = 502  # a dataset from `lge-node dataset import`
 IMPORTED_NAME = f"Dataset{IMPORTED_ID}_LGEImported"
 TRAIN_SEED_BASE = 10_000  # evaluation uses seeds below 10_000: never seen in training
-# Phantom datasets by the style of their non-classic cases: (dataset id, name, first seed).
-# Each style draws its own seeds, so a later run sees new cases, not restyled old ones.
+
+
+@dataclass(frozen=True)
+class PhantomDataset:
+    """The training phantoms of one style (a ``--restart-style``): its nnU-Net dataset,
+    its own seeds (a later run sees new cases, not restyled old ones) and the phantom
+    styles its non-classic cases take in turn."""
+
+    dataset_id: int
+    name: str
+    first_seed: int
+    case_styles: tuple[str, ...]  # `PhantomSpec.style` values, alternating in pairs
+    described_as: str  # for the model card: "the same mix with <this> instead"
+
+
 PHANTOM_DATASETS = {
-    "randomized": (DATASET_ID, DATASET_NAME, TRAIN_SEED_BASE),
-    "wide": (503, "Dataset503_LGEPhantomWide", 30_000),
+    "randomized": PhantomDataset(
+        DATASET_ID, DATASET_NAME, TRAIN_SEED_BASE, ("randomized",), "the randomized style"
+    ),
+    "wide": PhantomDataset(503, "Dataset503_LGEPhantomWide", 30_000, ("wide",), "the wide style"),
     # randomized and wide cases in one dataset: a restart on wide alone learned the wide
     # appearances but thinned the classic myocardium (README, model history)
-    "mixed": (504, "Dataset504_LGEPhantomMixed", 40_000),
+    "mixed": PhantomDataset(
+        504,
+        "Dataset504_LGEPhantomMixed",
+        40_000,
+        ("randomized", "wide"),
+        "the randomized and the wide style alternating",
+    ),
 }
-MIXED_STYLES = ("randomized", "wide")  # alternating non-classic cases of "mixed"
 PLANS = "nnUNetPlans_tiny"
 FULL_PLANS = "nnUNetPlans"  # nnU-Net's own plan, unchanged (--size full)
 TRAINERS = {"robust": "nnUNetTrainer_LGERobust", "default": "nnUNetTrainer_LGEDemo"}
@@ -112,8 +132,8 @@ class TrainSettings:
         """nnU-Net dataset (id, name) that run ``k`` trains on."""
         if self.dataset is not None:
             return IMPORTED_ID, IMPORTED_NAME
-        dataset_id, name, _ = PHANTOM_DATASETS[self.stage_styles()[k]]
-        return dataset_id, name
+        data = PHANTOM_DATASETS[self.stage_styles()[k]]
+        return data.dataset_id, data.name
 
     def detector_style(self) -> str:
         """Phantom style the detector trains on: the last run's (the widest), since a heart
@@ -122,7 +142,7 @@ class TrainSettings:
 
     def seeds(self, style: str) -> tuple[int, int]:
         """First and last seed of a phantom style's training cases."""
-        first = PHANTOM_DATASETS[style][2]
+        first = PHANTOM_DATASETS[style].first_seed
         return first, first + self.cases - 1
 
 
@@ -131,10 +151,10 @@ def _phantom_specs(
 ):
     from pipeline.research.phantom import PhantomSpec
 
-    first_seed = PHANTOM_DATASETS[style][2]
+    data = PHANTOM_DATASETS[style]
     specs = []
     for i in range(n):
-        seed = first_seed + i
+        seed = data.first_seed + i
         kind = "psir" if i % 2 == 0 else "magnitude"
         # A third of the cases carry MVO, so the rare class is seen often enough.
         # Optionally small thin infarcts (~1 ml), the ones a segmenter misses, are
@@ -142,11 +162,11 @@ def _phantom_specs(
         mvo = True if i % 3 == 0 else None
         k = small_infarct_every
         small = bool(k) and i % k == min(2, k - 1) and mvo is None
-        # i % 3 == 0 carries MVO: offset the classic/randomized split so both styles
-        # get MVO cases.
-        case_style = "classic" if (i // 2) % classic_every == 0 else style
-        if case_style == "mixed":  # alternate in pairs, so each style gets both kinds
-            case_style = MIXED_STYLES[(i // 2) % 2]
+        # i % 3 == 0 carries MVO: offset the classic/non-classic split (in pairs) so both
+        # get MVO cases; pairs alternate between the dataset's styles, so each style gets
+        # both kinds.
+        styles = data.case_styles
+        case_style = "classic" if (i // 2) % classic_every == 0 else styles[(i // 2) % len(styles)]
         specs.append(
             PhantomSpec(seed=seed, kind=kind, mvo=mvo, small_infarct=small, style=case_style)
         )
@@ -182,7 +202,7 @@ def _generate_phantoms(settings: TrainSettings, style: str) -> tuple[Path, Path]
     from concurrent.futures import ProcessPoolExecutor
 
     work = settings.work_dir
-    _, name, _ = PHANTOM_DATASETS[style]
+    name = PHANTOM_DATASETS[style].name
     raw = work / "nnUNet_raw" / name
     yolo = work / ("yolo" if style == "randomized" else f"yolo_{style}")
     specs = _phantom_specs(
@@ -503,10 +523,9 @@ def _restarts_text(epochs: tuple[int, ...], styles: tuple[str, ...] = ()) -> str
 
 def _later_data_text(settings: TrainSettings) -> str:
     styles = [s for s in dict.fromkeys(settings.stage_styles()) if s != "randomized"]
-    instead = {"wide": "the wide style", "mixed": "the randomized and the wide style alternating"}
     text = "".join(
         f"; the restarts marked {style}: {settings.cases} further phantoms, seeds "
-        f"{first}-{last}, the same mix with {instead[style]} instead"
+        f"{first}-{last}, the same mix with {PHANTOM_DATASETS[style].described_as} instead"
         for style in styles
         for first, last in (settings.seeds(style),)
     )
