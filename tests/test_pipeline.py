@@ -202,25 +202,10 @@ def test_train_demo_smoke_run_produces_a_loadable_bundle(phantom_factory, tmp_pa
     mixed-style phantoms (randomized and wide), a dataset of its own, from the first run's
     weights, as the shipped models' last restart did."""
     out = tmp_path / "models"
-    proc = _lge_node(
-        "train-demo",
-        "--out",
-        str(out),
-        "--work",
-        str(tmp_path / "work"),
-        "--cases",
-        "4",
-        "--nnunet-epochs",
-        "1",
-        "--nnunet-iterations",
-        "2",
-        "--yolo-epochs",
-        "1",
-        "--nnunet-restart-epochs",
-        "1",
-        "--restart-style",
-        "mixed",
-    )
+    args = ("train-demo", "--out", str(out), "--work", str(tmp_path / "work"),
+            "--cases", "4", "--nnunet-epochs", "1", "--nnunet-iterations", "2",
+            "--nnunet-restart-epochs", "1", "--restart-style", "mixed")  # fmt: skip
+    proc = _lge_node(*args, "--yolo-epochs", "1")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["synthetic_trained"] is True and manifest["training_data"]["cases"] == 4
@@ -235,6 +220,7 @@ def test_train_demo_smoke_run_produces_a_loadable_bundle(phantom_factory, tmp_pa
     assert first.is_file() and (restart / "checkpoint_final.pth").is_file()
     log = "".join(p.read_text() for p in restart.glob("training_log_*.txt"))
     assert f"warm restart from {first}" in log
+    restart_mtime = (restart / "checkpoint_final.pth").stat().st_mtime_ns
     # the restart's data was preprocessed with the first run's plans (same network)
     plans = {
         json.loads(p.read_text())["configurations"]["2d"]["spacing"].__repr__()
@@ -245,6 +231,15 @@ def test_train_demo_smoke_run_produces_a_loadable_bundle(phantom_factory, tmp_pa
     # the detector trained on the last run's phantoms
     yolo_runs = tmp_path / "work" / "yolo_runs"
     assert sorted(p.name for p in yolo_runs.iterdir()) == ["heart_mixed"]
+    detector = (out / "yolo" / "heart.pt").read_bytes()
+    # --resume keeps finished work, but a detector of other epochs is trained again, not
+    # taken for the one asked for
+    proc = _lge_node(*args, "--resume", "--yolo-epochs", "2")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (yolo_runs / "heart_mixed" / "finished").read_text().strip() == "2"
+    assert json.loads((out / "manifest.json").read_text())["settings"]["yolo_epochs"] == 2
+    assert (out / "yolo" / "heart.pt").read_bytes() != detector
+    assert (restart / "checkpoint_final.pth").stat().st_mtime_ns == restart_mtime
     bundle = ModelBundle.load(out)
     case = phantom_factory(seed=7, kind="psir")
     result = Pipeline(bundle).run(load_series(case.out_dir / "dicom"))

@@ -377,7 +377,13 @@ def train_yolo(settings: TrainSettings, data_yaml: Path) -> Path:
     name = "heart" + data_yaml.parent.name.removeprefix("yolo")
     run = (settings.work_dir / "yolo_runs").resolve() / name
     best = run / "weights" / "best.pt"
-    if settings.resume and (run / "finished").is_file() and best.is_file():
+    finished = run / "finished"  # holds the epochs it ran: a resume with others retrains
+    if (
+        settings.resume
+        and best.is_file()
+        and finished.is_file()
+        and finished.read_text().strip() == str(settings.yolo_epochs)
+    ):
         return best
     runtime.prepare()
     from ultralytics import YOLO
@@ -409,7 +415,7 @@ def train_yolo(settings: TrainSettings, data_yaml: Path) -> Path:
         degrees=30.0,
         close_mosaic=3,
     )
-    (run / "finished").touch()
+    finished.write_text(f"{settings.yolo_epochs}\n")
     return best
 
 
