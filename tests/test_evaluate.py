@@ -19,6 +19,7 @@ from pipeline.research.evaluate import (
     markdown_table,
     summarize,
     thickness_px,
+    wilson,
 )
 
 
@@ -143,7 +144,22 @@ def test_qc_catch_rate_names_every_unflagged_failure() -> None:
     assert (qc["failures"], qc["failures_flagged"], qc["unflagged_failures"]) == (2, 1, ["4"])
     assert (qc["good"], qc["good_flagged"]) == (2, 1)
     assert summary["targets"]["unflagged failures"]["met"] is False
-    assert "unflagged: 4)" in markdown_table(summary)
+    table = markdown_table(summary)
+    assert "unflagged: 4;" in table
+    # 1 of 2 good cases flagged: the interval shows how little two cases say
+    assert "1 of 2 good cases flagged (50 %, 95 % CI 9-91 %)" in table
+
+
+def test_rates_carry_a_wilson_interval_that_stays_within_0_and_1() -> None:
+    lo, hi = wilson(6, 21)  # worked by hand
+    assert (lo, hi) == (pytest.approx(0.138, abs=1e-3), pytest.approx(0.500, abs=1e-3))
+    assert wilson(0, 10) == (0.0, pytest.approx(0.2775, abs=1e-3))
+    lo, hi = wilson(20, 20)
+    assert hi == 1.0 and 0.83 < lo < 0.84
+    assert wilson(0, 0) is None
+    cases = [_case(5.0, 4.0, 0.8), _case(1.0, 0.1, 0.1), _case(0.0, 0.0, None)]
+    det = summarize(cases)["detection"]
+    assert det["sensitivity_ci"] == wilson(1, 2) and det["specificity_ci"] == wilson(1, 1)
 
 
 def _dataset(root: Path) -> Path:

@@ -301,6 +301,30 @@ def summarize(cases: list[CaseResult]) -> dict:
     return out
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """95 % Wilson score interval of the proportion k / n (None when n is 0).
+
+    The sets are small (a few dozen cases), so a rate such as 2 of 22 good cases flagged
+    is known only roughly; the interval says how roughly, and unlike the normal
+    approximation it stays inside [0, 1] at 0 of n and n of n."""
+    if n == 0:
+        return None
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, float(centre - half)), min(1.0, float(centre + half)))
+
+
+def _ci(interval: tuple[float, float] | None, percent: bool = False) -> str:
+    if interval is None:
+        return "no cases"
+    lo, hi = interval
+    if percent:
+        return f"95 % CI {lo * 100:.0f}-{hi * 100:.0f} %"
+    return f"95 % CI {lo:.2f}-{hi:.2f}"
+
+
 def detection(cases: list[CaseResult]) -> dict:
     """Per patient: scar of at least DETECTION_MIN_ML present or absent."""
     tp = sum(
@@ -321,6 +345,8 @@ def detection(cases: list[CaseResult]) -> dict:
         "tp": tp, "fn": fn, "tn": tn, "fp": fp,
         "sensitivity": tp / (tp + fn) if tp + fn else None,
         "specificity": tn / (tn + fp) if tn + fp else None,
+        "sensitivity_ci": wilson(tp, tp + fn),
+        "specificity_ci": wilson(tn, tn + fp),
     }  # fmt: skip
 
 
@@ -335,6 +361,8 @@ def qc_catch(cases: list[CaseResult]) -> dict:
         "good": len(good),
         "good_flagged": sum(c.low_confidence for c in good),
         "good_flagged_share": sum(c.low_confidence for c in good) / len(good) if good else 0.0,
+        "failures_flagged_ci": wilson(sum(c.low_confidence for c in failed), len(failed)),
+        "good_flagged_ci": wilson(sum(c.low_confidence for c in good), len(good)),
     }
 
 
@@ -463,7 +491,11 @@ def markdown_table(summary: dict) -> str:
     det = summary["detection"]
     rows.append(
         f"Scar detection (≥ {DETECTION_MIN_ML} ml): {det['tp']} TP, {det['fn']} FN, "
-        f"{det['tn']} TN, {det['fp']} FP."
+        f"{det['tn']} TN, {det['fp']} FP; sensitivity "
+        + (f"{det['sensitivity']:.3f}" if det["sensitivity"] is not None else "n/a")
+        + f" ({_ci(det['sensitivity_ci'])}), specificity "
+        + (f"{det['specificity']:.3f}" if det["specificity"] is not None else "n/a")
+        + f" ({_ci(det['specificity_ci'])})."
     )
     rows.append(
         f"Median absolute error of scar % of LV: "
@@ -473,8 +505,10 @@ def markdown_table(summary: dict) -> str:
     qc = summary["qc"]
     rows.append(
         f"QC: {qc['failures_flagged']} of {qc['failures']} failures flagged low_confidence "
-        f"(unflagged: {', '.join(qc['unflagged_failures']) or 'none'}); {qc['good_flagged']} of "
-        f"{qc['good']} good cases flagged."
+        f"(unflagged: {', '.join(qc['unflagged_failures']) or 'none'}; "
+        f"{_ci(qc['failures_flagged_ci'], percent=True)}); {qc['good_flagged']} of "
+        f"{qc['good']} good cases flagged ({qc['good_flagged_share'] * 100:.0f} %, "
+        f"{_ci(qc['good_flagged_ci'], percent=True)})."
     )
     rows += ["", "| target | value | goal | met |", "|---|---|---|---|"]
     for name, t in summary["targets"].items():
