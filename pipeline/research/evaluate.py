@@ -325,6 +325,11 @@ def _ci(interval: tuple[float, float] | None, percent: bool = False) -> str:
     return f"95 % CI {lo:.2f}-{hi:.2f}"
 
 
+def _rate(value: float | None, interval: tuple[float, float] | None) -> str:
+    """A detection rate and its interval: "0.905 (95 % CI 0.71-0.97)"."""
+    return ("n/a" if value is None else f"{value:.3f}") + f" ({_ci(interval)})"
+
+
 def detection(cases: list[CaseResult]) -> dict:
     """Per patient: scar of at least DETECTION_MIN_ML present or absent."""
     tp = sum(
@@ -354,15 +359,17 @@ def qc_catch(cases: list[CaseResult]) -> dict:
     """How many failures the QC flagged (low_confidence), and how many good cases."""
     failed = [c for c in cases if c.failed]
     good = [c for c in cases if not c.failed]
+    caught = sum(c.low_confidence for c in failed)
+    good_flagged = sum(c.low_confidence for c in good)
     return {
         "failures": len(failed),
-        "failures_flagged": sum(c.low_confidence for c in failed),
+        "failures_flagged": caught,
         "unflagged_failures": [c.case for c in failed if not c.low_confidence],
         "good": len(good),
-        "good_flagged": sum(c.low_confidence for c in good),
-        "good_flagged_share": sum(c.low_confidence for c in good) / len(good) if good else 0.0,
-        "failures_flagged_ci": wilson(sum(c.low_confidence for c in failed), len(failed)),
-        "good_flagged_ci": wilson(sum(c.low_confidence for c in good), len(good)),
+        "good_flagged": good_flagged,
+        "good_flagged_share": good_flagged / len(good) if good else 0.0,
+        "failures_flagged_ci": wilson(caught, len(failed)),
+        "good_flagged_ci": wilson(good_flagged, len(good)),
     }
 
 
@@ -492,10 +499,8 @@ def markdown_table(summary: dict) -> str:
     rows.append(
         f"Scar detection (≥ {DETECTION_MIN_ML} ml): {det['tp']} TP, {det['fn']} FN, "
         f"{det['tn']} TN, {det['fp']} FP; sensitivity "
-        + (f"{det['sensitivity']:.3f}" if det["sensitivity"] is not None else "n/a")
-        + f" ({_ci(det['sensitivity_ci'])}), specificity "
-        + (f"{det['specificity']:.3f}" if det["specificity"] is not None else "n/a")
-        + f" ({_ci(det['specificity_ci'])})."
+        f"{_rate(det['sensitivity'], det['sensitivity_ci'])}, specificity "
+        f"{_rate(det['specificity'], det['specificity_ci'])}."
     )
     rows.append(
         f"Median absolute error of scar % of LV: "
