@@ -21,6 +21,10 @@ independent signals catch different failure modes, each mapped to a score in [0,
   pool's core. Subendocardial scar called blood pool (the under-call that leaves the
   myocardium looking right) shows as a bright band along the rim, which normal blood next
   to dark myocardium never is.
+- ``focal_thinning``: no notch in the wall. A short-axis wall thickens and thins smoothly
+  around the ring; a short deep notch, over consecutive mid-ventricular slices, is the
+  shape left when a subendocardial band was called blood pool. It catches the under-call
+  that ``pool_rim`` cannot: scar as bright as the pool beside it, which has no rim.
 
 The score is the minimum of the components (one broken signal is enough to distrust the
 case), ``low_confidence`` is that score below 0.5. Each component is a ramp on one raw
@@ -33,6 +37,7 @@ and from every evaluation set; `DEFAULT_THRESHOLDS` apply to a model without the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 from scipy import ndimage
@@ -75,6 +80,7 @@ MEASURES: dict[str, tuple[str, bool]] = {
     "localization": ("localization", True),
     "reference_gap": ("reference", False),
     "pool_rim_excess": ("pool_rim", False),
+    "focal_thinning": ("focal_thinning", False),
 }
 DEFAULT_THRESHOLDS: dict[str, Threshold] = {
     "self_agreement": Threshold(0.80, 0.88),
@@ -88,6 +94,7 @@ DEFAULT_THRESHOLDS: dict[str, Threshold] = {
     "localization": Threshold(0.35, 0.5),
     "reference_gap": Threshold(11.5, 8.0),
     "pool_rim_excess": Threshold(3.0, 0.0),
+    "focal_thinning": Threshold(0.35, 0.1),
 }
 
 
@@ -154,6 +161,7 @@ class _SliceShape:
     coverage: float  # share of directions with myocardium around the pool
     wall_mm: float  # median wall thickness over covered directions
     wall_cv: float  # its coefficient of variation
+    thickness_mm: np.ndarray  # (SECTORS,) wall thickness per direction, 0 where uncovered
 
 
 def ring_shape(labels2d: np.ndarray, pixel_mm: tuple[float, float]) -> _SliceShape | None:
@@ -178,12 +186,13 @@ def ring_shape(labels2d: np.ndarray, pixel_mm: tuple[float, float]) -> _SliceSha
     on = myo[iy, ix] & inside
     covered = on.any(axis=1)
     coverage = float(covered.mean())
+    per_ray = on.sum(axis=1) * step
     if not covered.any():
-        return _SliceShape(coverage, 0.0, 0.0)
-    thickness = on.sum(axis=1)[covered] * step
+        return _SliceShape(coverage, 0.0, 0.0, per_ray)
+    thickness = per_ray[covered]
     median = float(np.median(thickness))
     cv = float(thickness.std() / median) if median > 0 else 0.0
-    return _SliceShape(coverage, median, cv)
+    return _SliceShape(coverage, median, cv, per_ray)
 
 
 def _largest(mask: np.ndarray) -> np.ndarray:
@@ -192,6 +201,49 @@ def _largest(mask: np.ndarray) -> np.ndarray:
         return mask
     sizes = ndimage.sum(mask, lab, range(1, n + 1))
     return lab == (1 + int(np.argmax(sizes)))
+
+
+NOTCH_RAYS = 5  # 25 degrees: narrower than a coronary territory, wider than a papillary root
+CLOSED_RING = 0.9  # coverage from which a slice's wall is a whole ring
+
+
+def _thickness_shortfall(thickness: np.ndarray) -> np.ndarray:
+    """Per direction, how far the wall falls short of a smooth ring, as a share of the mean
+    wall. Smooth: mean plus one cosine (a wall thicker on one side, or a pool off centre),
+    fitted with weights that shrink for outliers, so that a notch does not pull the fit;
+    directions without myocardium (a gap: shortfall 1) do not take part in it."""
+    angles = np.linspace(0, 2 * np.pi, thickness.size, endpoint=False)
+    basis = np.stack([np.ones_like(angles), np.cos(angles), np.sin(angles)], axis=1)
+    covered = (thickness > 0).astype(float)
+    weights = covered
+    for _ in range(4):
+        coef = np.linalg.lstsq(basis * weights[:, None], thickness * weights, rcond=None)[0]
+        residual = thickness - basis @ coef
+        scale = 1.4826 * float(np.median(np.abs(residual[covered > 0]))) + 1e-6
+        weights = covered / (1.0 + (residual / (2.0 * scale)) ** 2)
+    return -residual / max(float(coef[0]), 1e-6)
+
+
+def focal_thinning(shapes: dict[int, _SliceShape]) -> float | None:
+    """Deepest notch in the wall, as a share of the mean wall thickness: the shortfall
+    below a smooth ring averaged over NOTCH_RAYS neighbouring directions and two adjacent
+    slices (a missed infarct spans several; one noisy slice does not). Only closed rings
+    between the first and last one count: the basal and apical ends are cut obliquely and
+    partial-volumed, and thin there without anything being missed. None without two such
+    adjacent slices."""
+    rings = sorted(k for k, s in shapes.items() if s.coverage >= CLOSED_RING)[1:-1]
+    pairs = [(a, b) for a, b in pairwise(rings) if b == a + 1]
+    if not pairs:
+        return None
+    shortfall = {k: _thickness_shortfall(shapes[k].thickness_mm) for k in rings}
+    kernel = np.ones(NOTCH_RAYS) / NOTCH_RAYS
+    deepest = 0.0
+    for a, b in pairs:
+        both = (shortfall[a] + shortfall[b]) / 2
+        wrapped = np.r_[both[-NOTCH_RAYS:], both, both[:NOTCH_RAYS]]
+        arc = np.convolve(wrapped, kernel, mode="same")[NOTCH_RAYS:-NOTCH_RAYS]
+        deepest = max(deepest, float(arc.max()))
+    return deepest
 
 
 def continuity(labels: np.ndarray) -> float:
@@ -319,6 +371,9 @@ def measure(inputs: QcInputs) -> tuple[dict[str, float], dict[int, float]]:
         wall_mm = float(np.median([s.wall_mm for s in shapes.values()]))
         raw["wall_mm_low"] = raw["wall_mm_high"] = wall_mm
         raw["wall_cv"] = float(np.median([s.wall_cv for s in shapes.values()]))
+    thinning = focal_thinning(shapes)
+    if thinning is not None:
+        raw["focal_thinning"] = thinning
     raw["continuity"] = continuity(labels)
     if inputs.localization_confidence is not None:
         raw["localization"] = inputs.localization_confidence

@@ -20,7 +20,9 @@ from pipeline.qc import (
     Threshold,
     assess,
     calibrate,
+    focal_thinning,
     pool_rim_excess,
+    ring_shape,
 )
 from pipeline.quantify import quantify
 from pipeline.reference import reference_scar
@@ -93,6 +95,48 @@ def test_scar_called_blood_pool_shows_as_a_bright_pool_rim() -> None:
     assert not rim.flags(right), right
     assert rim.flags(wrong), wrong
     assert pool_rim_excess(None, labels) is None  # no image, no measure
+
+
+def _notch_stack(notched: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Eight short-axis slices of a ring whose wall thickens smoothly toward one side
+    (6-10 px, as a hypertrophic septum), with a subendocardial infarct over 50 degrees
+    and half the wall; in the slices ``notched`` the infarct is called blood pool."""
+    yy, xx = np.mgrid[:96, :96] - 48.0
+    r, angle = np.hypot(yy, xx), np.arctan2(yy, xx)
+    epi = 30.0
+    endo = epi - (8.0 + 2.0 * np.cos(angle - 1.0))
+    labels2d = np.zeros((96, 96), np.uint8)
+    labels2d[r < endo] = Label.LV_BLOOD
+    labels2d[(r >= endo) & (r < epi)] = Label.MYOCARDIUM
+    band = (r >= endo) & (r < endo + 4.0) & (np.abs(angle + 2.0) < np.radians(25))
+    labels2d[band] = Label.SCAR
+    truth = np.repeat(labels2d[None], 8, axis=0)
+    under = truth.copy()
+    for k in notched:
+        under[k][band] = Label.LV_BLOOD
+    return truth, under
+
+
+def _thinning(labels: np.ndarray) -> float | None:
+    shapes = {k: s for k in range(len(labels)) if (s := ring_shape(labels[k], (1.0, 1.0)))}
+    return focal_thinning(shapes)
+
+
+def test_scar_called_blood_pool_leaves_a_notch_in_the_wall() -> None:
+    """The under-call that the pool rim cannot show (scar as bright as the pool has no
+    bright rim): the wall gets a notch over the slices where it happened. A wall that is
+    merely thicker on one side is no notch, nor is one odd slice or the stack's ends."""
+    limit = DEFAULT_THRESHOLDS["focal_thinning"]
+    truth, under = _notch_stack(notched=[3, 4, 5])
+    right, wrong = _thinning(truth), _thinning(under)
+    assert right is not None and wrong is not None
+    assert not limit.flags(right), right
+    assert limit.flags(wrong), wrong
+    _, one_slice = _notch_stack(notched=[4])
+    _, ends = _notch_stack(notched=[0, 7])
+    assert not limit.flags(_thinning(one_slice) or 0.0)
+    assert _thinning(ends) == pytest.approx(right)
+    assert _thinning(truth[:3]) is None  # no two adjacent inner rings: no measure
 
 
 def test_threshold_is_half_at_flag_and_one_at_typical() -> None:
