@@ -41,6 +41,7 @@ from dicom_templates.identity import (
 from dicom_templates.seg import INFARCT_SEGMENT, MVO_SEGMENT, MYOCARDIUM_SEGMENT
 from dicom_templates.uids import new_uid
 from pipeline.labels import mvo_mask, myocardium_mask, scar_mask
+from pipeline.qc import SIGNALS
 from pipeline.quantify import QC_FLAGS, Metrics
 from pipeline.volume import Volume
 
@@ -222,6 +223,15 @@ def draw_bullseye(
     return cmap
 
 
+def low_confidence_reason(m: Metrics) -> str:
+    """The weakest QC signal of a low-confidence result, in a reader's words ("" if none)."""
+    components = m.qc.reliability_components
+    if not m.qc.low_confidence or not components:
+        return ""
+    weakest = min(components, key=lambda k: components[k])
+    return SIGNALS.get(weakest, weakest)
+
+
 def render_summary(metrics: Metrics, algorithm: Algorithm) -> np.ndarray:
     """The AHA bullseye of transmurality with the key numbers, as an RGB page."""
     dpi = 100
@@ -242,6 +252,7 @@ def render_summary(metrics: Metrics, algorithm: Algorithm) -> np.ndarray:
         f"{', '.join(str(s.id) for s in m.segments if s.transmurality_percent > 50) or 'none'}",
         f"QC flags: {flags}",
         *(f"  {f}: {QC_FLAGS[f]}" for f in m.qc.flags if f in QC_FLAGS),
+        *(f"  why: {why}" for why in [low_confidence_reason(m)] if why),
     ]
     fig.text(
         0.05,

@@ -42,7 +42,13 @@ from dicom_templates.identity import (
     SYNTHETIC_NOTE,
     Algorithm,
 )
-from dicom_templates.overlay import APEX_RADIUS, BULLSEYE, draw_outlines, light
+from dicom_templates.overlay import (
+    APEX_RADIUS,
+    BULLSEYE,
+    draw_outlines,
+    light,
+    low_confidence_reason,
+)
 from dicom_templates.uids import new_uid
 from pipeline.labels import myocardium_mask
 from pipeline.quantify import QC_FLAGS, Metrics
@@ -206,6 +212,8 @@ def _page_one(c: Canvas, volume: Volume, m: Metrics, algorithm: Algorithm) -> No
     elif qc.reliability_components:
         weakest = min(qc.reliability_components, key=lambda k: qc.reliability_components[k])
         lines.append(f"weakest signal: {weakest} ({qc.reliability_components[weakest]:.2f})")
+        if why := low_confidence_reason(m):
+            lines.append(f"- {why}")
     lines += [f"- {QC_FLAGS.get(f, f)}" for f in qc.flags] or ["no QC flags"]
     colour = DARK_RED if qc.low_confidence else (0.0, 0.0, 0.0)
     _text(c, 0.62, 0.5, "\n".join(lines), 8.5, va="top", color=colour, wrap=0.32)

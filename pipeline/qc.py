@@ -82,6 +82,22 @@ MEASURES: dict[str, tuple[str, bool]] = {
     "pool_rim_excess": ("pool_rim", False),
     "focal_thinning": ("focal_thinning", False),
 }
+# component -> what a low score means, in a reader's words (the PDF and summary page)
+SIGNALS: dict[str, str] = {
+    "self_agreement": "the model hesitated over the myocardium's contours",
+    "scar_certainty": "the model hesitated over which pixels are scar: the scar % is uncertain",
+    "scar_contrast": "the scar found is hardly brighter than healthy myocardium",
+    "ring": "the myocardium does not close around the blood pool in some slices",
+    "wall": "implausible or uneven wall thickness",
+    "focal_thinning": "a notch in the wall: scar as bright as the blood pool may have been "
+    "called blood pool",
+    "continuity": "myocardium missing or collapsing between slices",
+    "localization": "the heart detector was unsure where the heart is",
+    "reference": "the scar % disagrees with the n-SD, FWHM and EWA references",
+    "pool_rim": "a bright band along the blood pool's rim: subendocardial scar may have been "
+    "called blood pool",
+    "empty": "no myocardium was segmented",
+}
 DEFAULT_THRESHOLDS: dict[str, Threshold] = {
     "self_agreement": Threshold(0.80, 0.88),
     "scar_percent_soft_gap": Threshold(2.75, 1.5),

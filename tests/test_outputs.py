@@ -411,6 +411,31 @@ def test_the_pdf_report_reads_as_a_report(written) -> None:
     }
 
 
+def test_a_low_confidence_report_says_why_in_a_readers_words(phantom_factory) -> None:
+    """A flagged result names its weakest QC signal and what it means for the contours;
+    a trusted one carries no such line."""
+    import io
+
+    from pypdf import PdfReader
+
+    from dicom_templates.overlay import low_confidence_reason
+    from dicom_templates.pdf import render_report
+
+    case = phantom_factory(seed=7, kind="psir")
+    volume = load_series(case.out_dir / "dicom")
+    m = quantify(case.labels, volume.geometry)
+    m.qc.reliability, m.qc.low_confidence = 0.27, True
+    m.qc.reliability_components = {"focal_thinning": 0.27, "ring": 0.94, "self_agreement": 1.0}
+    pdf = render_report(volume, case.labels, m, ALGORITHM)
+    text = " ".join(p.extract_text() for p in PdfReader(io.BytesIO(pdf)).pages)
+    text = " ".join(text.split())  # the column wraps lines
+    assert "LOW CONFIDENCE" in text and "weakest signal: focal_thinning (0.27)" in text
+    assert "scar as bright as the blood pool may have been called blood pool" in text
+    m.qc.reliability, m.qc.low_confidence = 0.94, False
+    m.qc.reliability_components = {"focal_thinning": 0.94, "ring": 1.0}
+    assert low_confidence_reason(m) == ""
+
+
 @pytest.mark.parametrize(
     ("name", "printed"),
     [

@@ -15,6 +15,7 @@ from pipeline.models import BUNDLED, ModelBundle
 from pipeline.qc import (
     DEFAULT_THRESHOLDS,
     MEASURES,
+    SIGNALS,
     QcCalibration,
     QcInputs,
     Threshold,
@@ -137,6 +138,11 @@ def test_scar_called_blood_pool_leaves_a_notch_in_the_wall() -> None:
     assert not limit.flags(_thinning(one_slice) or 0.0)
     assert _thinning(ends) == pytest.approx(right)
     assert _thinning(truth[:3]) is None  # no two adjacent inner rings: no measure
+
+
+def test_every_component_is_explained_for_readers() -> None:
+    components = {component for component, _ in MEASURES.values()} | {"empty"}
+    assert components == set(SIGNALS)
 
 
 def test_threshold_is_half_at_flag_and_one_at_typical() -> None:
