@@ -223,13 +223,21 @@ def draw_bullseye(
     return cmap
 
 
+def weakest_signal(m: Metrics) -> tuple[str, float] | None:
+    """The QC component that set the reliability score, and its score (None without)."""
+    components = m.qc.reliability_components
+    if not components:
+        return None
+    weakest = min(components, key=lambda k: components[k])
+    return weakest, components[weakest]
+
+
 def low_confidence_reason(m: Metrics) -> str:
     """The weakest QC signal of a low-confidence result, in a reader's words ("" if none)."""
-    components = m.qc.reliability_components
-    if not m.qc.low_confidence or not components:
+    weakest = weakest_signal(m)
+    if not m.qc.low_confidence or weakest is None:
         return ""
-    weakest = min(components, key=lambda k: components[k])
-    return SIGNALS.get(weakest, weakest)
+    return SIGNALS.get(weakest[0], weakest[0])
 
 
 def render_summary(metrics: Metrics, algorithm: Algorithm) -> np.ndarray:

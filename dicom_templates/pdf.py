@@ -48,6 +48,7 @@ from dicom_templates.overlay import (
     draw_outlines,
     light,
     low_confidence_reason,
+    weakest_signal,
 )
 from dicom_templates.uids import new_uid
 from pipeline.labels import myocardium_mask
@@ -209,9 +210,8 @@ def _page_one(c: Canvas, volume: Volume, m: Metrics, algorithm: Algorithm) -> No
     if algorithm.reader_edited:
         # the model's reliability judged the model's contours, which a reader replaced
         lines = ["Contours edited by a reader: numbers recomputed", "from the edited segmentation"]
-    elif qc.reliability_components:
-        weakest = min(qc.reliability_components, key=lambda k: qc.reliability_components[k])
-        lines.append(f"weakest signal: {weakest} ({qc.reliability_components[weakest]:.2f})")
+    elif weakest := weakest_signal(m):
+        lines.append(f"weakest signal: {weakest[0]} ({weakest[1]:.2f})")
         if why := low_confidence_reason(m):
             lines.append(f"- {why}")
     lines += [f"- {QC_FLAGS.get(f, f)}" for f in qc.flags] or ["no QC flags"]

@@ -251,7 +251,8 @@ def focal_thinning(shapes: dict[int, _SliceShape]) -> float | None:
     pairs = [(a, b) for a, b in pairwise(rings) if b == a + 1]
     if not pairs:
         return None
-    shortfall = {k: _thickness_shortfall(shapes[k].thickness_mm) for k in rings}
+    paired = {k for pair in pairs for k in pair}
+    shortfall = {k: _thickness_shortfall(shapes[k].thickness_mm) for k in paired}
     kernel = np.ones(NOTCH_RAYS) / NOTCH_RAYS
     deepest = 0.0
     for a, b in pairs:
