@@ -15,14 +15,20 @@ from scipy import ndimage
 
 from pipeline.labels import Label
 from pipeline.research.phantom import PhantomSpec, make_phantom
-from pipeline.research.phantom.anatomy import Tissue
+from pipeline.research.phantom.anatomy import MIN_THINNED_WALL_MM, Contour, Tissue, sample_contour
 from pipeline.research.phantom.render import (
     _acquisition_artifacts,
     add_noise,
     sample_case,
     tissue_signal,
 )
-from pipeline.research.phantom.style import _BEYOND, RANDOMIZED, WIDE, holdout_variant
+from pipeline.research.phantom.style import (
+    _BEYOND,
+    RANDOMIZED,
+    VARIED,
+    WIDE,
+    holdout_variant,
+)
 from tests.dicom_tools import dciodvfy
 
 TERRITORY_SEGMENTS = {
@@ -283,7 +289,7 @@ def _blank_acquisition():
 
 def test_holdout_axes_lie_beyond_every_training_range() -> None:
     """The holdout style measures generalization only if no axis overlaps training."""
-    trained = (RANDOMIZED, WIDE)
+    trained = (RANDOMIZED, WIDE, VARIED)
     for axis, changes in _BEYOND.items():
         for key, value in changes.items():
             if key in ("matrix_clip", "wall_clip_mm", "ghost_p", "kspace_p"):
@@ -304,3 +310,82 @@ def test_holdout_axes_lie_beyond_every_training_range() -> None:
                 assert beyond[0] >= train[1] or beyond[1] <= train[0], (axis, key)
     style, axes = holdout_variant(7003)
     assert len(set(axes)) == 2 and style.name == "holdout"
+
+
+def _wall_mm(anatomy, theta: np.ndarray, w: float) -> np.ndarray:
+    """Wall thickness around the LV at depth ``w`` (mm from the base)."""
+    ws = np.full_like(theta, w)
+    return anatomy.r_epi(theta, ws) - anatomy.r_endo(theta, ws)
+
+
+def _one_cosine_residual(theta: np.ndarray, y: np.ndarray) -> float:
+    """RMS left after the best fit of mean + one cosine (the earlier styles' wall model)."""
+    basis = np.stack([np.ones_like(theta), np.cos(theta), np.sin(theta)], axis=1)
+    coef, *_ = np.linalg.lstsq(basis, y, rcond=None)
+    return float(np.sqrt(np.mean((y - basis @ coef) ** 2)))
+
+
+def test_varied_hearts_have_irregular_walls_and_thinned_infarcts(phantom_factory) -> None:
+    """The varied style's hearts are not an ellipse with a one-cosine wall: the outline and
+    the wall carry higher harmonics, and a chronic infarct's wall is thinner than the remote
+    wall by the drawn fraction. Earlier styles draw no contour, so their seeds stay the
+    same images."""
+    theta = np.linspace(-np.pi, np.pi, 360, endpoint=False)
+    irregular, regular = [], []
+    for seed in range(12):
+        anatomy, _ = sample_case(
+            np.random.default_rng([seed, 2]), None, True, False, None, WIDE,
+            np.random.default_rng([seed, 5]),
+        )  # fmt: skip
+        assert anatomy.contour is None
+        mid = 0.0  # the base plane: epicardial and cavity profiles are both 1 there
+        outline = anatomy.r_epi(theta, np.full_like(theta, mid))
+        inside = (outline > 0).all()
+        assert inside
+        wall = _wall_mm(anatomy, theta, mid)
+        clipped = (wall <= anatomy.wall_clip[0] + 1e-6) | (wall >= anatomy.wall_clip[1] - 1e-6)
+        if not clipped.any():
+            regular.append(_one_cosine_residual(theta, wall))
+        contour = sample_contour(np.random.default_rng([seed, 7]), VARIED, infarct=False)
+        assert contour.thinning == 0.0  # no infarct, nothing to thin
+        varied = replace(anatomy, contour=contour)
+        irregular.append(_one_cosine_residual(theta, _wall_mm(varied, theta, mid)))
+        # the epicardial outline is no longer an ellipse: harmonics 3-5 move it by mm
+        bumps = varied.r_epi(theta, np.full_like(theta, mid)) - outline
+        assert np.ptp(bumps) > 0.5
+    assert regular and max(regular) < 1e-6  # mean + one cosine, exactly
+    assert np.median(irregular) > 0.3  # millimetres of wall the old model cannot draw
+
+    # A chronic infarct thins its wall: at the core by the drawn fraction, remote not at all.
+    anatomy, _ = sample_case(
+        np.random.default_rng([3, 2]), None, True, False, "LAD", WIDE,
+        np.random.default_rng([3, 5]),
+    )  # fmt: skip
+    inf = anatomy.infarct
+    assert inf is not None
+    mid = 0.5 * (inf.start + min(inf.end, 1.0)) * anatomy.length
+    core = np.deg2rad(np.array([inf.center_deg]))
+    remote = core + np.pi
+    thinned = replace(anatomy, contour=Contour(thinning=0.4))
+    before, after = _wall_mm(anatomy, core, mid)[0], _wall_mm(thinned, core, mid)[0]
+    # the endocardium moves out by the lost thickness (scaled by the cavity's taper)
+    thickness = np.clip(
+        anatomy.wall + anatomy.wall_amp * np.cos(core[0] - anatomy.wall_phase), *anatomy.wall_clip
+    )
+    lost = thickness - max(0.6 * thickness, min(thickness, MIN_THINNED_WALL_MM))
+    taper = anatomy._profile(np.array(mid / (anatomy.length - anatomy.apex_wall)))
+    assert lost > 0 and before - after == pytest.approx(lost * taper, rel=1e-6)
+    assert _wall_mm(thinned, remote, mid)[0] == pytest.approx(_wall_mm(anatomy, remote, mid)[0])
+
+    # Rendered: the truth says how much the infarct thinned, and the infarct still grows
+    # from the endocardium of the thinned wall (every scar component touches the pool).
+    case = phantom_factory(seed=9004, kind="psir", style="varied", scar=True)
+    truth = json.loads((case.out_dir / "truth.json").read_text())
+    assert case.anatomy.contour is not None
+    assert truth["phantom"]["infarct_thinning"] == case.anatomy.contour.thinning > 0
+    scar = np.isin(case.labels, [Label.SCAR, Label.MVO])
+    components, n = ndimage.label(scar)
+    assert n >= 1
+    near_pool = ndimage.binary_dilation(case.labels == Label.LV_BLOOD, iterations=1)
+    for i in range(1, n + 1):
+        assert (near_pool & (components == i)).any(), f"scar component {i} off the pool"

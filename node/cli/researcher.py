@@ -211,7 +211,8 @@ def evaluate(
         list[str] | None,
         typer.Option(
             "--set",
-            help="classic, randomized, wide, holdout (style never trained on), calibration; "
+            help="classic, randomized, wide, varied (irregular hearts), holdout (style never "
+            "trained on), calibration; "
             "repeat for several (default: classic, randomized, holdout).",
         ),
     ] = None,

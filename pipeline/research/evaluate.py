@@ -22,7 +22,9 @@ Evaluation sets (``--set``), all seeds disjoint from training (10000+):
   ventricles, grey blood, motion ghosts, reduced phase resolution, multi-coil noise),
   seeds 6500+;
 - ``holdout``: a style never trained on (two axes per case beyond the wide ranges),
-  seeds 7000+.
+  seeds 7000+;
+- ``varied``: the wide style with hearts of irregular shape (contour and wall-thickness
+  harmonics, thinned infarcts), seeds 9000+.
 The QC thresholds are set on a separate calibration set (wide and holdout styles
 alternating, seeds 8000+: `calibrate_qc`), never on these. Each set reports the targets
 of the robustness issue and how many failures (myocardium Dice < 0.80 or scar % off by
@@ -58,6 +60,7 @@ EVAL_SETS = {  # name -> (first seed, phantom style)
     "randomized": (6_000, "randomized"),
     "wide": (6_500, "wide"),
     "holdout": (7_000, "holdout"),
+    "varied": (9_000, "varied"),
     # For the QC thresholds only: wide and holdout styles alternating, so the
     # calibration sees failures of the kinds a shifted appearance causes.
     "calibration": (8_000, "mixed"),

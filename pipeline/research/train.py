@@ -65,6 +65,14 @@ PHANTOM_DATASETS = {
         ("randomized", "wide"),
         "the randomized and the wide style alternating",
     ),
+    # the mixed restart's recipe with hearts of irregular shape in place of the wide ones
+    "varied": PhantomDataset(
+        505,
+        "Dataset505_LGEPhantomVaried",
+        50_000,
+        ("randomized", "varied"),
+        "the randomized and the varied (wide, irregular hearts) style alternating",
+    ),
 }
 PLANS = "nnUNetPlans_tiny"
 FULL_PLANS = "nnUNetPlans"  # nnU-Net's own plan, unchanged (--size full)

@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from pipeline.quantify import Metrics, quantify
-from pipeline.research.phantom.anatomy import TERRITORIES, Anatomy, Tissue
+from pipeline.research.phantom.anatomy import TERRITORIES, Anatomy, Tissue, sample_contour
 from pipeline.research.phantom.dicom import (
     StudyInfo,
     stored_offset,
@@ -148,6 +148,11 @@ def make_phantom(out_dir: Path | str, spec: PhantomSpec, progress: bool = False)
             border_signal=float(bz.uniform(0.25, 0.4)),
         )
         anatomy = replace(anatomy, infarct=infarct)
+    if style.irregular:  # its own stream: a seed's other draws stay the same
+        contour = sample_contour(
+            np.random.default_rng([spec.seed, 7]), style, anatomy.infarct is not None
+        )
+        anatomy = replace(anatomy, contour=contour)
     contrast_rng = np.random.default_rng([spec.seed, 3, 0 if spec.kind == "magnitude" else 1])
     signal, labels = render(anatomy, acq, spec.kind, contrast_rng, progress, style)
     image = add_noise(contrast_rng, signal, acq, spec.kind)
@@ -179,6 +184,8 @@ def make_phantom(out_dir: Path | str, spec: PhantomSpec, progress: bool = False)
         "core_ml": truth.scar_ml,
         "border_signal_fraction": anatomy.infarct.border_signal if anatomy.infarct else 0.0,
         "style": spec.style,
+        # irregular shape (varied style): how much wall a chronic infarct lost at its core
+        "infarct_thinning": anatomy.contour.thinning if anatomy.contour else 0.0,
         "holdout_axes": list(holdout_variant(spec.seed)[1]) if spec.style == "holdout" else [],
         "slices": acq.n_slices,
         "matrix": [acq.rows, acq.columns],

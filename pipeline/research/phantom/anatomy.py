@@ -88,6 +88,31 @@ class Infarct:
     border_signal: float = 0.0
 
 
+Harmonic = tuple[int, float, float]  # (order, amplitude mm, phase rad)
+
+
+@dataclass(frozen=True)
+class Contour:
+    """An LV shape beyond the ellipse with a one-cosine wall (the ``varied`` style): random
+    harmonics of the epicardial radius and of the wall thickness, whose phases turn by
+    ``twist`` from base to apex, and a chronic infarct's thinned wall."""
+
+    epi: tuple[Harmonic, ...] = ()
+    wall: tuple[Harmonic, ...] = ()
+    twist: float = 0.0
+    thinning: float = 0.0  # fraction of the wall lost at the infarct's core
+
+    @staticmethod
+    def sum(harmonics: tuple[Harmonic, ...], theta: np.ndarray, turn: np.ndarray) -> np.ndarray:
+        out = np.zeros(np.broadcast(theta, turn).shape)
+        for order, amplitude, phase in harmonics:
+            out = out + amplitude * np.cos(order * (theta - phase - turn))
+        return out
+
+
+MIN_THINNED_WALL_MM = 2.0
+
+
 @dataclass(frozen=True)
 class Anatomy:
     """Everything that defines one phantom heart and its surroundings (mm, LPS)."""
@@ -116,16 +141,32 @@ class Anatomy:
     wall_clip: tuple[float, float] = (6.0, 12.0)  # local wall thickness limits, mm
     fat_ring: float = 0.0  # epicardial fat all around the heart, mm
     papillary_deg: tuple[float, float] = (150.0, -75.0)  # anterolateral, posteromedial
+    contour: Contour | None = None
 
     def r_epi(self, theta: np.ndarray, w: np.ndarray) -> np.ndarray:
-        return self.radius * self._ellipse(theta) * self._profile(w / self.length)
+        return self._outline(theta, w) * self._profile(w / self.length)
 
     def r_endo(self, theta: np.ndarray, w: np.ndarray) -> np.ndarray:
-        thickness = np.clip(
-            self.wall + self.wall_amp * np.cos(theta - self.wall_phase), *self.wall_clip
-        )
+        thickness = self.wall + self.wall_amp * np.cos(theta - self.wall_phase)
+        c = self.contour
+        if c is not None and c.wall:
+            thickness = thickness + Contour.sum(c.wall, theta, c.twist * w / self.length)
+        thickness = np.clip(thickness, *self.wall_clip)
+        if c is not None and c.thinning > 0 and self.infarct is not None:
+            tau, _ = self._transmurality(theta, w / self.length)
+            core = tau / max(self.infarct.transmurality, 1e-6)
+            thinned = np.minimum(thickness, MIN_THINNED_WALL_MM)
+            thickness = np.maximum(thickness * (1 - c.thinning * core), thinned)
         cavity_length = self.length - self.apex_wall
-        return (self.radius * self._ellipse(theta) - thickness) * self._profile(w / cavity_length)
+        return (self._outline(theta, w) - thickness) * self._profile(w / cavity_length)
+
+    def _outline(self, theta: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """Epicardial radius before the longitudinal profile (mm)."""
+        r = self.radius * self._ellipse(theta)
+        c = self.contour
+        if c is not None and c.epi:
+            r = r + Contour.sum(c.epi, theta, c.twist * w / self.length)
+        return r
 
     def _ellipse(self, theta: np.ndarray) -> np.ndarray:
         return 1.0 + self.ecc * np.cos(2 * (theta - self.ecc_phase))
@@ -248,6 +289,22 @@ class Anatomy:
 
     def labels(self, points: np.ndarray) -> np.ndarray:
         return TISSUE_TO_LABEL[self.tissues(points)]
+
+
+def sample_contour(rng: np.random.Generator, style: Style, infarct: bool) -> Contour:
+    """An irregular shape for the ``varied`` style, from its own random stream (the other
+    draws of a seed stay as they are); amplitudes fall with the harmonic's order."""
+
+    def harmonics(orders: tuple[int, ...], peak: tuple[float, float]) -> tuple[Harmonic, ...]:
+        return tuple(
+            (k, draw(rng, peak) * orders[0] / k, float(rng.uniform(0, 2 * np.pi))) for k in orders
+        )
+
+    epi = harmonics((3, 4, 5), style.contour_harmonic_mm)
+    wall = harmonics((2, 3, 4), style.wall_harmonic_mm)
+    twist = float(rng.uniform(-1.0, 1.0))
+    thinning = draw(rng, style.infarct_thinning) if rng.random() < 0.6 else 0.0
+    return Contour(epi=epi, wall=wall, twist=twist, thinning=thinning if infarct else 0.0)
 
 
 def sample_anatomy(

@@ -8,6 +8,12 @@ thicker ventricles, lower SNR, darker (grey-blood) pools, and acquisition artifa
 the earlier styles never draw: motion ghosts along the phase-encoding direction, reduced
 phase resolution (k-space truncation: blur and Gibbs ringing), multi-coil magnitude noise
 and parallel-imaging noise amplification (g-factor).
+``varied`` is the wide style with hearts of irregular shape (training of the sixth run and
+its own evaluation set): the earlier styles draw an LV that is an ellipse in-plane with a
+wall whose thickness varies as one cosine; ``varied`` adds random higher harmonics to the
+epicardial contour and to the wall thickness, twisting from base to apex, and thins the
+wall of a chronic infarct, so that a model learns the myocardium as a band of any shape
+rather than one family of rings.
 ``holdout`` is for evaluation only: the wide ranges with two axes per case pushed
 *outside* what training ever saw, so that the evaluation measures generalization, not
 memory of the training ranges.
@@ -119,6 +125,12 @@ class Style:
     body_lr_mm: Range = (165.0, 195.0)
     body_ap_mm: Range = (110.0, 135.0)
     body_fat_mm: Range = (6.0, 18.0)
+    # irregular shape (`anatomy.Contour`, drawn only when ``irregular``; earlier styles
+    # stay bit-identical): peak amplitude of the epicardial-radius and wall-thickness
+    # harmonics (mm), and the fraction of the wall a chronic infarct loses at its core
+    contour_harmonic_mm: Range = (0.0, 0.0)
+    wall_harmonic_mm: Range = (0.0, 0.0)
+    infarct_thinning: Range = (0.0, 0.0)
     # a window around the heart is rendered with partial volume, the rest at one sample
     # per voxel; None: everything supersampled (classic, bit-identical to earlier versions)
     supersample_window_mm: float | None = None
@@ -134,6 +146,14 @@ class Style:
             or self.kspace_p > 0
             or self.coils != (1, 1)
             or self.gfactor != (1.0, 1.0)
+        )
+
+    @property
+    def irregular(self) -> bool:
+        return (
+            self.contour_harmonic_mm[1] > 0
+            or self.wall_harmonic_mm[1] > 0
+            or self.infarct_thinning[1] > 0
         )
 
 
@@ -203,6 +223,14 @@ WIDE = replace(
     gfactor=(1.0, 2.0),
 )
 
+VARIED = replace(
+    WIDE,
+    name="varied",
+    contour_harmonic_mm=(0.0, 3.0),
+    wall_harmonic_mm=(0.0, 2.5),
+    infarct_thinning=(0.2, 0.55),
+)
+
 # Axes the holdout style pushes beyond the wide (training) ranges, two per case.
 _BEYOND: dict[str, dict[str, object]] = {
     "low_snr": {"snr": (3.5, 5.0)},
@@ -229,7 +257,7 @@ HOLDOUT_AXES = tuple(_BEYOND)
 
 HOLDOUT = replace(WIDE, name="holdout")
 
-STYLES = {s.name: s for s in (CLASSIC, RANDOMIZED, WIDE, HOLDOUT)}
+STYLES = {s.name: s for s in (CLASSIC, RANDOMIZED, WIDE, VARIED, HOLDOUT)}
 
 
 def holdout_variant(seed: int) -> tuple[Style, tuple[str, str]]:
