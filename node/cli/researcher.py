@@ -30,7 +30,9 @@ def phantom(
     ] = False,
     slices: Annotated[
         int | None,
-        typer.Option(help="8..14 (classic), 5..20 (randomized, wide, holdout); default: by seed."),
+        typer.Option(
+            help="8..14 (classic), 5..20 (randomized, wide, varied, holdout); default: by seed."
+        ),
     ] = None,
     scar: Annotated[
         bool | None, typer.Option("--scar/--no-scar", help="Force an infarct or none.")
@@ -49,8 +51,9 @@ def phantom(
         typer.Option(
             help="classic, randomized (wide anatomy/appearance/geometry ranges), wide "
             "(randomized plus dilated/thick ventricles, lower SNR, grey blood, motion ghosts, "
-            "reduced phase resolution, multi-coil noise) or holdout (two axes beyond the "
-            "wide ranges)."
+            "reduced phase resolution, multi-coil noise), varied (wide with hearts of "
+            "irregular shape and thinned infarcts) or holdout (two axes beyond the wide "
+            "ranges)."
         ),
     ] = "classic",
 ) -> None:
@@ -366,7 +369,8 @@ def train_demo(
         typer.Option(
             help="Phantom style of each restart's non-classic cases, in order: randomized "
             "(as the first run), wide (wider anatomy, lower SNR, acquisition artifacts) or "
-            "mixed (randomized and wide alternating); wide and mixed draw new seeds; repeat "
+            "mixed (randomized and wide alternating) or varied (randomized and wide with "
+            "irregular hearts alternating); wide, mixed and varied draw new seeds; repeat "
             "per restart, missing ones are randomized."
         ),
     ] = None,
