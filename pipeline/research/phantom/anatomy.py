@@ -103,7 +103,8 @@ class Contour:
     thinning: float = 0.0  # fraction of the wall lost at the infarct's core
 
     @staticmethod
-    def sum(harmonics: tuple[Harmonic, ...], theta: np.ndarray, turn: np.ndarray) -> np.ndarray:
+    def wave(harmonics: tuple[Harmonic, ...], theta: np.ndarray, turn: np.ndarray) -> np.ndarray:
+        """The harmonics' sum (mm) around the LV, the pattern turned by ``turn`` radians."""
         out = np.zeros(np.broadcast(theta, turn).shape)
         for order, amplitude, phase in harmonics:
             out = out + amplitude * np.cos(order * (theta - phase - turn))
@@ -150,7 +151,7 @@ class Anatomy:
         thickness = self.wall + self.wall_amp * np.cos(theta - self.wall_phase)
         c = self.contour
         if c is not None and c.wall:
-            thickness = thickness + Contour.sum(c.wall, theta, c.twist * w / self.length)
+            thickness = thickness + Contour.wave(c.wall, theta, c.twist * w / self.length)
         thickness = np.clip(thickness, *self.wall_clip)
         if c is not None and c.thinning > 0 and self.infarct is not None:
             tau, _ = self._transmurality(theta, w / self.length)
@@ -165,7 +166,7 @@ class Anatomy:
         r = self.radius * self._ellipse(theta)
         c = self.contour
         if c is not None and c.epi:
-            r = r + Contour.sum(c.epi, theta, c.twist * w / self.length)
+            r = r + Contour.wave(c.epi, theta, c.twist * w / self.length)
         return r
 
     def _ellipse(self, theta: np.ndarray) -> np.ndarray:
