@@ -396,6 +396,13 @@ def train_demo(
     resume: Annotated[
         bool, typer.Option(help="Keep generated data and continue nnU-Net from its checkpoint.")
     ] = False,
+    detector_style: Annotated[
+        str | None,
+        typer.Option(
+            help="Phantom style the detector trains on (as --restart-style); default: the "
+            "last run's."
+        ),
+    ] = None,
 ) -> None:
     """Train the bundled demo models on phantoms (fixed seeds; CPU; see README for time)."""
     from pipeline.research.train import PHANTOM_DATASETS, TRAINERS, TrainSettings
@@ -408,6 +415,8 @@ def train_demo(
         raise fail(f"--restart-style must be one of {', '.join(PHANTOM_DATASETS)}: {unknown}")
     if len(styles) > len(nnunet_restart_epochs or ()):
         raise fail("--restart-style given more often than --nnunet-restart-epochs")
+    if detector_style is not None and detector_style not in PHANTOM_DATASETS:
+        raise fail(f"--detector-style must be one of {', '.join(PHANTOM_DATASETS)}")
     settings = TrainSettings(
         cases=cases,
         nnunet_epochs=nnunet_epochs,
@@ -415,6 +424,7 @@ def train_demo(
         restart_epochs=tuple(nnunet_restart_epochs or ()),
         restart_styles=styles,
         yolo_epochs=yolo_epochs,
+        detector_data=detector_style,
         small_infarct_every=small_infarct_every,
         spacing_mm=spacing_mm,
         classic_every=classic_every,

@@ -104,6 +104,8 @@ class TrainSettings:
     # restarts beyond this tuple use "randomized", as the first run does
     restart_styles: tuple[str, ...] = ()
     yolo_epochs: int = 12
+    # phantom style the detector trains on (a key of PHANTOM_DATASETS); None: the last run's
+    detector_data: str | None = None
     small_infarct_every: int = 0  # 0: none forced (the shipped models)
     spacing_mm: float | None = None  # in-plane resampling; None: nnU-Net's plan (median)
     classic_every: int = 3  # every k-th phantom classic, the rest randomized (1: all classic)
@@ -144,8 +146,10 @@ class TrainSettings:
         return data.dataset_id, data.name
 
     def detector_style(self) -> str:
-        """Phantom style the detector trains on: the last run's (the widest), since a heart
-        it cannot find is lost whatever the segmenter learned."""
+        """Phantom style the detector trains on: the one chosen, else the last run's (the
+        widest), since a heart it cannot find is lost whatever the segmenter learned."""
+        if self.dataset is None and self.detector_data is not None:
+            return self.detector_data
         return self.stage_styles()[-1]
 
     def seeds(self, style: str) -> tuple[int, int]:
@@ -202,7 +206,8 @@ def generate_data(settings: TrainSettings) -> tuple[Path, Path]:
     if settings.dataset is not None:
         return _link_imported(settings)
     # each style once, in order
-    paths = {s: _generate_phantoms(settings, s) for s in dict.fromkeys(settings.stage_styles())}
+    styles = dict.fromkeys((*settings.stage_styles(), settings.detector_style()))
+    paths = {s: _generate_phantoms(settings, s) for s in styles}
     return paths[settings.detector_style()]
 
 
@@ -563,6 +568,8 @@ def _restart_options(settings: TrainSettings) -> str:
     styles = settings.stage_styles()[1:]
     if any(style != "randomized" for style in styles):
         options += "".join(f" --restart-style {style}" for style in styles)
+    if settings.detector_data is not None:
+        options += f" --detector-style {settings.detector_data}"
     return options
 
 
