@@ -16,7 +16,7 @@ import pytest
 from pipeline.labels import mvo_mask, myocardium_mask, scar_mask
 from pipeline.models import ModelBundle, ModelError
 from pipeline.research.evaluate import dice
-from pipeline.research.train import TRAIN_SEED_BASE, tiny_plans
+from pipeline.research.train import TRAIN_SEED_BASE, TrainSettings, model_card, tiny_plans
 from pipeline.run import Pipeline, PipelineSettings
 from pipeline.series import load_series
 
@@ -244,6 +244,24 @@ def test_train_demo_smoke_run_produces_a_loadable_bundle(phantom_factory, tmp_pa
     case = phantom_factory(seed=7, kind="psir")
     result = Pipeline(bundle).run(load_series(case.out_dir / "dicom"))
     assert result.labels.shape == case.labels.shape
+
+
+def test_the_detector_can_train_on_another_style_than_the_last_run(tmp_path: Path) -> None:
+    """A restart on irregular hearts need not retrain the detector on them: --detector-style
+    picks its phantoms, and the model card's command repeats the choice (or the card could
+    not reproduce the models); an unknown style is refused before anything trains."""
+    last_run = TrainSettings(restart_epochs=(100,), restart_styles=("varied",))
+    assert last_run.detector_style() == "varied"
+    chosen = TrainSettings(restart_epochs=(100,), restart_styles=("varied",), detector_data="mixed")
+    assert chosen.detector_style() == "mixed" and chosen.stage_styles() == ("randomized", "varied")
+    card = model_card(chosen)
+    assert "--restart-style varied --detector-style mixed" in card
+    assert "the mixed-style training phantoms, seeds 40000-40239" in card
+    assert "--detector-style" not in model_card(last_run)
+    proc = _lge_node("train-demo", "--out", str(tmp_path / "m"), "--work", str(tmp_path / "w"),
+                     "--detector-style", "sideways")  # fmt: skip
+    assert proc.returncode != 0 and "--detector-style must be one of" in proc.stderr
+    assert not (tmp_path / "w").exists()
 
 
 def test_tiny_plans_can_resample_finer_and_the_patch_follows() -> None:
