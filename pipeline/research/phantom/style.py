@@ -8,12 +8,12 @@ thicker ventricles, lower SNR, darker (grey-blood) pools, and acquisition artifa
 the earlier styles never draw: motion ghosts along the phase-encoding direction, reduced
 phase resolution (k-space truncation: blur and Gibbs ringing), multi-coil magnitude noise
 and parallel-imaging noise amplification (g-factor).
-``varied`` is the wide style with hearts of irregular shape (training of the sixth run and
-its own evaluation set): the earlier styles draw an LV that is an ellipse in-plane with a
-wall whose thickness varies as one cosine; ``varied`` adds random higher harmonics to the
-epicardial contour and to the wall thickness, twisting from base to apex, and thins the
-wall of a chronic infarct, so that a model learns the myocardium as a band of any shape
-rather than one family of rings.
+``varied`` is the wide style with hearts of irregular shape (an evaluation set of its own,
+and the data of a sixth training run that was tried, README): the earlier styles draw an
+LV that is an ellipse in-plane with a wall whose thickness varies as one cosine; ``varied``
+adds random higher harmonics to the epicardial contour and to the wall thickness, twisting
+from base to apex, and thins the wall of a chronic infarct, so that a model learns the
+myocardium as a band of any shape rather than one family of rings.
 ``holdout`` is for evaluation only: the wide ranges with two axes per case pushed
 *outside* what training ever saw, so that the evaluation measures generalization, not
 memory of the training ranges.
