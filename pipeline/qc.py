@@ -90,7 +90,7 @@ SIGNALS: dict[str, str] = {
     "ring": "the myocardium does not close around the blood pool in some slices",
     "wall": "implausible or uneven wall thickness",
     "focal_thinning": "a notch in the wall: scar as bright as the blood pool may have been "
-    "called blood pool",
+    "called blood pool, unless the wall is truly thinned there (a chronic infarct)",
     "continuity": "myocardium missing or collapsing between slices",
     "localization": "the heart detector was unsure where the heart is",
     "reference": "the scar % disagrees with the n-SD, FWHM and EWA references",

@@ -431,6 +431,8 @@ def test_a_low_confidence_report_says_why_in_a_readers_words(phantom_factory) ->
     text = " ".join(text.split())  # the column wraps lines
     assert "LOW CONFIDENCE" in text and "weakest signal: focal_thinning (0.27)" in text
     assert "scar as bright as the blood pool may have been called blood pool" in text
+    # a chronic infarct thins the wall for real: the reader is told so, not only "missed"
+    assert "unless the wall is truly thinned there (a chronic infarct)" in text
     m.qc.reliability, m.qc.low_confidence = 0.94, False
     m.qc.reliability_components = {"focal_thinning": 0.94, "ring": 1.0}
     assert low_confidence_reason(m) == ""
