@@ -340,8 +340,7 @@ def test_varied_hearts_have_irregular_walls_and_thinned_infarcts(phantom_factory
         assert anatomy.contour is None
         mid = 0.0  # the base plane: epicardial and cavity profiles are both 1 there
         outline = anatomy.r_epi(theta, np.full_like(theta, mid))
-        inside = (outline > 0).all()
-        assert inside
+        assert (outline > 0).all()
         wall = _wall_mm(anatomy, theta, mid)
         clipped = (wall <= anatomy.wall_clip[0] + 1e-6) | (wall >= anatomy.wall_clip[1] - 1e-6)
         if not clipped.any():
